@@ -1,0 +1,1 @@
+"""Evaluation of instance segmentation and classification (paper Section IV); numpy/scipy only."""

@@ -1,0 +1,1 @@
+"""Visualisation and I/O helpers (CoNSeP .mat, per-nucleus JSON/GeoJSON, overlays, atomic writes)."""

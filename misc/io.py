@@ -1,0 +1,159 @@
+"""Reading images and CoNSeP-format labels with clear errors, and writing results atomically.
+
+The one place where files enter and leave the project, so every CLI reports bad input the same way:
+an :class:`InputError` whose message names the file and the reason, meant to be printed as one line.
+numpy/scipy/OpenCV only.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import scipy.io
+
+__all__ = [
+    "InputError", "read_image_rgb", "load_label_mat", "save_label_mat", "atomic_path",
+    "colour_instances_to_ids", "IMAGE_SUFFIXES",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class InputError(ValueError):
+    """Bad user input (missing, unreadable or malformed file); the message is one printable line."""
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an H&E image as HxWx3 uint8 RGB.
+
+    RGBA is reduced to RGB (the alpha channel is dropped). Grayscale, 16-bit, empty or unreadable
+    files raise :class:`InputError`: HoVer-Net is trained on 8-bit RGB and would silently produce
+    nonsense on anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise InputError(f"{path}: not a readable image")
+    if image.dtype != np.uint8:
+        raise InputError(f"{path}: {image.dtype} image; an 8-bit RGB image is required (convert 16-bit to 8-bit)")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        raise InputError(f"{path}: grayscale image; an RGB H&E image is required")
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise InputError(f"{path}: unsupported image shape {image.shape}")
+    if image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    else:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image)
+
+
+def load_label_mat(path: str | os.PathLike, with_types: bool = False) -> dict[str, np.ndarray]:
+    """Load a CoNSeP-format label ``.mat``.
+
+    Returns ``inst_map`` (HxW int32, 0 background, ids any non-negative integers) and, when
+    ``with_types``, ``type_map`` (HxW int32, if present), ``inst_type`` (N int32) and
+    ``inst_centroid`` (Nx2 float64, x then y). Raises :class:`InputError` for a missing or corrupt
+    file, a missing key, a non-2D or non-integer map, or negative ids.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as exc:  # scipy raises several unrelated types for corrupt files
+        raise InputError(f"{path}: not a readable .mat file ({type(exc).__name__}: {exc})") from exc
+    out = {"inst_map": _integer_map(mat, "inst_map", path)}
+    if with_types:
+        for key in ("inst_type", "inst_centroid"):
+            if key not in mat:
+                raise InputError(f"{path}: missing key '{key}' (needed for type evaluation)")
+        inst_type = np.asarray(mat["inst_type"]).reshape(-1)
+        centroid = np.asarray(mat["inst_centroid"], dtype=np.float64)
+        if centroid.size == 0:
+            centroid = centroid.reshape(0, 2)
+        if centroid.ndim != 2 or centroid.shape[1] != 2:
+            raise InputError(f"{path}: 'inst_centroid' must be Nx2 (x, y), got shape {centroid.shape}")
+        if len(inst_type) != len(centroid):
+            raise InputError(
+                f"{path}: 'inst_type' has {len(inst_type)} entries but 'inst_centroid' has {len(centroid)}")
+        out["inst_type"] = inst_type.astype(np.int32)
+        out["inst_centroid"] = centroid
+        if "type_map" in mat:
+            out["type_map"] = _integer_map(mat, "type_map", path)
+    return out
+
+
+def _integer_map(mat: dict, key: str, path: Path) -> np.ndarray:
+    if key not in mat:
+        raise InputError(f"{path}: missing key '{key}'")
+    array = np.asarray(mat[key])
+    if array.ndim != 2:
+        raise InputError(f"{path}: '{key}' must be a 2-D map, got shape {array.shape}")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise InputError(f"{path}: '{key}' holds non-integer values")
+    elif array.dtype.kind not in "iub":
+        raise InputError(f"{path}: '{key}' has dtype {array.dtype}, an integer map is required")
+    if array.size and array.min() < 0:
+        raise InputError(f"{path}: '{key}' holds negative ids")
+    return array.astype(np.int32)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    An interrupted run never leaves a half-written file under the final name, so "the output exists"
+    can be trusted to mean "the output is complete". The temporary name keeps the suffix so writers
+    that pick a format from it (OpenCV) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_label_mat(path: str | os.PathLike, inst_map: np.ndarray, type_map: np.ndarray | None = None,
+                   inst_type: np.ndarray | None = None, inst_centroid: np.ndarray | None = None) -> None:
+    """Write a CoNSeP-format ``.mat`` atomically (``inst_type`` Nx1, ``inst_centroid`` Nx2 (x, y))."""
+    data = {"inst_map": np.asarray(inst_map, dtype=np.int32)}
+    if type_map is not None:
+        data["type_map"] = np.asarray(type_map, dtype=np.int32)
+    if inst_type is not None:
+        data["inst_type"] = np.asarray(inst_type, dtype=np.int32).reshape(-1, 1)
+    if inst_centroid is not None:
+        data["inst_centroid"] = np.asarray(inst_centroid, dtype=np.float64).reshape(-1, 2)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            scipy.io.savemat(handle, data, do_compression=True)
+
+
+def colour_instances_to_ids(rgb: np.ndarray) -> np.ndarray:
+    """Turn a colour-coded instance map (each non-black colour one instance) into HxW int32 ids 1..N.
+
+    Ids follow the order of the packed colour values, so the result is deterministic.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise InputError(f"colour-coded instance map must be HxWx3, got shape {rgb.shape}")
+    packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    _, ids = np.unique(packed, return_inverse=True)
+    ids = ids.reshape(packed.shape).astype(np.int32)
+    if np.any(packed == 0):  # black is background and sorts first
+        return ids
+    return ids + 1

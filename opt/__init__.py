@@ -1,0 +1,1 @@
+"""Training schedules and options (the published two-phase schedule as data)."""

@@ -1,0 +1,177 @@
+"""The one configuration object: every published HoVer-Net setting, grouped by section.
+
+Modelled on tensorpack's ``examples/FasterRCNN/config.py``: a tree of attribute dictionaries holding the
+published values (``../shared/docs/HOVERNET_SPEC.md``; values marked **(code)** there follow the
+published code) as defaults. Library code receives the values it needs as arguments; entry points build
+a config with :func:`make_config`, apply ``--config KEY=VALUE`` overrides, then call
+:func:`finalize_config`, which derives the geometry, checks it and freezes the tree.
+
+Nothing here imports TensorFlow.
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import pprint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "GEOMETRY"]
+
+
+class AttrDict(dict):
+    """A dict whose keys are also attributes; nested on first access, frozen by :meth:`freeze`."""
+
+    _frozen = False
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self:
+            if self._frozen:
+                raise AttributeError(f"config has no key {name!r}")
+            self[name] = AttrDict()
+        return self[name]
+
+    def __setattr__(self, name, value):
+        if self._frozen:
+            raise AttributeError(f"config is frozen; cannot set {name!r}")
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self[name] = value
+
+    def freeze(self, frozen: bool = True) -> "AttrDict":
+        object.__setattr__(self, "_frozen", frozen)
+        for value in self.values():
+            if isinstance(value, AttrDict):
+                value.freeze(frozen)
+        return self
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, AttrDict) else v for k, v in self.items()}
+
+    def update_args(self, overrides: list[str]) -> None:
+        """Apply ``["SECTION.KEY=VALUE", ...]``; values parsed with :func:`ast.literal_eval`.
+
+        An unknown key is an error: a typo must not silently train with the default.
+        """
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"config override {item!r} is not of the form KEY=VALUE")
+            key, raw = item.split("=", 1)
+            *path, leaf = key.strip().split(".")
+            node = self
+            for part in path:
+                if part not in node or not isinstance(node[part], AttrDict):
+                    raise KeyError(f"unknown config section {part!r} in {key!r}")
+                node = node[part]
+            if leaf not in node:
+                raise KeyError(f"unknown config key {key!r}")
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw  # a bare word such as `paper` is a string
+            setattr(node, leaf, value)
+
+
+# Input/output geometry of the two published variants (spec section 1). 'original' is the default and
+# the valid-convolution model of the paper's tables; 'fast' is the padded 5.6x faster alternative.
+GEOMETRY = {
+    "original": {"input_shape": 270, "output_shape": 80},
+    "fast": {"input_shape": 256, "output_shape": 164},
+}
+
+
+def make_config() -> AttrDict:
+    """A fresh, unfrozen config holding the published defaults."""
+    C = AttrDict()
+
+    # --- network (spec section 1) ---
+    C.MODEL.MODE = "original"  # 'original' (valid convs, 270 -> 80) or 'fast' (padded, 256 -> 164)
+    C.MODEL.NR_TYPES = 5  # tp output channels incl. background; None = np+hv only (no type labels)
+    C.MODEL.DATA_FORMAT = "auto"  # 'NCHW' on GPU, 'NHWC' on CPU (TF has no NCHW conv on CPU); or force one
+    C.MODEL.ENCODER_UNITS = (3, 4, 6, 3)  # Preact-ResNet50 bottleneck units per group
+    C.MODEL.ENCODER_CHANNELS = (64, 128, 256, 512)  # bottleneck width per group (output is 4x)
+    C.MODEL.ENCODER_STRIDES = (1, 2, 2, 2)  # total down-sampling 8, not ResNet's 32
+    C.MODEL.BOTTLENECK_CHANNELS = 1024  # conv_bot 1x1
+    C.MODEL.DECODER_CHANNELS = (256, 128, 64)  # 5x5 conv width in u3, u2, u1
+    C.MODEL.DENSE_UNITS = (8, 4)  # (code) dense units in u3, u2; the paper's text says (4, 8)
+    C.MODEL.DENSE_GROWTH = 32  # channels added by each dense unit
+    C.MODEL.DENSE_BOTTLENECK = 128  # 1x1 width inside a dense unit
+    C.MODEL.DENSE_SPLIT = 4  # groups of the dense unit's 5x5 conv
+
+    # --- loss (spec section 3, equation 1) ---
+    C.LOSS.MSGE = "published"  # 'published': cross derivatives as in the released code; 'paper': eq. (3)
+    C.LOSS.WEIGHTS = {  # term -> weight; every term is a named summarised tensor
+        "hv_mse": 2.0, "hv_msge": 1.0, "np_ce": 1.0, "np_dice": 1.0, "tp_ce": 1.0, "tp_dice": 1.0,
+    }
+    C.LOSS.DICE_EPS = 1e-3
+
+    # --- training targets (spec section 2) ---
+    C.TARGETS.MIN_INSTANCE_SIZE = 30  # instances smaller than this (px, inside the output window) get no HV
+
+    # --- patches and augmentation (spec section 4) ---
+    C.DATA.PATCH_SIZE = 540  # extracted window; augmentation works on it before the centre crop
+    C.DATA.PATCH_STEP = 80  # stride of the extraction windows (= output size)
+    C.DATA.TYPE_MERGE = {1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4, 7: 4}  # CoNSeP 7 types -> 4
+    C.DATA.TYPE_NAMES = {0: "background", 1: "miscellaneous", 2: "inflammatory", 3: "epithelial", 4: "spindle"}
+    C.DATA.NUM_WORKERS = "auto"  # dataflow processes; 'auto' = all cores but one
+    C.AUG.SHEAR_DEG = 5.0
+    C.AUG.SCALE = (0.8, 1.2)
+    C.AUG.ROTATE_DEG = 179.0
+    C.AUG.TRANSLATE_FRAC = 0.01
+    C.AUG.FLIP = True  # vertical and horizontal
+    C.AUG.BLUR_NOISE_PROB = 0.5  # one of gaussian blur / median blur / gaussian noise
+    C.AUG.BLUR_KSIZE = (3, 5)  # odd kernel sizes, inclusive
+    C.AUG.HUE = (-8, 8)
+    C.AUG.SATURATION = 0.2
+    C.AUG.BRIGHTNESS = 26.0
+    C.AUG.CONTRAST = (0.75, 1.25)
+
+    # --- schedule (spec section 4; see opt/ for the phases as data) ---
+    C.TRAIN.SCHEDULE = "published"  # name of a schedule in opt.schedules
+    C.TRAIN.VALID_BATCH_SIZE = 16
+
+    # --- post-processing (spec section 5) ---
+    C.POSTPROC.NP_THRESHOLD = 0.5
+    C.POSTPROC.MARKER_THRESHOLD = 0.4
+    C.POSTPROC.SOBEL_KSIZE = 21
+    C.POSTPROC.MIN_SIZE = 10  # px, both blobs and markers
+    C.POSTPROC.ENERGY_BLUR = 3  # Gaussian kernel on the energy
+    C.POSTPROC.MARKER_OPENING = 5  # elliptical structuring element
+
+    # --- inference (spec section 6) ---
+    C.INFER.BATCH_SIZE = 16
+
+    # --- evaluation (spec section 7) ---
+    C.EVAL.MATCH_IOU = 0.5
+    C.EVAL.RADIUS = 12  # px at 40x (6 at 20x)
+    return C
+
+
+def finalize_config(C: AttrDict, is_training: bool = False) -> AttrDict:
+    """Derive the geometry from ``MODEL.MODE``, check the values, log them and freeze ``C``."""
+    C.freeze(False)
+    if C.MODEL.MODE not in GEOMETRY:
+        raise ValueError(f"MODEL.MODE must be one of {sorted(GEOMETRY)}, got {C.MODEL.MODE!r}")
+    geometry = GEOMETRY[C.MODEL.MODE]
+    C.MODEL.INPUT_SHAPE = geometry["input_shape"]
+    C.MODEL.OUTPUT_SHAPE = geometry["output_shape"]
+    if C.LOSS.MSGE not in ("published", "paper"):
+        raise ValueError(f"LOSS.MSGE must be 'published' or 'paper', got {C.LOSS.MSGE!r}")
+    if C.MODEL.NR_TYPES is not None and C.MODEL.NR_TYPES < 2:
+        raise ValueError("MODEL.NR_TYPES must be None or >= 2 (background + at least one type)")
+    if C.DATA.PATCH_SIZE < C.MODEL.INPUT_SHAPE:
+        raise ValueError(f"DATA.PATCH_SIZE {C.DATA.PATCH_SIZE} is smaller than the input {C.MODEL.INPUT_SHAPE}")
+    if is_training:
+        logger.info("Config:\n%s", pprint.pformat(C.to_dict(), width=110))
+    return C.freeze()
+
+
+def config_from_args(overrides: list[str] | None = None, is_training: bool = False) -> AttrDict:
+    """The published config with ``KEY=VALUE`` overrides applied, finalised and frozen."""
+    C = make_config()
+    C.update_args(list(overrides or []))
+    return finalize_config(C, is_training=is_training)
+
