@@ -41,7 +41,7 @@ class AttrDict(dict):
         else:
             self[name] = value
 
-    def freeze(self, frozen: bool = True) -> "AttrDict":
+    def freeze(self, frozen: bool = True) -> AttrDict:
         object.__setattr__(self, "_frozen", frozen)
         for value in self.values():
             if isinstance(value, AttrDict):

@@ -1,0 +1,116 @@
+"""misc/io.py: image and label reading with clear errors, atomic writes, colour-coded maps."""
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+
+from misc.io import (
+    InputError,
+    atomic_path,
+    colour_instances_to_ids,
+    load_label_mat,
+    read_image_rgb,
+    save_label_mat,
+)
+
+
+def _write_bgr(path, array):
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def test_read_image_rgb_swaps_channels_and_drops_alpha(tmp_path):
+    bgr = np.zeros((4, 5, 3), np.uint8)
+    bgr[..., 0] = 10  # blue
+    bgr[..., 2] = 200  # red
+    rgb = read_image_rgb(_write_bgr(tmp_path / "a.png", bgr))
+    assert rgb.shape == (4, 5, 3) and rgb.dtype == np.uint8
+    assert (rgb[0, 0] == [200, 0, 10]).all()
+    bgra = np.dstack([bgr, np.full((4, 5), 7, np.uint8)])
+    rgb_from_rgba = read_image_rgb(_write_bgr(tmp_path / "b.png", bgra))
+    assert rgb_from_rgba.shape == (4, 5, 3)
+    assert (rgb_from_rgba == rgb).all()
+
+
+@pytest.mark.parametrize("name, array, reason", [
+    ("gray.png", np.zeros((4, 4), np.uint8), "grayscale"),
+    ("deep.png", np.zeros((4, 4, 3), np.uint16), "uint16"),
+])
+def test_read_image_rgb_rejects_unsupported_images(tmp_path, name, array, reason):
+    path = _write_bgr(tmp_path / name, array)
+    with pytest.raises(InputError, match=reason):
+        read_image_rgb(path)
+
+
+def test_read_image_rgb_rejects_missing_empty_and_garbage(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_image_rgb(tmp_path / "missing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        read_image_rgb(tmp_path / "empty.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image_rgb(tmp_path / "junk.png")
+
+
+def test_label_mat_round_trip(tmp_path):
+    inst = np.array([[0, 3, 3], [0, 0, 9]], np.int32)
+    path = tmp_path / "x.mat"
+    save_label_mat(path, inst, type_map=(inst > 0) * 2, inst_type=[2, 1], inst_centroid=[[1.5, 0.0], [2.0, 1.0]])
+    label = load_label_mat(path, with_types=True)
+    assert label["inst_map"].dtype == np.int32 and (label["inst_map"] == inst).all()
+    assert label["inst_type"].tolist() == [2, 1]
+    assert label["inst_centroid"].shape == (2, 2) and label["inst_centroid"][0, 0] == 1.5
+    assert (label["type_map"] == (inst > 0) * 2).all()
+    raw = scipy.io.loadmat(path)
+    assert raw["inst_type"].shape == (2, 1)  # CoNSeP stores Nx1
+
+
+def test_label_mat_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load_label_mat(tmp_path / "none.mat")
+    (tmp_path / "corrupt.mat").write_bytes(b"\x00garbage" * 20)
+    with pytest.raises(InputError, match="not a readable .mat"):
+        load_label_mat(tmp_path / "corrupt.mat")
+    scipy.io.savemat(tmp_path / "nokey.mat", {"other": np.zeros((2, 2))})
+    with pytest.raises(InputError, match="missing key 'inst_map'"):
+        load_label_mat(tmp_path / "nokey.mat")
+    scipy.io.savemat(tmp_path / "neg.mat", {"inst_map": np.array([[0, -1]])})
+    with pytest.raises(InputError, match="negative"):
+        load_label_mat(tmp_path / "neg.mat")
+    scipy.io.savemat(tmp_path / "frac.mat", {"inst_map": np.array([[0, 1.5]])})
+    with pytest.raises(InputError, match="non-integer"):
+        load_label_mat(tmp_path / "frac.mat")
+    scipy.io.savemat(tmp_path / "3d.mat", {"inst_map": np.zeros((2, 2, 2))})
+    with pytest.raises(InputError, match="2-D"):
+        load_label_mat(tmp_path / "3d.mat")
+    scipy.io.savemat(tmp_path / "notypes.mat", {"inst_map": np.zeros((2, 2))})
+    with pytest.raises(InputError, match="inst_type"):
+        load_label_mat(tmp_path / "notypes.mat", with_types=True)
+
+
+def test_atomic_path_leaves_nothing_on_failure_and_replaces_on_success(tmp_path):
+    target = tmp_path / "out" / "result.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+    with atomic_path(target) as tmp:
+        assert tmp.suffix == ".txt"
+        tmp.write_text("whole")
+    assert target.read_text() == "whole"
+    assert [p.name for p in target.parent.iterdir()] == ["result.txt"]
+
+
+def test_colour_instances_to_ids():
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 1] = [255, 0, 0]
+    rgb[1, 2] = [0, 0, 9]
+    rgb[1, 1] = [255, 0, 0]
+    ids = colour_instances_to_ids(rgb)
+    # packed colours sort as 0 (background) < 0x000009 < 0xff0000
+    assert ids.tolist() == [[0, 2, 0], [0, 2, 1]]
+    no_background = np.full((1, 2, 3), 5, np.uint8)
+    assert colour_instances_to_ids(no_background).tolist() == [[1, 1]]
