@@ -1,0 +1,1 @@
+"""Speed checks of the numpy cores; run each as ``python -m benchmarks.<name>`` from the repository root."""

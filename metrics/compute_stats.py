@@ -1,0 +1,198 @@
+"""Evaluate predicted CoNSeP-format ``.mat`` labels against the ground truth (paper Sec. IV, Tables II-III).
+
+Usage (the project is installed in the environment by ``make``, so both forms work from anywhere)::
+
+    python metrics/compute_stats.py --mode instance --true_dir T --pred_dir P [--json OUT]
+    python -m metrics.compute_stats --mode type --true_dir T --pred_dir P [--radius 12] [--types 1,2,3,4]
+
+Every ``<name>.mat`` in ``--pred_dir`` is compared with ``<name>.mat`` in ``--true_dir`` (read with
+:func:`misc.io.load_label_mat`: ``inst_map``; for ``type`` also ``inst_centroid`` Nx2 (x, y) and
+``inst_type`` Nx1). ``instance`` scores each image and averages over images; ``type`` pairs centroids
+per image and pools the pairs of all images before scoring, as the paper does. Bad input ends with a
+one-line message on stderr and exit code 2. Nothing runs at import.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from metrics.stats import INSTANCE_KEYS, concat_pairings, instance_metrics, pair_types, type_metrics
+from misc.io import InputError, atomic_path, load_label_mat
+from src.config import make_config
+
+__all__ = ["main", "evaluate_instance", "evaluate_type", "match_files"]
+
+EXIT_BAD_INPUT = 2
+_PROGRESS_MIN_FILES = 10  # a progress bar only where the run takes long enough to wonder
+_MAX_NAMES_SHOWN = 10
+
+_JSON_HELP = """\
+JSON written by --json:
+  instance: {"per_image": {"<name>": {"dice": f, "aji": f, "aji_plus": f, "dq": f, "sq": f, "pq": f}},
+             "mean": {"dice": f, "aji": f, "aji_plus": f, "dq": f, "sq": f, "pq": f}}
+  type:     {"f1_d": f, "acc": f, "f1_type": {"<type id>": f, ...}}
+dice is the binary DICE1; mean is the average over images. f1_d is the detection F1, acc the type
+accuracy of the paired nuclei, f1_type the per-type F1 with weights (2, 2, 1, 1). All values in [0, 1];
+an empty comparison (nothing in truth nor prediction) scores 1.0.
+exit codes: 0 done, 2 bad input (message on stderr)."""
+
+
+def _shown(names: list[str]) -> str:
+    head = ", ".join(names[:_MAX_NAMES_SHOWN])
+    return head + (f" ... ({len(names) - _MAX_NAMES_SHOWN} more)" if len(names) > _MAX_NAMES_SHOWN else "")
+
+
+def match_files(true_dir: Path, pred_dir: Path) -> list[str]:
+    """Sorted names ``<name>`` with a ``.mat`` in both folders.
+
+    Raises :class:`InputError` for a missing folder, a prediction folder without ``.mat`` files, or
+    predictions without a matching truth (all such names listed). Truths without a prediction are
+    skipped with a warning on stderr: like the published evaluation, the predictions decide what is scored.
+    """
+    for folder, flag in ((true_dir, "--true_dir"), (pred_dir, "--pred_dir")):
+        if not folder.is_dir():
+            raise InputError(f"{folder}: no such directory ({flag})")
+    pred_names = sorted(p.stem for p in pred_dir.glob("*.mat"))
+    if not pred_names:
+        raise InputError(f"{pred_dir}: no .mat files (--pred_dir)")
+    true_names = {p.stem for p in true_dir.glob("*.mat")}
+    orphans = [n for n in pred_names if n not in true_names]
+    if orphans:
+        raise InputError(f"{pred_dir}: {len(orphans)} prediction(s) without a matching truth in {true_dir}: "
+                         f"{_shown(orphans)}")
+    skipped = sorted(true_names.difference(pred_names))
+    if skipped:
+        print(f"warning: {len(skipped)} truth file(s) without a prediction are not scored: {_shown(skipped)}",
+              file=sys.stderr)
+    return pred_names
+
+
+def _load_pair(true_dir: Path, pred_dir: Path, name: str, with_types: bool) -> tuple[dict, dict]:
+    true_path, pred_path = true_dir / f"{name}.mat", pred_dir / f"{name}.mat"
+    true = load_label_mat(true_path, with_types=with_types)
+    pred = load_label_mat(pred_path, with_types=with_types)
+    t_shape, p_shape = true["inst_map"].shape, pred["inst_map"].shape
+    if t_shape != p_shape:
+        raise InputError(f"{pred_path}: inst_map shape {p_shape} differs from the truth {true_path} {t_shape}")
+    return true, pred
+
+
+def _progress(names: list[str], desc: str):
+    if len(names) <= _PROGRESS_MIN_FILES:
+        return names
+    from tqdm import tqdm  # only needed for long runs
+
+    return tqdm(names, desc=desc, file=sys.stderr, unit="img")
+
+
+def evaluate_instance(true_dir: Path, pred_dir: Path, names: list[str]) -> dict:
+    """Per-image instance metrics and their mean over images (the ``instance`` JSON, see ``--help``)."""
+    per_image = {}
+    for name in _progress(names, "instance"):
+        true, pred = _load_pair(true_dir, pred_dir, name, with_types=False)
+        scores = instance_metrics(true["inst_map"], pred["inst_map"])
+        per_image[name] = {k: float(scores[k]) for k in INSTANCE_KEYS}
+    mean = {k: sum(s[k] for s in per_image.values()) / len(per_image) for k in INSTANCE_KEYS}
+    return {"per_image": per_image, "mean": mean}
+
+
+def evaluate_type(true_dir: Path, pred_dir: Path, names: list[str], radius: float,
+                  type_ids: list[int] | None = None) -> dict:
+    """Detection/classification scores pooled over images (the ``type`` JSON, see ``--help``).
+
+    Centroids are paired per image within ``radius`` pixels, then all pairs are pooled. ``type_ids``
+    defaults to the types present in the truth. Keys of ``f1_type`` are type ids as strings.
+    """
+    pairings = []
+    for name in _progress(names, "type"):
+        true, pred = _load_pair(true_dir, pred_dir, name, with_types=True)
+        pairings.append(pair_types(true["inst_centroid"], true["inst_type"],
+                                   pred["inst_centroid"], pred["inst_type"], radius))
+    pooled = concat_pairings(pairings)
+    scores = type_metrics(pooled, type_ids)
+    seen = set(pooled.paired_true.tolist() + pooled.paired_pred.tolist() + pooled.unpaired_true.tolist()
+               + pooled.unpaired_pred.tolist())
+    absent = [t for t in scores["f1_type"] if t not in seen]
+    if absent:
+        print(f"warning: type(s) {absent} occur in neither truth nor prediction; their F1 is reported as 1.0",
+              file=sys.stderr)
+    return {"f1_d": float(scores["f1_d"]), "acc": float(scores["acc"]),
+            "f1_type": {str(t): float(v) for t, v in scores["f1_type"].items()}}
+
+
+def _type_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer type ids, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one type id")
+    return values
+
+
+def _build_parser(default_radius: float) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compute_stats.py",
+        description="Score predicted CoNSeP-format .mat labels against the ground truth (HoVer-Net paper "
+                    "Sec. IV). Every <name>.mat in --pred_dir is compared with <name>.mat in --true_dir.",
+        epilog=_JSON_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", required=True, choices=("instance", "type"),
+                        help="instance: DICE, AJI, AJI+, DQ, SQ, PQ from 'inst_map', per image and averaged "
+                             "over images; type: detection F1, type accuracy and per-type F1 from "
+                             "'inst_centroid' and 'inst_type', pooled over all images")
+    parser.add_argument("--true_dir", required=True, type=Path, help="folder of ground-truth <name>.mat files")
+    parser.add_argument("--pred_dir", required=True, type=Path, help="folder of predicted <name>.mat files")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
+                        help="also write the scores to this JSON file (format below), atomically")
+    parser.add_argument("--radius", type=float, default=default_radius,
+                        help=f"type mode: max centroid distance in pixels for a true/pred pair "
+                             f"(default {default_radius:g}, EVAL.RADIUS: 12 at 40x, use 6 at 20x)")
+    parser.add_argument("--types", type=_type_list, default=None, metavar="1,2,3,4",
+                        help="type mode: comma-separated type ids to score (default: those in the truth)")
+    return parser
+
+
+def _print_instance(result: dict) -> None:
+    width = max([len("mean"), *(len(n) for n in result["per_image"])])
+    print(f"{'image':<{width}}  " + "  ".join(f"{k:>8}" for k in INSTANCE_KEYS))
+    for name, scores in result["per_image"].items():
+        print(f"{name:<{width}}  " + "  ".join(f"{scores[k]:8.5f}" for k in INSTANCE_KEYS))
+    print(f"{'mean':<{width}}  " + "  ".join(f"{result['mean'][k]:8.5f}" for k in INSTANCE_KEYS))
+
+
+def _print_type(result: dict) -> None:
+    print(f"{'f1_d':<12}{result['f1_d']:.5f}")
+    print(f"{'acc':<12}{result['acc']:.5f}")
+    for type_id, value in result["f1_type"].items():
+        print(f"{'f1_type ' + type_id:<12}{value:.5f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), evaluate, print and optionally write JSON; return the exit code."""
+    args = _build_parser(float(make_config().EVAL.RADIUS)).parse_args(argv)
+    try:
+        if args.radius <= 0:
+            raise InputError(f"--radius must be positive, got {args.radius:g}")
+        names = match_files(args.true_dir, args.pred_dir)
+        if args.mode == "instance":
+            result = evaluate_instance(args.true_dir, args.pred_dir, names)
+            _print_instance(result)
+        else:
+            result = evaluate_type(args.true_dir, args.pred_dir, names, args.radius, args.types)
+            _print_type(result)
+        if args.json is not None:
+            try:
+                with atomic_path(args.json) as tmp:
+                    tmp.write_text(json.dumps(result, indent=2) + "\n")
+            except OSError as exc:  # e.g. OUT is a directory or not writable
+                raise InputError(f"{args.json}: cannot write the JSON ({exc.strerror or exc})") from exc
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
