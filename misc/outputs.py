@@ -1,0 +1,282 @@
+"""Per-image inference outputs: CoNSeP ``.mat``, nuclei JSON, QuPath GeoJSON and a contour overlay.
+
+Inputs shared by the writers (as post-processing returns them, spec section 5):
+
+* ``inst_map``: HxW int32, 0 background, nucleus ids 1..N.
+* ``inst_info``: id -> {"bbox": [[rmin, cmin], [rmax, cmax]] (max exclusive), "centroid": [x, y],
+  "contour": Kx2 int (x, y), "type": int or None, "type_prob": float or None}.
+* ``type_info``: type id -> (name, (r, g, b)); colours RGB ints in [0, 255]. ``None`` means
+  :func:`default_type_info` (CoNSeP's four merged types).
+
+Every file is written through :func:`misc.io.atomic_path`, so a file present under its final name is
+complete; :func:`outputs_complete` relies on that to skip finished images when a run is resumed.
+Coordinates are pixels of the full image, origin at its top-left corner, x = column, y = row.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from misc.io import InputError, atomic_path, save_label_mat
+from misc.viz import save_overlay, type_entry
+
+__all__ = ["FORMATS", "default_type_info", "load_type_info", "save_mat", "save_nuclei_json", "save_geojson",
+           "geojson_ring", "output_paths", "write_outputs", "outputs_complete"]
+
+FORMATS = ("mat", "json", "png", "geojson")
+_SUFFIX = {"mat": ".mat", "json": ".json", "png": ".png", "geojson": ".geojson"}
+
+# Fixed colours for CoNSeP's merged types (DATA.TYPE_NAMES); further ids cycle through _EXTRA.
+_TYPE_COLOURS = {0: (0, 0, 0), 1: (255, 255, 0), 2: (255, 0, 0), 3: (0, 255, 0), 4: (0, 0, 255)}
+_EXTRA = ((255, 0, 255), (0, 255, 255), (255, 128, 0), (128, 0, 255), (0, 128, 128), (128, 64, 0))
+
+
+def default_type_info(type_names: Mapping[int, str] | None = None) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    """Type id -> (name, (r, g, b)) for ``type_names`` (default: ``DATA.TYPE_NAMES`` of the config).
+
+    CoNSeP: 0 background black, 1 miscellaneous yellow, 2 inflammatory red, 3 epithelial green,
+    4 spindle blue.
+    """
+    if type_names is None:
+        from src.config import make_config  # the published defaults; nothing else of the config is needed
+        type_names = make_config().DATA.TYPE_NAMES
+    return {int(k): (str(name), _TYPE_COLOURS.get(int(k), _EXTRA[int(k) % len(_EXTRA)]))
+            for k, name in sorted(type_names.items())}
+
+
+def load_type_info(path: str | os.PathLike) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    """Read a TYPE_INFO.json ``{"<id>": ["name", [r, g, b]], ...}`` (the PyTorch HoVer-Net layout).
+
+    Raises :class:`misc.io.InputError` naming the file and the offending entry when the file is
+    missing, not JSON, or an entry is not a non-negative integer id mapped to a name and three
+    integers in [0, 255].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(f'{path}: expected a non-empty object {{"<id>": ["name", [r, g, b]]}}')
+    out = {}
+    for key, value in raw.items():
+        try:
+            type_id = int(key)
+        except ValueError:
+            type_id = -1
+        if type_id < 0 or str(type_id) != key.strip():
+            raise InputError(f"{path}: type id {key!r} is not a non-negative integer")
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0]
+                and isinstance(value[1], list) and len(value[1]) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value[1])):
+            raise InputError(f'{path}: entry {key!r} must be ["name", [r, g, b]] with r, g, b integers in '
+                             f"[0, 255], got {value!r}")
+        out[type_id] = (value[0], tuple(value[1]))
+    return dict(sorted(out.items()))
+
+
+def _type_info(type_info):
+    return default_type_info() if type_info is None else type_info
+
+
+def _finite_or_none(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _type_or_none(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def _dump_json(path: Path, obj) -> None:
+    # allow_nan=False: NaN/Infinity are not JSON and would break strict readers such as QuPath's
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, allow_nan=False)
+
+
+def _check_inst_map(inst_map: np.ndarray, inst_info: Mapping) -> np.ndarray:
+    inst_map = np.asarray(inst_map)
+    if inst_map.ndim != 2 or inst_map.dtype.kind not in "iu":
+        raise ValueError(f"inst_map must be an HxW integer map, got shape {inst_map.shape} dtype {inst_map.dtype}")
+    ids = np.unique(inst_map)
+    ids = ids[ids != 0]
+    if set(ids.tolist()) != {int(k) for k in inst_info}:
+        missing = sorted(set(ids.tolist()) ^ {int(k) for k in inst_info})[:10]
+        raise ValueError(f"inst_map ids and inst_info ids differ (e.g. {missing})")
+    return inst_map
+
+
+def save_mat(path: str | os.PathLike, inst_map: np.ndarray, inst_info: Mapping) -> Path:
+    """Write a CoNSeP-format ``.mat`` so predictions and ground truth are read by the same code.
+
+    Keys: ``inst_map`` (HxW int32), ``type_map`` (HxW int32, each nucleus's pixels = its type, 0 for
+    background and untyped nuclei), ``inst_type`` (Nx1 int32) and ``inst_centroid`` (Nx2 float64,
+    x then y), rows in ascending id order (row i is id i + 1 when ids are 1..N). ``inst_info`` must
+    describe exactly the ids present in ``inst_map`` (``ValueError`` otherwise).
+    """
+    inst_map = _check_inst_map(inst_map, inst_info)
+    ids = sorted(int(k) for k in inst_info)
+    types = np.array([_type_or_none(inst_info[i].get("type")) or 0 for i in ids], dtype=np.int32)
+    centroids = np.array([[float(v) for v in inst_info[i]["centroid"]] for i in ids], dtype=np.float64)
+    lookup = np.zeros(max(ids, default=0) + 1, dtype=np.int32)
+    lookup[ids] = types
+    path = Path(path)
+    save_label_mat(path, inst_map, type_map=lookup[inst_map], inst_type=types,
+                   inst_centroid=centroids.reshape(-1, 2))
+    return path
+
+
+def _nucleus_record(inst_id: int, info: Mapping, type_info: Mapping) -> dict:
+    type_id = _type_or_none(info.get("type"))
+    name, _ = type_entry(type_info, type_id)
+    (rmin, cmin), (rmax, cmax) = info["bbox"]
+    return {
+        "id": int(inst_id),
+        "bbox": [[int(rmin), int(cmin)], [int(rmax), int(cmax)]],
+        "centroid": [float(v) for v in info["centroid"]],
+        "contour": np.asarray(info["contour"], dtype=np.int64).reshape(-1, 2).tolist(),
+        "type": type_id,
+        "type_name": name,
+        "type_prob": _finite_or_none(info.get("type_prob")),
+    }
+
+
+def save_nuclei_json(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping | None = None,
+                     image_shape: tuple[int, int] | None = None) -> Path:
+    """Write every nucleus as JSON: ``{"image_shape": [H, W], "type_info": {"<id>": [name, [r, g, b]]},
+    "nuclei": [{"id", "bbox", "centroid", "contour", "type", "type_name", "type_prob"}, ...]}``.
+
+    Nuclei in ascending id order; ``bbox`` [[rmin, cmin], [rmax, cmax]] (max exclusive), ``centroid``
+    [x, y], ``contour`` [[x, y], ...]; ``type``/``type_prob`` null for untyped nuclei.
+    ``image_shape`` is left out when not given.
+    """
+    type_info = _type_info(type_info)
+    doc = {}
+    if image_shape is not None:
+        doc["image_shape"] = [int(image_shape[0]), int(image_shape[1])]
+    doc["type_info"] = {str(k): [str(name), [int(v) for v in colour]] for k, (name, colour) in type_info.items()}
+    doc["nuclei"] = [_nucleus_record(int(i), inst_info[i], type_info) for i in sorted(inst_info, key=int)]
+    path = Path(path)
+    _dump_json(path, doc)
+    return path
+
+
+def _signed_area(points: np.ndarray) -> float:
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+
+def geojson_ring(contour, bbox=None) -> list[list[int]]:
+    """A closed GeoJSON linear ring (RFC 7946 section 3.1.6) from a Kx2 (x, y) contour.
+
+    The first position is repeated at the end. A contour that encloses no area (1-3 points, or all
+    on a line, as OpenCV gives for 1-pixel or 1-pixel-wide nuclei) becomes the rectangle of pixel
+    edges around its points (or around ``bbox`` [[rmin, cmin], [rmax, cmax]] if it is empty), so every
+    ring has >= 4 positions and a non-zero area. Rings wind counterclockwise in the (x, y) frame, as
+    RFC 7946 recommends for exterior rings (clockwise on screen, where y points down).
+    """
+    points = np.asarray(contour, dtype=np.int64).reshape(-1, 2)
+    if len(points) > 1 and np.array_equal(points[0], points[-1]):
+        points = points[:-1]
+    if len(points) < 3 or _signed_area(points) == 0:
+        if len(points):
+            (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0) + 1
+        elif bbox is not None:
+            (y0, x0), (y1, x1) = bbox
+        else:
+            raise ValueError("a nucleus has neither contour points nor a bbox")
+        points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.int64)
+    if _signed_area(points) < 0:
+        points = points[::-1]
+    ring = points.tolist()
+    return ring + [ring[0]]
+
+
+def save_geojson(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping | None = None) -> Path:
+    """Write nuclei as a GeoJSON FeatureCollection that QuPath (>= 0.4) imports as classified detections.
+
+    One Feature per nucleus, ascending id: ``geometry`` a Polygon (see :func:`geojson_ring`) in pixel
+    coordinates; ``properties``: ``objectType`` "detection" (QuPath's lightweight object for many
+    small cells; without it QuPath creates annotations), ``classification`` {"name", "color": [r, g, b]}
+    (left out for untyped nuclei, which QuPath shows as unclassified), ``measurements``
+    {"nucleus_id", "type_prob"} (a flat name -> number map; ``type_prob`` left out when unknown), and
+    ``nucleus_id`` (the id in the ``.mat``/JSON, for other readers). Conventions follow QuPath's own
+    GeoJSON export (qupath-core ``PathObjectTypeAdapters``; the v0.4 format of qupath/qupath#1099).
+    """
+    type_info = _type_info(type_info)
+    features = []
+    for inst_id in sorted(inst_info, key=int):
+        info = inst_info[inst_id]
+        type_id = _type_or_none(info.get("type"))
+        properties = {"objectType": "detection"}
+        if type_id is not None:
+            name, colour = type_entry(type_info, type_id)
+            properties["classification"] = {"name": name, "color": list(colour)}
+        measurements = {"nucleus_id": int(inst_id)}
+        type_prob = _finite_or_none(info.get("type_prob"))
+        if type_prob is not None:
+            measurements["type_prob"] = type_prob
+        properties["measurements"] = measurements
+        properties["nucleus_id"] = int(inst_id)
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [geojson_ring(info["contour"], info.get("bbox"))]},
+            "properties": properties,
+        })
+    path = Path(path)
+    _dump_json(path, {"type": "FeatureCollection", "features": features})
+    return path
+
+
+def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in _SUFFIX]
+    if unknown or not formats:
+        raise ValueError(f"unknown output formats {unknown}; choose from {list(FORMATS)}")
+    return formats
+
+
+def output_paths(out_dir: str | os.PathLike, name: str, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+    """Format -> ``out_dir/<name>.<suffix>`` (``.mat``, ``.json``, ``.png``, ``.geojson``)."""
+    if not name or Path(name).name != name:
+        raise ValueError(f"output name must be a plain file stem, got {name!r}")
+    return {f: Path(out_dir) / f"{name}{_SUFFIX[f]}" for f in _check_formats(formats)}
+
+
+def write_outputs(out_dir: str | os.PathLike, name: str, image: np.ndarray, inst_map: np.ndarray,
+                  inst_info: Mapping, type_info: Mapping | None = None,
+                  formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+    """Write the requested outputs of one image and return format -> path.
+
+    ``image``: HxWx3 uint8 RGB (used by the ``png`` overlay); ``inst_map`` HxW int32; ``inst_info`` and
+    ``type_info`` as in the module docstring. Each file is written atomically.
+    """
+    type_info = _type_info(type_info)
+    paths = output_paths(out_dir, name, formats)
+    image = np.asarray(image)
+    if image.shape[:2] != np.shape(inst_map):
+        raise ValueError(f"image shape {image.shape} and inst_map shape {np.shape(inst_map)} differ")
+    writers = {
+        "mat": lambda p: save_mat(p, inst_map, inst_info),
+        "json": lambda p: save_nuclei_json(p, inst_info, type_info, image_shape=image.shape[:2]),
+        "geojson": lambda p: save_geojson(p, inst_info, type_info),
+        "png": lambda p: save_overlay(p, image, inst_info, type_info),
+    }
+    for fmt, path in paths.items():
+        writers[fmt](path)
+    return paths
+
+
+def outputs_complete(out_dir: str | os.PathLike, name: str, formats: Iterable[str] = FORMATS) -> bool:
+    """True if every requested output of ``name`` exists (atomic writes make present mean complete)."""
+    return all(path.is_file() for path in output_paths(out_dir, name, formats).values())

@@ -1,0 +1,118 @@
+"""Overlays of nuclear contours on the H&E image, for files and notebooks.
+
+Colours are RGB triples of ints in [0, 255] throughout; images are HxWx3 uint8 RGB. The one BGR
+conversion happens in :func:`save_overlay`, right before OpenCV writes the file.
+numpy/scipy/OpenCV only.
+"""
+from __future__ import annotations
+
+import colorsys
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+import scipy.ndimage
+
+from misc.io import atomic_path
+
+__all__ = ["UNTYPED_NAME", "UNTYPED_COLOUR", "type_entry", "instance_contours", "visualize_instances",
+           "save_overlay"]
+
+# Nuclei without a type (a model trained without the tp branch) are drawn and named neutrally.
+# "Unclassified" is also what QuPath calls an object without a classification.
+UNTYPED_NAME = "unclassified"
+UNTYPED_COLOUR = (128, 128, 128)
+
+
+def type_entry(type_info: Mapping | None, type_id) -> tuple[str, tuple[int, int, int]]:
+    """``(name, (r, g, b))`` of a nucleus type; ``type_id`` None gives the neutral untyped entry.
+
+    Raises ``ValueError`` for a type that ``type_info`` does not list: a model with more types than
+    the TYPE_INFO file describes is a configuration error worth stopping for.
+    """
+    if type_id is None:
+        return UNTYPED_NAME, UNTYPED_COLOUR
+    if type_info is None or int(type_id) not in type_info:
+        known = sorted(type_info) if type_info is not None else []
+        raise ValueError(f"nucleus type {type_id} has no name/colour in type_info (known types: {known})")
+    name, colour = type_info[int(type_id)]
+    return str(name), tuple(int(v) for v in colour)
+
+
+def instance_contours(inst_map: np.ndarray) -> dict[int, np.ndarray]:
+    """Outer contour of every instance of an HxW integer map: id -> Kx2 int32 (x, y), ids ascending.
+
+    One contour per id (the longest, should an id be split into several pieces).
+    """
+    inst_map = np.asarray(inst_map)
+    if inst_map.ndim != 2 or inst_map.dtype.kind not in "iu":
+        raise ValueError(f"inst_map must be an HxW integer map, got shape {inst_map.shape} dtype {inst_map.dtype}")
+    contours = {}
+    for index, window in enumerate(scipy.ndimage.find_objects(inst_map.astype(np.int64, copy=False))):
+        if window is None:  # an id absent from the map
+            continue
+        inst_id = index + 1
+        mask = (inst_map[window] == inst_id).astype(np.uint8)
+        found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        longest = max(found, key=len).reshape(-1, 2)
+        contours[inst_id] = (longest + [window[1].start, window[0].start]).astype(np.int32)
+    return contours
+
+
+def _distinct_colour(index: int) -> tuple[int, int, int]:
+    # Golden-ratio hue steps: neighbouring ids get clearly different, reproducible colours.
+    r, g, b = colorsys.hsv_to_rgb((index * 0.618033988749895) % 1.0, 0.9, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be HxWx3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+    return image
+
+
+def visualize_instances(image: np.ndarray, instances, type_info: Mapping | None = None,
+                        line_thickness: int = 2) -> np.ndarray:
+    """Draw nuclear contours on a copy of ``image`` (HxWx3 uint8 RGB); returns HxWx3 uint8 RGB.
+
+    ``instances`` is either an inst_info dict (id -> {"contour": Kx2 (x, y), "type": int or None, ...}),
+    drawn in each type's colour from ``type_info`` (id -> (name, (r, g, b))), or an HxW instance map,
+    drawn with one distinct colour per instance (no types known).
+    """
+    overlay = _check_image(image).copy()
+    groups: dict[tuple[int, int, int], list[np.ndarray]] = {}
+    if isinstance(instances, Mapping):
+        for inst_id in sorted(instances):
+            info = instances[inst_id]
+            _, colour = type_entry(type_info, info.get("type"))
+            groups.setdefault(colour, []).append(np.asarray(info["contour"]).reshape(-1, 2))
+    else:
+        inst_map = np.asarray(instances)
+        if inst_map.shape != overlay.shape[:2]:
+            raise ValueError(f"inst_map shape {inst_map.shape} does not match the image's {overlay.shape[:2]}")
+        for inst_id, contour in instance_contours(inst_map).items():
+            groups.setdefault(_distinct_colour(inst_id), []).append(contour)
+    for colour, contours in groups.items():
+        # one call per colour: thousands of nuclei per tile, only a handful of types
+        contours = [c.astype(np.int32).reshape(-1, 1, 2) for c in contours if len(c)]
+        if contours:
+            cv2.drawContours(overlay, contours, -1, colour, line_thickness)
+    return overlay
+
+
+def save_overlay(path: str | os.PathLike, image: np.ndarray, inst_info: Mapping, type_info: Mapping | None = None,
+                 line_thickness: int = 2) -> Path:
+    """Write the contour overlay of :func:`visualize_instances` as an image file (format from the suffix).
+
+    Atomic (``misc.io.atomic_path``): an interrupted write leaves nothing under ``path``.
+    Raises ``OSError`` if OpenCV cannot encode the file.
+    """
+    path = Path(path)
+    overlay = visualize_instances(image, inst_info, type_info, line_thickness)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{path}: OpenCV could not write the overlay image")
+    return path

@@ -1,0 +1,222 @@
+"""Sliding-window inference on a tile, independent of the model (spec section 6).
+
+The valid-convolution network maps an ``input_shape`` x ``input_shape`` window to the central
+``output_shape`` x ``output_shape`` square of it. To predict a whole tile the image is reflect-padded by
+``(input_shape - output_shape) / 2`` px top/left (95 for the 270 -> 80 'original' geometry, 46 for the
+256 -> 164 'fast' one) and enough bottom/right that windows taken with step ``output_shape`` cover it;
+every window is predicted, the outputs are placed side by side and the mosaic is cropped to the
+image size. The published TF inferer does the same (``np.lib.pad(..., 'reflect')``, step = output size).
+
+Padding. 'reflect' here is numpy's ``reflect`` / OpenCV's ``BORDER_REFLECT_101``: mirror about the
+edge pixel without repeating it (``... 2 1 | 0 1 2 ... n-1 | n-2 ...``), as in the published code. For
+an image smaller than the margin a single reflection is not enough, so the mirror is continued
+periodically (period ``2 * (n - 1)``), which is what numpy >= 1.17 does for large pads; an axis of
+length 1 repeats its only pixel. Rather than building the padded image (55 MB for a 4000x4000 uint8
+tile, and 4x that once a caller has converted to float32), windows are gathered straight from the image
+through the reflected index of each padded row and column: same pixels, memory bounded by one batch.
+
+Nothing here imports TensorFlow: ``predict_tile`` takes any ``predict_fn``, so it is tested with fakes
+and reused by the TF runner (``predict_fn`` = an ``OfflinePredictor`` call).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["WindowLayout", "window_layout", "reflect_index", "extract_windows", "iter_window_batches",
+           "stitch", "predict_tile"]
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """Where the windows of one tile lie.
+
+    Padded coordinates: the image occupies rows ``pad_top .. pad_top + height`` and columns
+    ``pad_left .. pad_left + width`` of a virtual padded canvas of ``padded_shape``. Window ``i``
+    (row-major, ``r, c = divmod(i, cols)``) starts at padded ``(r * output_shape, c * output_shape)``
+    and its output covers image rows ``r * output_shape .. (r + 1) * output_shape`` (columns alike),
+    clipped to the image for the last row/column.
+    """
+
+    height: int  # image rows
+    width: int  # image columns
+    input_shape: int  # window side fed to the network (270 original, 256 fast)
+    output_shape: int  # side of the network's output, the window's central square (80 / 164)
+    pad_top: int
+    pad_bottom: int
+    pad_left: int
+    pad_right: int
+    rows: int  # windows per column of the grid
+    cols: int  # windows per row of the grid
+
+    @property
+    def n_windows(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return self.pad_top + self.height + self.pad_bottom, self.pad_left + self.width + self.pad_right
+
+    @property
+    def origins(self) -> np.ndarray:
+        """n_windows x 2 int64: (row, col) top-left of each window in padded coordinates, row-major."""
+        r, c = np.divmod(np.arange(self.n_windows), self.cols)
+        return np.stack([r * self.output_shape, c * self.output_shape], axis=1)
+
+
+def window_layout(height: int, width: int, input_shape: int = 270, output_shape: int = 80) -> WindowLayout:
+    """The window grid of spec section 6 for an ``height`` x ``width`` image.
+
+    Raises ``ValueError`` for a non-positive size, ``output_shape > input_shape`` or an odd
+    ``input_shape - output_shape`` (the output must be the exact centre of the window).
+    """
+    for name, value in (("height", height), ("width", width), ("input_shape", input_shape),
+                        ("output_shape", output_shape)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if output_shape > input_shape:
+        raise ValueError(f"output_shape {output_shape} is larger than input_shape {input_shape}")
+    if (input_shape - output_shape) % 2:
+        raise ValueError(f"input_shape - output_shape must be even (a centred output), got "
+                         f"{input_shape} - {output_shape}")
+    margin = (input_shape - output_shape) // 2
+    rows = math.ceil(height / output_shape)
+    cols = math.ceil(width / output_shape)
+    # Padded side = (n - 1) * step + input: the last window ends exactly at the padded edge.
+    return WindowLayout(
+        height=int(height), width=int(width), input_shape=int(input_shape), output_shape=int(output_shape),
+        pad_top=margin, pad_bottom=rows * output_shape + margin - height,
+        pad_left=margin, pad_right=cols * output_shape + margin - width,
+        rows=rows, cols=cols,
+    )
+
+
+def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
+    """Map any integer positions onto ``0 .. size - 1`` by mirroring without repeating the edge.
+
+    Equal to what ``np.pad(..., mode='reflect')`` reads for every pad width (the mirror is continued
+    periodically with period ``2 * (size - 1)``); ``size == 1`` maps everything to 0.
+    """
+    index = np.asarray(index, dtype=np.int64)
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = np.mod(index, period)
+    return np.where(index >= size, period - index, index)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be HxWx3 (RGB), got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty, shape {image.shape}")
+    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"image must be uint8 or floating point, got dtype {image.dtype}")
+    return image
+
+
+def _padded_indices(layout: WindowLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Image row / column index of every padded row / column."""
+    padded_h, padded_w = layout.padded_shape
+    rows = reflect_index(np.arange(padded_h) - layout.pad_top, layout.height)
+    cols = reflect_index(np.arange(padded_w) - layout.pad_left, layout.width)
+    return rows, cols
+
+
+def extract_windows(image: np.ndarray, layout: WindowLayout, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Windows ``start .. stop`` (row-major) of the reflect-padded image.
+
+    ``image``: HxWx3 (any channel order; passed through unchanged), uint8 or float. Returns
+    ``(stop - start) x input_shape x input_shape x 3`` of the image's dtype. Only the requested
+    windows are built, so callers bound memory by asking for one batch at a time.
+    """
+    image = _check_image(image)
+    if image.shape[:2] != (layout.height, layout.width):
+        raise ValueError(f"image shape {image.shape[:2]} does not match the layout's "
+                         f"{(layout.height, layout.width)}")
+    stop = layout.n_windows if stop is None else min(stop, layout.n_windows)
+    if not 0 <= start <= stop:
+        raise ValueError(f"bad window range {start}..{stop} of {layout.n_windows}")
+    row_index, col_index = _padded_indices(layout)
+    size, step = layout.input_shape, layout.output_shape
+    out = np.empty((stop - start, size, size, 3), dtype=image.dtype)
+    for k, i in enumerate(range(start, stop)):
+        r, c = divmod(i, layout.cols)
+        rows = row_index[r * step:r * step + size]
+        cols = col_index[c * step:c * step + size]
+        out[k] = image[rows[:, None], cols[None, :]]
+    return out
+
+
+def iter_window_batches(image: np.ndarray, layout: WindowLayout,
+                        batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, windows)`` with at most ``batch_size`` windows each, in row-major order."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for start in range(0, layout.n_windows, batch_size):
+        yield start, extract_windows(image, layout, start, start + batch_size)
+
+
+def _place(canvas: np.ndarray, outputs: np.ndarray, start: int, layout: WindowLayout) -> None:
+    """Copy window outputs ``start ..`` into their square of the HxWxC canvas, clipped to the image."""
+    step = layout.output_shape
+    for k, output in enumerate(outputs):
+        r, c = divmod(start + k, layout.cols)
+        y0, x0 = r * step, c * step
+        h, w = min(step, layout.height - y0), min(step, layout.width - x0)
+        canvas[y0:y0 + h, x0:x0 + w] = output[:h, :w]
+
+
+def _check_outputs(outputs, n: int, layout: WindowLayout, channels: int | None) -> np.ndarray:
+    outputs = np.asarray(outputs)
+    side = layout.output_shape
+    if outputs.ndim != 4 or outputs.shape[0] != n or outputs.shape[1:3] != (side, side):
+        raise ValueError(
+            f"predict_fn must return {n} x {side} x {side} x C for {n} windows of "
+            f"{layout.input_shape} x {layout.input_shape}, got shape {outputs.shape} "
+            f"(does the model geometry match input_shape/output_shape?)")
+    if channels is not None and outputs.shape[3] != channels:
+        raise ValueError(f"predict_fn returned {outputs.shape[3]} channels after {channels} earlier")
+    return outputs
+
+
+def stitch(outputs: np.ndarray, layout: WindowLayout) -> np.ndarray:
+    """Place all window outputs side by side and crop to the image.
+
+    ``outputs``: n_windows x output_shape x output_shape x C, row-major as :func:`extract_windows`.
+    Returns height x width x C float32.
+    """
+    outputs = _check_outputs(outputs, layout.n_windows, layout, None)
+    canvas = np.empty((layout.height, layout.width, outputs.shape[3]), dtype=np.float32)
+    _place(canvas, outputs, 0, layout)
+    return canvas
+
+
+def predict_tile(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray], batch_size: int = 16,
+                 input_shape: int = 270, output_shape: int = 80,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Predict a whole tile window by window (spec section 6).
+
+    ``image``: HxWx3 RGB, uint8 or float (handed to ``predict_fn`` in that dtype, unnormalised).
+    ``predict_fn(batch)``: ``N x input_shape x input_shape x 3`` -> ``N x output_shape x output_shape x C``
+    (any float dtype), called ``ceil(n_windows / batch_size)`` times with ``N <= batch_size``.
+    ``progress(done, total)``, if given, is called after each batch with window counts.
+    Returns HxWxC float32, the channels as ``predict_fn`` returns them. At most ``batch_size`` windows
+    (and their outputs) exist at a time besides the HxWxC result.
+    """
+    image = _check_image(image)
+    layout = window_layout(image.shape[0], image.shape[1], input_shape, output_shape)
+    canvas = None
+    for start, windows in iter_window_batches(image, layout, batch_size):
+        outputs = _check_outputs(predict_fn(windows), len(windows), layout,
+                                 None if canvas is None else canvas.shape[2])
+        if canvas is None:  # the channel count is known only once the model has answered
+            canvas = np.empty((layout.height, layout.width, outputs.shape[3]), dtype=np.float32)
+        _place(canvas, outputs, start, layout)
+        if progress is not None:
+            progress(start + len(windows), layout.n_windows)
+    return canvas
