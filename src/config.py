@@ -110,6 +110,9 @@ def make_config() -> AttrDict:
 
     # --- training targets (spec section 2) ---
     C.TARGETS.MIN_INSTANCE_SIZE = 30  # instances smaller than this (px, inside the output window) get no HV
+    # The released code's HV grid is np.arange(1, n + 1) - round(com), which puts the zero row/column one
+    # pixel above/left of the rounded centre of mass; False follows spec section 2 (zero on the centre).
+    C.TARGETS.HV_PUBLISHED_OFFSET = False
 
     # --- patches and augmentation (spec section 4) ---
     C.DATA.PATCH_SIZE = 540  # extracted window; augmentation works on it before the centre crop
