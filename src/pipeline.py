@@ -1,0 +1,218 @@
+"""Tiles in, per-nucleus outputs out: the model-agnostic driver behind ``infer.py``.
+
+Given any ``predict_fn(batch Nx270x270x3) -> Nx80x80xC`` (the TensorFlow predictor in
+``src/predictor.py``, or a fake in tests), this module finds the input images, skips those whose
+outputs are already complete (so a killed run resumes), runs the sliding-window forward pass
+(``src/inference.py``), post-processes (``src/postproc.py``) and writes every output atomically
+(``misc/outputs.py``), overlapping the post-processing and writing of image k with the forward pass
+of image k+1. Bad images are reported by name with the reason and skipped. No TensorFlow here.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from misc.io import IMAGE_SUFFIXES, InputError, atomic_path, read_image_rgb
+from misc.outputs import outputs_complete, write_outputs
+from src.inference import predict_tile
+from src.postproc import process
+
+log = logging.getLogger(__name__)
+
+__all__ = ["collect_inputs", "split_channels", "postproc_kwargs", "InferenceReport", "run_inference",
+           "SUMMARY_NAME", "FORMATS"]
+
+SUMMARY_NAME = "summary.csv"
+FORMATS = ("mat", "json", "png", "geojson")
+
+
+def collect_inputs(spec: str) -> list[Path]:
+    """Images named by ``spec``: one file, a folder (its images, not recursive) or a glob pattern.
+
+    Raises :class:`InputError` when nothing matches or when two inputs share a name (their outputs
+    would overwrite each other).
+    """
+    path = Path(spec)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    elif any(ch in spec for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise InputError(f"{spec}: the pattern matches no images")
+    else:
+        raise InputError(f"{spec}: no such file or folder")
+    by_name: dict[str, list[Path]] = {}
+    for file in files:
+        by_name.setdefault(file.stem, []).append(file)
+    clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    if clashes:
+        listed = "; ".join(", ".join(str(p) for p in paths) for paths in clashes.values())
+        raise InputError(f"inputs with the same name would write the same outputs: {listed}")
+    return files
+
+
+def split_channels(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Split stitched HxWxC maps into (np foreground prob HxW, hv HxWx2, tp probs HxWxT or None).
+
+    The channel order is the one ``src/predictor.py`` produces: foreground probability, hv x, hv y,
+    then the type probabilities if the model has a type branch.
+    """
+    if maps.ndim != 3 or maps.shape[2] < 3:
+        raise ValueError(f"expected HxWxC maps with C >= 3, got {maps.shape}")
+    tp = maps[..., 3:] if maps.shape[2] > 3 else None
+    return maps[..., 0], maps[..., 1:3], tp
+
+
+def postproc_kwargs(cfg) -> dict:
+    """The POSTPROC section of the config as keyword arguments of :func:`src.postproc.process`."""
+    p = cfg.POSTPROC
+    return {"np_threshold": p.NP_THRESHOLD, "marker_threshold": p.MARKER_THRESHOLD, "sobel_ksize": p.SOBEL_KSIZE,
+            "min_size": p.MIN_SIZE, "energy_blur": p.ENERGY_BLUR, "marker_opening": p.MARKER_OPENING}
+
+
+@dataclass
+class InferenceReport:
+    """What a run did: images written, images already complete, and bad inputs with their reasons."""
+
+    done: list[str] = field(default_factory=list)
+    already_complete: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> stage -> s
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _summary_row(name: str, image_shape, inst_info: dict, type_info: dict, seconds: float) -> dict:
+    counts = {tid: 0 for tid in type_info if tid != 0}
+    for info in inst_info.values():
+        if info.get("type") is not None:
+            counts[info["type"]] = counts.get(info["type"], 0) + 1
+    row = {"image": name, "height": image_shape[0], "width": image_shape[1], "nuclei": len(inst_info)}
+    for tid, count in sorted(counts.items()):
+        row[f"n_{_type_name(type_info, tid)}"] = count
+    row["seconds"] = round(seconds, 3)
+    return row
+
+
+def _type_name(type_info: dict, tid) -> str:
+    entry = type_info.get(tid)
+    return str(entry[0]) if entry else f"type{tid}"
+
+
+def _read_summary(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        return {row["image"]: row for row in csv.DictReader(handle)}
+
+
+def _write_summary(path: Path, rows: dict[str, dict]) -> None:
+    columns = ["image", "height", "width", "nuclei"]
+    for row in rows.values():
+        columns.extend(c for c in row if c not in columns)
+    if "seconds" in columns:  # keep the timing last, after the per-type counts
+        columns.append(columns.pop(columns.index("seconds")))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval=0)
+    writer.writeheader()
+    for name in sorted(rows):
+        writer.writerow(rows[name])
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarray], np.ndarray], type_info: dict,
+                  *, formats=FORMATS, overwrite: bool = False, batch_size: int = 16, input_shape: int = 270,
+                  output_shape: int = 80, postproc_kwargs: dict | None = None, progress: bool = True
+                  ) -> InferenceReport:
+    """Run the whole per-image job over ``files`` into ``out_dir``; never raises for one bad image.
+
+    Images whose outputs in ``formats`` all exist are skipped unless ``overwrite`` (writes are atomic,
+    so an existing file is a complete one). ``summary.csv`` (image, size, nuclei per type, seconds)
+    is rewritten after every image, so it is current even if the run is killed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = list(files)
+    report = InferenceReport()
+    summary_path = out_dir / SUMMARY_NAME
+    summary = _read_summary(summary_path)
+    postproc_kwargs = dict(postproc_kwargs or {})
+
+    todo = []
+    for file in files:
+        if not overwrite and outputs_complete(out_dir, file.stem, formats):
+            report.already_complete.append(file.stem)
+        else:
+            todo.append(file)
+    if report.already_complete:
+        log.info("%d image(s) already have complete outputs in %s; skipping them (--overwrite redoes them)",
+                 len(report.already_complete), out_dir)
+
+    def finish(file: Path, image: np.ndarray, maps: np.ndarray, forward_s: float) -> None:
+        start = time.perf_counter()
+        np_prob, hv, tp_prob = split_channels(maps)
+        inst_map, inst_info = process(np_prob, hv, tp_prob, **postproc_kwargs)
+        post_s = time.perf_counter() - start
+        start = time.perf_counter()
+        write_outputs(out_dir, file.stem, image, inst_map, inst_info, type_info, formats=formats)
+        write_s = time.perf_counter() - start
+        report.seconds[file.stem] = {"forward": forward_s, "postproc": post_s, "write": write_s}
+        summary[file.stem] = _summary_row(file.stem, image.shape, inst_info, type_info, forward_s + post_s + write_s)
+        _write_summary(summary_path, summary)
+        report.done.append(file.stem)
+
+    bar = tqdm(total=len(todo), unit="image", desc="HoVer-Net", disable=not progress or not todo)
+    pending: tuple[Path, Future] | None = None
+
+    def collect(item: tuple[Path, Future] | None) -> None:
+        if item is None:
+            return
+        file, future = item
+        try:
+            future.result()
+        except (InputError, ValueError, OSError) as exc:
+            report.failed[str(file)] = f"{type(exc).__name__}: {exc}"
+            log.error("%s: skipped (%s)", file, exc)
+        bar.update(1)
+
+    # One worker: post-processing/writing of image k runs while the forward pass of image k+1 runs.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for file in todo:
+            try:
+                image = read_image_rgb(file)
+                start = time.perf_counter()
+                maps = predict_tile(image, predict_fn, batch_size=batch_size, input_shape=input_shape,
+                                    output_shape=output_shape)
+                forward_s = time.perf_counter() - start
+            except InputError as exc:
+                collect(pending)
+                pending = None
+                report.failed[str(file)] = str(exc)
+                log.error("skipped: %s", exc)
+                bar.update(1)
+                continue
+            collect(pending)
+            pending = (file, pool.submit(finish, file, image, maps, forward_s))
+        collect(pending)
+    bar.close()
+    if not summary_path.exists():
+        _write_summary(summary_path, summary)
+    return report

@@ -1,0 +1,193 @@
+"""src/pipeline.py: tiles in, outputs out, with a fake predictor (no TensorFlow).
+
+The fake predictor decodes maps that the synthetic images carry in their own pixels (R: type level,
+G/B: the exact HV maps), taking the centre of each window as HoVer-Net does, so the stitched maps are
+known and the whole path - windows, stitching, post-processing, writing, resume - is checked end to end.
+"""
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from metrics.compute_stats import main as compute_stats
+from misc.io import InputError, load_label_mat, save_label_mat
+from misc.outputs import default_type_info
+from src.pipeline import SUMMARY_NAME, collect_inputs, run_inference, split_channels
+from src.targets import gen_hv_map
+
+N_TYPES = 5  # background + CoNSeP's four types
+TYPE_LEVEL = 50  # R value per type id
+
+
+def _disc_scene(height, width, seed):
+    """Instance map with non-touching discs, their types, and the image encoding the exact maps."""
+    rng = np.random.default_rng(seed)
+    inst = np.zeros((height, width), np.int32)
+    types = {}
+    yy, xx = np.mgrid[:height, :width]
+    for inst_id in range(1, 40):
+        r = int(rng.integers(5, 9))
+        cy, cx = int(rng.integers(r, height - r)), int(rng.integers(r, width - r))
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 2) ** 2
+        if inst[grown].any():
+            continue
+        inst[disc] = inst_id
+        types[inst_id] = int(rng.integers(1, N_TYPES))
+    type_map = np.zeros_like(inst)
+    for inst_id, t in types.items():
+        type_map[inst == inst_id] = t
+    hv = gen_hv_map(inst)
+    image = np.stack([type_map * TYPE_LEVEL, np.round((hv[..., 0] + 1) * 127.5),
+                      np.round((hv[..., 1] + 1) * 127.5)], axis=-1).astype(np.uint8)
+    return image, inst, type_map
+
+
+def fake_predict(batch, output_shape=80):
+    """Decode the centre output_shape crop of each 270x270 window into [np, hv x, hv y, tp...] maps."""
+    off = (batch.shape[1] - output_shape) // 2
+    centre = batch[:, off:off + output_shape, off:off + output_shape].astype(np.float32)
+    type_id = np.rint(centre[..., 0] / TYPE_LEVEL).astype(int)
+    tp = np.eye(N_TYPES, dtype=np.float32)[type_id]
+    fg = (type_id > 0).astype(np.float32)
+    hv = (centre[..., 1:3] / 127.5 - 1.0) * fg[..., None]
+    return np.concatenate([fg[..., None], hv, tp], axis=-1)
+
+
+@pytest.fixture
+def tiles(tmp_path):
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    truths = {}
+    for name, (h, w), seed in (("a", (200, 170), 0), ("b", (96, 250), 1)):
+        image, inst, type_map = _disc_scene(h, w, seed)
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        truths[name] = (inst, type_map)
+    return folder, truths
+
+
+def _save_truths(truths, folder):
+    folder.mkdir()
+    for name, (inst, type_map) in truths.items():
+        ids = np.unique(inst)[1:]
+        inst_type = [int(type_map[inst == i][0]) for i in ids]
+        centroid = [[np.mean(np.nonzero(inst == i)[1]), np.mean(np.nonzero(inst == i)[0])] for i in ids]
+        save_label_mat(folder / f"{name}.mat", inst, type_map, inst_type, centroid)
+
+
+def test_split_channels_order():
+    maps = np.arange(2 * 2 * 8, dtype=np.float32).reshape(2, 2, 8)
+    np_prob, hv, tp = split_channels(maps)
+    assert np_prob.shape == (2, 2) and hv.shape == (2, 2, 2) and tp.shape == (2, 2, 5)
+    assert np_prob[0, 0] == 0 and hv[0, 0].tolist() == [1, 2] and tp[0, 0, 0] == 3
+    assert split_channels(maps[..., :3])[2] is None
+    with pytest.raises(ValueError):
+        split_channels(maps[..., :2])
+
+
+def test_collect_inputs(tiles, tmp_path):
+    folder, _ = tiles
+    (folder / "notes.txt").write_text("not an image")
+    assert [p.name for p in collect_inputs(str(folder))] == ["a.png", "b.png"]
+    assert [p.name for p in collect_inputs(str(folder / "a.png"))] == ["a.png"]
+    assert [p.name for p in collect_inputs(str(folder / "*.png"))] == ["a.png", "b.png"]
+    with pytest.raises(InputError, match="no such file"):
+        collect_inputs(str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="matches no images"):
+        collect_inputs(str(folder / "*.tif"))
+    (folder / "a.jpg").write_bytes((folder / "a.png").read_bytes())
+    with pytest.raises(InputError, match="same name"):
+        collect_inputs(str(folder))
+
+
+def test_end_to_end_outputs_match_the_truth(tiles, tmp_path):
+    folder, truths = tiles
+    out = tmp_path / "out"
+    report = run_inference(collect_inputs(str(folder)), out, fake_predict, default_type_info(), batch_size=3,
+                           progress=False)
+    assert report.ok and sorted(report.done) == ["a", "b"]
+    for name, (inst, _) in truths.items():
+        pred = load_label_mat(out / f"{name}.mat", with_types=True)
+        n_true = len(np.unique(inst)) - 1
+        assert pred["inst_map"].shape == inst.shape
+        assert pred["inst_map"].max() == n_true == len(pred["inst_type"])
+        nuclei = json.loads((out / f"{name}.json").read_text())["nuclei"]
+        features = json.loads((out / f"{name}.geojson").read_text())["features"]
+        assert len(nuclei) == len(features) == n_true
+        # Same nuclei in every format: ids, types and centroids agree.
+        for record in nuclei:
+            assert record["type"] == pred["inst_type"][record["id"] - 1]
+            assert np.allclose(record["centroid"], pred["inst_centroid"][record["id"] - 1])
+        overlay = cv2.imread(str(out / f"{name}.png"))
+        assert overlay.shape == inst.shape + (3,)
+    truth_dir = tmp_path / "truth"
+    _save_truths(truths, truth_dir)
+    scores = tmp_path / "scores.json"
+    assert compute_stats(["--mode", "instance", "--true_dir", str(truth_dir), "--pred_dir", str(out),
+                          "--json", str(scores)]) == 0
+    mean = json.loads(scores.read_text())["mean"]
+    assert mean["dq"] == 1.0 and mean["pq"] > 0.9
+    assert compute_stats(["--mode", "type", "--true_dir", str(truth_dir), "--pred_dir", str(out),
+                          "--json", str(scores)]) == 0
+    typed = json.loads(scores.read_text())
+    assert typed["f1_d"] == 1.0 and typed["acc"] == 1.0
+    with open(out / SUMMARY_NAME, newline="") as handle:
+        rows = {row["image"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"a", "b"}
+    assert int(rows["b"]["height"]) == 96 and int(rows["b"]["width"]) == 250
+    inst_a, type_a = truths["a"]
+    for tid, (type_name, _) in default_type_info().items():
+        if tid:
+            expected = sum(1 for i in np.unique(inst_a)[1:] if type_a[inst_a == i][0] == tid)
+            assert int(rows["a"][f"n_{type_name}"]) == expected
+
+
+def test_bad_images_are_reported_and_skipped(tiles, tmp_path):
+    folder, _ = tiles
+    cv2.imwrite(str(folder / "gray.png"), np.zeros((30, 30), np.uint8))
+    cv2.imwrite(str(folder / "deep.png"), np.zeros((30, 30, 3), np.uint16))
+    (folder / "broken.png").write_bytes(b"\x89PNG garbage")
+    (folder / "empty.png").write_bytes(b"")
+    report = run_inference(collect_inputs(str(folder)), tmp_path / "out", fake_predict, default_type_info(),
+                           progress=False)
+    assert not report.ok
+    assert sorted(report.done) == ["a", "b"]
+    reasons = {k.rsplit("/", 1)[-1]: v for k, v in report.failed.items()}
+    assert set(reasons) == {"gray.png", "deep.png", "broken.png", "empty.png"}
+    assert "grayscale" in reasons["gray.png"] and "uint16" in reasons["deep.png"]
+    assert "not a readable image" in reasons["broken.png"] and "empty" in reasons["empty.png"]
+
+
+def test_rerun_resumes_and_overwrite_redoes(tiles, tmp_path):
+    folder, _ = tiles
+    out = tmp_path / "out"
+    files = collect_inputs(str(folder))
+    calls = []
+
+    def counting_predict(batch):
+        calls.append(len(batch))
+        return fake_predict(batch)
+
+    run_inference(files, out, counting_predict, default_type_info(), progress=False)
+    first_calls = len(calls)
+    (out / "b.geojson").unlink()  # as if the run had been killed while writing b
+    mtime_a = (out / "a.mat").stat().st_mtime_ns
+    report = run_inference(files, out, counting_predict, default_type_info(), progress=False)
+    assert report.already_complete == ["a"] and report.done == ["b"]
+    assert (out / "b.geojson").is_file() and (out / "a.mat").stat().st_mtime_ns == mtime_a
+    assert len(calls) < 2 * first_calls
+    with open(out / SUMMARY_NAME, newline="") as handle:
+        assert sorted(row["image"] for row in csv.DictReader(handle)) == ["a", "b"]
+    report = run_inference(files, out, counting_predict, default_type_info(), overwrite=True, progress=False)
+    assert sorted(report.done) == ["a", "b"] and not report.already_complete
+    assert not [p for p in out.iterdir() if ".part" in p.name]
+
+
+def test_formats_subset(tiles, tmp_path):
+    folder, _ = tiles
+    out = tmp_path / "out"
+    run_inference(collect_inputs(str(folder / "a.png")), out, fake_predict, default_type_info(),
+                  formats=("mat", "geojson"), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.mat", SUMMARY_NAME]
