@@ -127,6 +127,7 @@ def make_config() -> AttrDict:
     C.AUG.FLIP = True  # vertical and horizontal
     C.AUG.BLUR_NOISE_PROB = 0.5  # one of gaussian blur / median blur / gaussian noise
     C.AUG.BLUR_KSIZE = (3, 5)  # odd kernel sizes, inclusive
+    C.AUG.NOISE_SIGMA = 1.0  # additive Gaussian noise, tensorpack GaussianNoise() default as published
     C.AUG.HUE = (-8, 8)
     C.AUG.SATURATION = 0.2
     C.AUG.BRIGHTNESS = 26.0

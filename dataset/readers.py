@@ -1,0 +1,328 @@
+"""Dataset readers and the mirror-padded patch grid that turns a tile into training windows.
+
+Readers pair ``Images/<name>.<png|jpg|jpeg|tif|tiff>`` with ``Labels/<name>.<ext>`` under a dataset root
+and yield :class:`Sample` tuples ``(name, image, inst_map, type_map)``:
+
+- ``image``: HxWx3 uint8 RGB (read with :func:`misc.io.read_image_rgb`);
+- ``inst_map``: HxW int32, 0 background, instance ids > 0 (any non-negative integers);
+- ``type_map``: HxW int32 type id per pixel, 0 background, or ``None`` for instance-only data sets.
+
+Two kinds, picked by name through :func:`get_reader` (the one way to choose a reader):
+
+``'consep'``
+    CoNSeP layout (spec section 4): ``Labels/<name>.mat`` holding ``inst_map`` and ``type_map``.
+    Optionally merges the original 7 types into the paper's 4 with :func:`merge_types`.
+``'instance'``
+    Instance-only sets (Kumar, CPM-15/17, TNBC style). Supported label files, tried in this order:
+    ``.mat`` (key ``inst_map``), ``.npy`` (HxW ids, or HxWxC with the ids in channel 0),
+    ``.png``/``.tif``/``.tiff`` (single-channel 8/16/32-bit ids, or a colour-coded RGB map where each
+    non-black colour is one instance). ``type_map`` is always ``None``.
+
+The patch grid (:func:`window_origins`, :func:`mirror_pad`, :func:`extract_windows`) reproduces the published
+extractor's ``'mirror'`` mode: pad by ``(window - step) / 2`` on each side with reflection, then slide by
+``step`` and add one last window flush with the far edge, so the central ``step x step`` regions of the
+windows tile the whole image and each lies inside it. numpy/scipy/OpenCV only; no TensorFlow.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import scipy.io
+
+from misc.io import IMAGE_SUFFIXES, InputError, colour_instances_to_ids, load_label_mat, read_image_rgb
+
+__all__ = [
+    "Sample", "DatasetReader", "ConsepReader", "InstanceReader", "READERS", "get_reader", "merge_types",
+    "INSTANCE_LABEL_SUFFIXES", "window_origins", "mirror_pad", "extract_windows",
+]
+
+# Label files an instance-only reader accepts, in the order they are looked for.
+INSTANCE_LABEL_SUFFIXES = (".mat", ".npy", ".png", ".tif", ".tiff")
+
+
+class Sample(NamedTuple):
+    """One annotated image: ``image`` HxWx3 uint8 RGB; ``inst_map`` HxW int32 (0 background);
+    ``type_map`` HxW int32 (0 background) or ``None`` when the data set has no types."""
+
+    name: str
+    image: np.ndarray
+    inst_map: np.ndarray
+    type_map: np.ndarray | None
+
+
+def merge_types(type_map: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+    """Relabel a type map through ``mapping`` (e.g. ``cfg.DATA.TYPE_MERGE``: CoNSeP 1..7 -> 1..4).
+
+    Args:
+        type_map: HxW integer map, 0 background.
+        mapping: old type id -> new type id for every non-zero id present; 0 always stays 0.
+
+    Returns:
+        HxW int32 map. Raises :class:`InputError` naming any non-zero id that ``mapping`` does not cover,
+        because silently keeping it would train a class the model has no channel for.
+    """
+    type_map = np.asarray(type_map)
+    present = np.unique(type_map)
+    present = present[present != 0]
+    unmapped = sorted(int(v) for v in present if int(v) not in mapping)
+    if unmapped:
+        raise InputError(f"type ids {unmapped} have no entry in the merge mapping {dict(mapping)}")
+    if present.size == 0:
+        return type_map.astype(np.int32)
+    lut = np.zeros(int(present.max()) + 1, np.int32)
+    for old, new in mapping.items():
+        if 0 < int(old) < lut.size:
+            lut[int(old)] = int(new)
+    return lut[type_map]
+
+
+class DatasetReader:
+    """Base reader: pairs images with labels under ``root`` and checks the pairing up front.
+
+    Args:
+        root: data set folder holding ``Images/`` and ``Labels/``.
+
+    Iterating yields :class:`Sample` in sorted name order; files are read lazily, one image at a time.
+    Construction raises :class:`InputError` for a missing folder, a folder without images, or images
+    without a label (all missing names listed), so a bad layout fails before any work is done.
+    """
+
+    kind = ""
+    label_suffixes: tuple[str, ...] = (".mat",)
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.image_dir = self.root / "Images"
+        self.label_dir = self.root / "Labels"
+        for folder in (self.root, self.image_dir, self.label_dir):
+            if not folder.is_dir():
+                raise InputError(f"{folder}: no such folder (expected <root>/Images and <root>/Labels)")
+        images = sorted(p for p in self.image_dir.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        if not images:
+            raise InputError(f"{self.image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        stems = [p.stem for p in images]
+        duplicates = sorted({s for s in stems if stems.count(s) > 1})
+        if duplicates:
+            raise InputError(f"{self.image_dir}: several images share the names {duplicates}")
+        self._pairs: list[tuple[str, Path, Path]] = []
+        missing = []
+        for image_path in images:
+            label_path = self._find_label(image_path.stem)
+            if label_path is None:
+                missing.append(image_path.name)
+            else:
+                self._pairs.append((image_path.stem, image_path, label_path))
+        if missing:
+            raise InputError(f"{self.label_dir}: no label ({'|'.join(self.label_suffixes)}) for "
+                             f"{len(missing)} image(s): {', '.join(missing)}")
+
+    def _find_label(self, stem: str) -> Path | None:
+        for suffix in self.label_suffixes:
+            candidate = self.label_dir / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    @property
+    def names(self) -> list[str]:
+        """Image names (file stems) in iteration order."""
+        return [name for name, _, _ in self._pairs]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for name, image_path, label_path in self._pairs:
+            yield self.read(name, image_path, label_path)
+
+    def read(self, name: str, image_path: Path, label_path: Path) -> Sample:
+        image = read_image_rgb(image_path)
+        inst_map, type_map = self._read_label(label_path)
+        for key, array in (("inst_map", inst_map), ("type_map", type_map)):
+            if array is not None and array.shape != image.shape[:2]:
+                raise InputError(f"{label_path}: '{key}' is {array.shape[0]}x{array.shape[1]} but the image "
+                                 f"{image_path.name} is {image.shape[0]}x{image.shape[1]}")
+        return Sample(name, image, inst_map, type_map)
+
+    def _read_label(self, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+
+class ConsepReader(DatasetReader):
+    """CoNSeP layout: ``Labels/<name>.mat`` with ``inst_map`` and ``type_map`` (both HxW integer).
+
+    Args:
+        root: data set folder holding ``Images/`` and ``Labels/``.
+        type_merge: optional old -> new type mapping applied with :func:`merge_types` (the paper merges
+            CoNSeP's 7 types into 4 with ``cfg.DATA.TYPE_MERGE``). Leave it ``None`` for labels that are
+            already merged, such as ``consep256``: merging 1..4 again would fold spindle (4) into epithelial.
+    """
+
+    kind = "consep"
+
+    def __init__(self, root: str | os.PathLike, type_merge: Mapping[int, int] | None = None):
+        super().__init__(root)
+        self.type_merge = dict(type_merge) if type_merge is not None else None
+
+    def _read_label(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        inst_map = load_label_mat(path)["inst_map"]
+        type_map = _read_type_map(path)
+        if self.type_merge is not None:
+            try:
+                type_map = merge_types(type_map, self.type_merge)
+            except InputError as exc:
+                raise InputError(f"{path}: {exc}") from None
+        return inst_map, type_map
+
+
+def _read_type_map(path: Path) -> np.ndarray:
+    # load_label_mat(with_types=True) also insists on inst_type/inst_centroid, which training does not need,
+    # so type_map alone is read here (the file was already opened successfully by load_label_mat).
+    mat = scipy.io.loadmat(str(path), variable_names=["type_map"])
+    if "type_map" not in mat:
+        raise InputError(f"{path}: missing key 'type_map' (use --kind instance for instance-only labels)")
+    return _check_ids(mat["type_map"], path, "type_map")
+
+
+class InstanceReader(DatasetReader):
+    """Instance-only sets: labels as ``.mat`` (``inst_map``), ``.npy``, or ``.png``/``.tif``/``.tiff`` maps.
+
+    See the module docstring for the accepted encodings. ``type_map`` is always ``None``.
+    """
+
+    kind = "instance"
+    label_suffixes = INSTANCE_LABEL_SUFFIXES
+
+    def _read_label(self, path: Path) -> tuple[np.ndarray, None]:
+        suffix = path.suffix.lower()
+        if suffix == ".mat":
+            return load_label_mat(path)["inst_map"], None
+        if suffix == ".npy":
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{path}: not a readable .npy file ({exc})") from exc
+            if array.ndim == 3:
+                array = array[..., 0]  # the published layout stacks (instance, type) on the last axis
+        else:
+            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if array is None:
+                raise InputError(f"{path}: not a readable label image")
+            if array.ndim == 3:
+                # a colour-coded map: every distinct non-black colour is one instance
+                array = colour_instances_to_ids(cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB))
+        return _check_ids(array, path), None
+
+
+def _check_ids(array: np.ndarray, path: Path, what: str = "instance map") -> np.ndarray:
+    """``array`` as HxW int32 after checking it is a 2-D map of non-negative integers."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise InputError(f"{path}: {what} must be 2-D, got shape {array.shape}")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise InputError(f"{path}: {what} holds non-integer values")
+    elif array.dtype.kind not in "iub":
+        raise InputError(f"{path}: {what} has dtype {array.dtype}, an integer map is required")
+    if array.size and array.min() < 0:
+        raise InputError(f"{path}: {what} holds negative ids")
+    if array.size and array.max() > np.iinfo(np.int32).max:
+        raise InputError(f"{path}: {what} holds ids beyond the int32 range")
+    return array.astype(np.int32)
+
+
+# Dataset kind -> reader class; get_reader() is the one way to pick one.
+READERS: dict[str, type[DatasetReader]] = {"consep": ConsepReader, "instance": InstanceReader}
+
+
+def get_reader(kind: str, root: str | os.PathLike, type_merge: Mapping[int, int] | None = None) -> DatasetReader:
+    """The reader registered for ``kind`` ('consep' or 'instance') over the data set at ``root``.
+
+    ``type_merge`` applies only to typed kinds; passing it for an instance-only kind is an error rather than
+    a silent no-op.
+    """
+    if kind not in READERS:
+        raise InputError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
+    if kind == "consep":
+        return ConsepReader(root, type_merge=type_merge)
+    if type_merge is not None:
+        raise InputError(f"dataset kind {kind!r} has no type labels to merge")
+    return READERS[kind](root)
+
+
+# --- patch grid (spec section 4: 540x540 windows, step 80, mirror padded) ---
+
+def window_origins(length: int, window: int, step: int) -> list[int]:
+    """Start offsets of windows of ``window`` px sliding by ``step`` over ``length`` px, no padding.
+
+    Starts at 0, advances by ``step`` while a window fits, then adds one window flush with the far edge when
+    the last regular one stops short of it (the published extractor's edge rule). Requires
+    ``length >= window``.
+    """
+    if window <= 0 or step <= 0:
+        raise ValueError(f"window ({window}) and step ({step}) must be positive")
+    if length < window:
+        raise ValueError(f"length {length} is shorter than the window {window}")
+    origins = list(range(0, length - window + 1, step))
+    if origins[-1] != length - window:
+        origins.append(length - window)
+    return origins
+
+
+def mirror_pad(array: np.ndarray, window: int, step: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad the two leading axes so that windows' central ``step`` regions cover the whole array.
+
+    Pads ``(window - step) // 2`` before and the rest after each axis (numpy ``'reflect'``, the edge pixel
+    not repeated, as the published extractor), plus, for an image shorter than ``step`` along an axis, enough
+    extra reflection after it for one window to fit (that window's centre then runs past the image edge).
+
+    Returns:
+        ``(padded, (pad_top, pad_left))``; ``padded`` has the dtype and trailing axes of ``array``.
+    """
+    if window < step:
+        raise ValueError(f"window ({window}) must be at least the step ({step})")
+    before = (window - step) // 2
+    pads = []
+    for size in array.shape[:2]:
+        after = window - step - before + max(0, step - size)
+        pads.append((before, after))
+    pads += [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pads, mode="reflect"), (before, before)
+
+
+def extract_windows(array: np.ndarray, window: int, step: int,
+                    mode: str = "mirror") -> list[tuple[tuple[int, int], np.ndarray]]:
+    """Cut ``array`` (HxW[xC], any dtype) into ``window x window`` patches on a ``step`` grid.
+
+    Args:
+        array: the tile, e.g. HxWx5 int32 (R, G, B, instance id, type id).
+        window: patch side (cfg.DATA.PATCH_SIZE, 540).
+        step: grid stride (cfg.DATA.PATCH_STEP, 80 = the network output).
+        mode: ``'mirror'`` (published training extraction; see :func:`mirror_pad`) or ``'valid'`` (no
+            padding; the tile must be at least one window large).
+
+    Returns:
+        ``[((row, col), patch), ...]`` in row-major order; ``patch`` is a view into a (padded) copy,
+        ``window x window`` with the trailing axes of ``array``. In ``'mirror'`` mode ``(row, col)`` is the
+        top-left, in image pixels, of the patch's central ``step x step`` region (the area the network's
+        output covers), and ``patch[c:c+step, c:c+step] == array[row:row+step, col:col+step]`` with
+        ``c = (window - step) // 2``. In ``'valid'`` mode it is the patch's own top-left.
+    """
+    array = np.asarray(array)
+    if array.ndim < 2:
+        raise ValueError(f"array must be at least 2-D, got shape {array.shape}")
+    if mode == "mirror":
+        padded, _ = mirror_pad(array, window, step)
+    elif mode == "valid":
+        padded = array
+    else:
+        raise ValueError(f"unknown mode {mode!r}; choose 'mirror' or 'valid'")
+    rows = window_origins(padded.shape[0], window, step)
+    cols = window_origins(padded.shape[1], window, step)
+    return [((r, c), padded[r:r + window, c:c + window]) for r in rows for c in cols]

@@ -1,0 +1,147 @@
+"""extract_patches.py and the mirror-padded window grid (spec section 4)."""
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import extract_patches
+from dataset.readers import extract_windows, mirror_pad, window_origins
+from misc.io import save_label_mat
+
+SHARED_CONSEP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "consep256" / "train"
+WINDOW, STEP = 540, 80
+OFFSET = (WINDOW - STEP) // 2  # 230: the central STEP x STEP region's offset inside a patch
+
+
+def _tile(height=300, width=200, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    inst = np.zeros((height, width), np.int32)
+    inst[10:30, 10:40] = 1
+    inst[100:140, 150:190] = 300  # an id above 255 must survive
+    inst[250:290, 20:60] = 7
+    types = np.select([inst == 1, inst == 300, inst == 7], [2, 6, 7], 0).astype(np.int32)
+    return image, inst, types
+
+
+def _write(root, tiles):
+    (root / "Images").mkdir(parents=True)
+    (root / "Labels").mkdir()
+    for name, (image, inst, types) in tiles.items():
+        assert cv2.imwrite(str(root / "Images" / f"{name}.png"), image[..., ::-1])
+        save_label_mat(root / "Labels" / f"{name}.mat", inst, types)
+    return root
+
+
+def test_window_origins_follow_the_published_edge_rule():
+    assert window_origins(760, 540, 80) == [0, 80, 160, 220]
+    assert window_origins(700, 540, 80) == [0, 80, 160]  # exact fit: no extra window
+    assert window_origins(540, 540, 80) == [0]
+    with pytest.raises(ValueError):
+        window_origins(500, 540, 80)
+
+
+def test_mirror_pad_reflects_without_repeating_the_edge():
+    array = np.arange(10).reshape(10, 1) * np.ones((1, 12), int)
+    padded, (top, left) = mirror_pad(array, window=8, step=2)
+    assert (top, left) == (3, 3) and padded.shape == (16, 18)
+    np.testing.assert_array_equal(padded[:3, 5], [3, 2, 1])  # rows 3, 2, 1 above row 0
+    np.testing.assert_array_equal(padded[-3:, 5], [8, 7, 6])  # rows 8, 7, 6 below row 9
+    np.testing.assert_array_equal(padded[3:13, 3:15], array)
+
+
+def test_extract_windows_tiles_the_image_with_central_regions():
+    image, inst, types = _tile()
+    stacked = np.dstack([image, inst, types]).astype(np.int32)
+    windows = extract_windows(stacked, WINDOW, STEP)
+    assert len(windows) == 4 * 3  # rows 0, 80, 160, 220; cols 0, 80, 120
+    assert [origin for origin, _ in windows[:4]] == [(0, 0), (0, 80), (0, 120), (80, 0)]
+    covered = np.zeros(inst.shape, int)
+    for (row, col), patch in windows:
+        assert patch.shape == (WINDOW, WINDOW, 5) and patch.dtype == np.int32
+        centre = patch[OFFSET:OFFSET + STEP, OFFSET:OFFSET + STEP]
+        np.testing.assert_array_equal(centre, stacked[row:row + STEP, col:col + STEP])
+        covered[row:row + STEP, col:col + STEP] += 1
+    assert covered.min() >= 1  # every pixel is in some window's centre
+
+
+def test_extract_windows_small_image_and_valid_mode():
+    small = np.arange(50 * 60).reshape(50, 60)
+    windows = extract_windows(small, 100, 80)  # smaller than the step: one window, centre runs past the edge
+    assert [origin for origin, _ in windows] == [(0, 0)] and windows[0][1].shape == (100, 100)
+    np.testing.assert_array_equal(windows[0][1][10:60, 10:70], small)
+    valid = extract_windows(np.arange(100).reshape(10, 10), 4, 3, mode="valid")
+    assert [origin for origin, _ in valid][:4] == [(0, 0), (0, 3), (0, 6), (3, 0)]
+    np.testing.assert_array_equal(valid[1][1], np.arange(100).reshape(10, 10)[0:4, 3:7])
+
+
+def test_cli_writes_npy_patches_that_tile_the_image(tmp_path, capsys):
+    tile = _tile()
+    root = _write(tmp_path / "data", {"img": tile})
+    out = tmp_path / "out"
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(out), "--kind", "consep"]) == 0
+    files = sorted(out.glob("*.npy"))
+    assert len(files) == 12 and files[0].name == "img_0000_0000.npy"
+    assert "1 images -> 12 patches" in capsys.readouterr().out
+    image, inst, types = tile
+    stacked = np.dstack([image, inst, types]).astype(np.int32)
+    for path in files:
+        patch = np.load(path)
+        assert patch.shape == (WINDOW, WINDOW, 5) and patch.dtype == np.int32
+        row, col = (int(v) for v in path.stem.split("_")[1:])
+        np.testing.assert_array_equal(patch[OFFSET:OFFSET + STEP, OFFSET:OFFSET + STEP],
+                                      stacked[row:row + STEP, col:col + STEP])
+    # mirror padding: the first window's rows above the image reflect the image's first rows
+    first = np.load(out / "img_0000_0000.npy")
+    np.testing.assert_array_equal(first[OFFSET - 5:OFFSET, OFFSET:OFFSET + STEP],
+                                  stacked[5:0:-1, 0:STEP])
+    assert 300 in first[..., 3]
+
+
+def test_cli_merge_types_and_instance_kind(tmp_path):
+    root = _write(tmp_path / "data", {"img": _tile()})
+    merged = tmp_path / "merged"
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(merged), "--merge_types"]) == 0
+    patch = np.load(merged / "img_0000_0000.npy")
+    assert set(np.unique(patch[..., 4])) <= {0, 2, 4}  # 2 -> 2, 6 -> 4, 7 -> 4
+    inst_only = tmp_path / "inst"
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(inst_only), "--kind", "instance"]) == 0
+    patch = np.load(inst_only / "img_0080_0080.npy")
+    assert not patch[..., 4].any() and patch[..., 3].any()
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(tmp_path / "x"), "--kind",
+                                 "instance", "--merge_types"]) == 2
+
+
+def test_cli_refuses_non_empty_output_and_reports_missing_input(tmp_path, capsys):
+    root = _write(tmp_path / "data", {"img": _tile()})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.npy").write_bytes(b"old")
+    args = ["--input_dir", str(root), "--output_dir", str(out)]
+    assert extract_patches.main(args) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert extract_patches.main(args + ["--overwrite"]) == 0
+    assert not (out / "stale.npy").exists() and len(list(out.glob("*.npy"))) == 12
+    assert not list(out.glob(".*"))  # no temporary files left behind
+    assert extract_patches.main(["--input_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED_CONSEP.is_dir(), reason="../shared/data/consep256 not present")
+def test_cli_on_two_real_consep256_crops(tmp_path):
+    root = tmp_path / "consep"
+    (root / "Images").mkdir(parents=True)
+    (root / "Labels").mkdir()
+    names = sorted(p.stem for p in (SHARED_CONSEP / "Images").glob("*.jpg"))[:2]
+    for name in names:
+        shutil.copy(SHARED_CONSEP / "Images" / f"{name}.jpg", root / "Images")
+        shutil.copy(SHARED_CONSEP / "Labels" / f"{name}.mat", root / "Labels")
+    out = tmp_path / "out"
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(out)]) == 0
+    files = sorted(out.glob("*.npy"))
+    assert len(files) == 2 * 16  # 256 px: origins 0, 80, 160, 176 per axis
+    patch = np.load(files[0])
+    assert patch.shape == (540, 540, 5) and patch.dtype == np.int32
+    assert patch[..., :3].max() <= 255 and set(np.unique(patch[..., 4])) <= {0, 1, 2, 3, 4}
