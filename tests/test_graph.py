@@ -1,0 +1,249 @@
+"""The HoVer-Net graph: published parameter counts, names, shapes, data formats and freezing.
+
+Each graph build takes a few seconds on a CPU; the three builds are module fixtures, and a single
+forward pass (batch 1, random weights) is shared by the tests that need values.
+"""
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorpack.tfutils.tower import TowerContext
+
+from src.config import config_from_args
+from src.model.graph import (
+    COST_NAME,
+    DECODER_SCOPES,
+    ENCODER_SCOPES,
+    INFERENCE_INPUTS,
+    LOSS_TENSOR_PREFIX,
+    NP_DICE_NAME,
+    ORIGINAL_GEOMETRY,
+    HoVerNet,
+    check_inference_tensors,
+    inference_output_names,
+    network_geometry,
+)
+
+tf1 = tf.compat.v1
+
+# Published counts (spec section 1), trainable parameters.
+TOTAL_PARAMS = 54_744_457
+ENCODER_PARAMS = 23_500_352
+NP_HV_BRANCH_PARAMS = 9_715_586
+TP_BRANCH_PARAMS = 9_715_781
+CONV_BOT_PARAMS = 2_097_152
+
+
+def _build(nr_types, is_training, freeze=False, overrides=()):
+    """Build HoVerNet in a fresh graph; returns (graph, model, returned cost or None)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        model = HoVerNet(nr_types=nr_types, freeze=freeze, cfg=config_from_args(list(overrides)))
+        placeholders = [tf1.placeholder(s.dtype, s.shape, s.name) for s in model.inputs()]
+        with TowerContext("", is_training=is_training):
+            cost = model.build_graph(*placeholders)
+    return graph, model, cost
+
+
+def _count(variables, scopes):
+    return sum(int(np.prod(v.shape)) for v in variables if v.op.name.split("/")[0] in scopes)
+
+
+def _trainable(graph):
+    with graph.as_default():
+        return tf1.trainable_variables()
+
+
+@pytest.fixture(scope="module")
+def train5():
+    """nr_types=5, training tower, NHWC (CPU)."""
+    return _build(5, is_training=True, overrides=["MODEL.DATA_FORMAT=NHWC"])
+
+
+@pytest.fixture(scope="module")
+def forward5(train5):
+    """One forward pass of the train5 graph on a 270x270 patch with random targets."""
+    graph, model, cost = train5
+    rng = np.random.default_rng(0)
+    feed = {
+        "images:0": rng.uniform(0, 255, (1, 270, 270, 3)).astype(np.float32),
+        "np_target:0": rng.integers(0, 2, (1, 80, 80)).astype(np.int32),
+        "hv_target:0": rng.uniform(-1, 1, (1, 80, 80, 2)).astype(np.float32),
+        "tp_target:0": rng.integers(0, 5, (1, 80, 80)).astype(np.int32),
+    }
+    terms = [LOSS_TENSOR_PREFIX + t for t in model.cfg.LOSS.WEIGHTS]
+    fetch = inference_output_names(5) + [NP_DICE_NAME, COST_NAME] + terms
+    with graph.as_default(), tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer())
+        start = time.perf_counter()
+        values = sess.run([f"{n}:0" for n in fetch], feed)
+        print(f"forward+loss of one 270x270 patch on CPU: {time.perf_counter() - start:.1f} s (first run)")
+    return dict(zip(fetch, values, strict=True))
+
+
+@pytest.fixture(scope="module")
+def infer2():
+    """nr_types=None (np + hv only), inference tower."""
+    return _build(None, is_training=False, overrides=["MODEL.DATA_FORMAT=NHWC"])
+
+
+@pytest.fixture(scope="module")
+def frozen_nchw():
+    """nr_types=5, training tower, freeze=True, NCHW (graph only: TF has no NCHW conv on CPU)."""
+    return _build(5, is_training=True, freeze=True, overrides=["MODEL.DATA_FORMAT=NCHW"])
+
+
+def test_geometry():
+    assert ORIGINAL_GEOMETRY.group_sizes == (264, 132, 66, 33)
+    assert (ORIGINAL_GEOMETRY.crop_group0, ORIGINAL_GEOMETRY.crop_group1) == (184, 72)
+    assert ORIGINAL_GEOMETRY.output_shape == 80
+    with pytest.raises(ValueError):
+        network_geometry(272)  # group3 would not up-sample onto group2
+
+
+def test_parameter_counts(train5):
+    graph, _, _ = train5
+    trainable = _trainable(graph)
+    counts = {
+        "total": sum(int(np.prod(v.shape)) for v in trainable),
+        "encoder": _count(trainable, ENCODER_SCOPES),
+        "conv_bot": _count(trainable, ("conv_bot",)),
+        **{branch: _count(trainable, DECODER_SCOPES[branch]) for branch in ("np", "hv", "tp")},
+    }
+    print("trainable parameters:", counts)
+    assert counts == {"total": TOTAL_PARAMS, "encoder": ENCODER_PARAMS, "conv_bot": CONV_BOT_PARAMS,
+                      "np": NP_HV_BRANCH_PARAMS, "hv": NP_HV_BRANCH_PARAMS, "tp": TP_BRANCH_PARAMS}
+
+
+def test_imagenet_checkpoint_names(train5):
+    graph, _, _ = train5
+    with graph.as_default():
+        shapes = {v.op.name: tuple(v.shape.as_list()) for v in tf1.global_variables()}
+    expected = {
+        "conv0/W": (7, 7, 3, 64),
+        "conv0/bn/gamma": (64,),
+        "conv0/bn/mean/EMA": (64,),
+        "conv0/bn/variance/EMA": (64,),
+        "group0/block0/conv1/W": (1, 1, 64, 64),
+        "group0/block0/conv1/bn/beta": (64,),
+        "group0/block0/conv2/W": (3, 3, 64, 64),
+        "group0/block0/conv3/W": (1, 1, 64, 256),
+        "group0/block0/convshortcut/W": (1, 1, 64, 256),
+        "group0/block1/preact/bn/gamma": (256,),
+        "group0/bnlast/bn/gamma": (256,),
+        "group1/block0/convshortcut/W": (1, 1, 256, 512),
+        "group3/block2/conv3/W": (1, 1, 512, 2048),
+        "group3/bnlast/bn/beta": (2048,),
+        "conv_bot/W": (1, 1, 2048, 1024),
+        # published decoder names
+        "np/u3/conva/W": (5, 5, 1024, 256),
+        "hv/u3/dense/blk/7/conv2/W": (5, 5, 32, 32),  # grouped: 128 in / 4 groups
+        "tp/u2/dense/blk_bna/bn/gamma": (256,),
+        "np/u2/convf/W": (1, 1, 256, 256),
+        "hv/u1/conva/W": (5, 5, 256, 64),
+        "preact_out_np/bn/gamma": (64,),
+        "conv_out_tp/W": (1, 1, 64, 5),
+        "conv_out_tp/b": (5,),
+    }
+    assert {k: shapes.get(k) for k in expected} == expected
+    # the first unit of a group has no pre-activation; identity shortcuts have no conv
+    assert "group0/block0/preact/bn/gamma" not in shapes
+    assert "group1/block1/convshortcut/W" not in shapes
+    assert not any(k.endswith("/b") for k in shapes if not k.startswith("conv_out_"))  # no bias but heads
+
+
+def test_inputs_and_outputs(train5, infer2):
+    graph, model, cost = train5
+    assert [s.name for s in model.inputs()] == INFERENCE_INPUTS + ["np_target", "hv_target", "tp_target"]
+    assert [s.dtype for s in model.inputs()] == [tf.float32, tf.int32, tf.float32, tf.int32]
+    assert model.inputs()[0].shape.as_list() == [None, 270, 270, 3]
+    assert inference_output_names(5) == ["np_prob", "hv", "tp_prob"]
+    check_inference_tensors(graph, 5)
+    shapes = {n: graph.get_tensor_by_name(f"{n}:0").shape.as_list() for n in inference_output_names(5)}
+    assert shapes == {"np_prob": [None, 80, 80, 2], "hv": [None, 80, 80, 2], "tp_prob": [None, 80, 80, 5]}
+    assert cost is not None and cost.name == f"{COST_NAME}:0"
+    for term in model.cfg.LOSS.WEIGHTS:
+        assert graph.get_tensor_by_name(f"{LOSS_TENSOR_PREFIX}{term}:0").shape.as_list() == []
+
+    graph2, model2, cost2 = infer2
+    assert cost2 is None
+    assert [s.name for s in model2.inputs()] == ["images", "np_target", "hv_target"]
+    assert inference_output_names(None) == ["np_prob", "hv"]
+    check_inference_tensors(graph2, None)
+    with pytest.raises(KeyError, match="tp_prob"):
+        check_inference_tensors(graph2, 5)
+    graph2.get_tensor_by_name(f"{NP_DICE_NAME}:0")  # the validation metric exists in inference towers
+    with pytest.raises(KeyError):
+        graph2.get_tensor_by_name(f"{COST_NAME}:0")
+    trainable = _trainable(graph2)
+    assert sum(int(np.prod(v.shape)) for v in trainable) == TOTAL_PARAMS - TP_BRANCH_PARAMS
+
+
+def test_forward_pass(forward5):
+    np_prob, hv, tp_prob = forward5["np_prob"], forward5["hv"], forward5["tp_prob"]
+    assert np_prob.shape == (1, 80, 80, 2) and hv.shape == (1, 80, 80, 2) and tp_prob.shape == (1, 80, 80, 5)
+    np.testing.assert_allclose(np_prob.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(tp_prob.sum(-1), 1.0, rtol=1e-5)
+    assert 0.0 <= forward5[NP_DICE_NAME] <= 1.0
+    terms = {t: forward5[LOSS_TENSOR_PREFIX + t] for t in ("hv_mse", "hv_msge", "np_ce", "np_dice", "tp_ce",
+                                                          "tp_dice")}
+    assert all(np.isfinite(v) and v >= 0 for v in terms.values())
+    weights = {"hv_mse": 2.0, "hv_msge": 1.0, "np_ce": 1.0, "np_dice": 1.0, "tp_ce": 1.0, "tp_dice": 1.0}
+    assert forward5[COST_NAME] == pytest.approx(sum(weights[t] * v for t, v in terms.items()), rel=1e-5)
+
+
+def test_nchw_builds_the_same_network(frozen_nchw, train5):
+    graph, model, _ = frozen_nchw
+    assert model.data_format == "NCHW"
+    shapes = {n: graph.get_tensor_by_name(f"{n}:0").shape.as_list() for n in inference_output_names(5)}
+    assert shapes == {"np_prob": [None, 80, 80, 2], "hv": [None, 80, 80, 2], "tp_prob": [None, 80, 80, 5]}
+    names_nchw = {v.op.name: v.shape.as_list() for v in _trainable(graph)}
+    names_nhwc = {v.op.name: v.shape.as_list() for v in _trainable(train5[0])}
+    assert names_nchw == names_nhwc  # same variables, same shapes: weights move between formats
+
+
+# Encoder variables the published phase 1 still trains through the un-stopped group0 output ("finetune
+# decoder portion together with the first 7x7"): conv0, group0's projection shortcut and bnlast.
+PUBLISHED_FROZEN_BUT_TRAINED = {
+    "conv0/W", "conv0/bn/gamma", "conv0/bn/beta",
+    "group0/block0/convshortcut/W", "group0/bnlast/bn/gamma", "group0/bnlast/bn/beta",
+}
+
+
+def test_freeze_stops_encoder_gradients(frozen_nchw):
+    graph, _, cost = frozen_nchw
+    with graph.as_default():
+        trainable = tf1.trainable_variables()
+        grads = dict(zip([v.op.name for v in trainable], tf1.gradients(cost, trainable), strict=True))
+    encoder = {n for n in grads if n.split("/")[0] in ENCODER_SCOPES}
+    with_grad = {n for n in encoder if grads[n] is not None}
+    assert with_grad == PUBLISHED_FROZEN_BUT_TRAINED
+    decoder = [n for n in grads if n.split("/")[0] not in ENCODER_SCOPES]
+    assert decoder and all(grads[n] is not None for n in decoder)  # conv_bot, decoders and heads train
+
+
+def test_unfrozen_encoder_gets_gradients(train5):
+    graph, _, cost = train5
+    with graph.as_default():
+        encoder = [v for v in tf1.trainable_variables() if v.op.name.split("/")[0] in ENCODER_SCOPES]
+        grads = tf1.gradients(cost, encoder)
+    assert all(g is not None for g in grads)
+
+
+def test_optimizer_reads_learning_rate_variable():
+    graph = tf.Graph()
+    with graph.as_default():
+        model = HoVerNet(nr_types=5, cfg=config_from_args())
+        opt = model.optimizer()
+        lr = [v for v in tf1.global_variables() if v.op.name == "learning_rate"]
+        assert len(lr) == 1 and lr[0] not in tf1.trainable_variables()
+        assert isinstance(opt, tf1.train.AdamOptimizer)
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            assert sess.run(lr[0]) == pytest.approx(1e-4)
+
+
+def test_fast_mode_not_implemented():
+    with pytest.raises(NotImplementedError, match="fast"):
+        HoVerNet(nr_types=5, cfg=config_from_args(["MODEL.MODE=fast"]))
