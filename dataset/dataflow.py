@@ -177,6 +177,7 @@ class TrainingDataPreprocessor:
         self.output_shape = int(cfg.MODEL.OUTPUT_SHAPE)
         self.nr_types = cfg.MODEL.NR_TYPES
         self.min_instance_size = int(cfg.TARGETS.MIN_INSTANCE_SIZE)
+        self.hv_published_offset = bool(cfg.TARGETS.HV_PUBLISHED_OFFSET)
         self.aug = AugParams.from_config(cfg)
         self.is_training = is_training
         self.targets_from = targets_from
@@ -203,7 +204,8 @@ class TrainingDataPreprocessor:
             raise InputError(f"patch holds type id {int(type_map.max())} but MODEL.NR_TYPES is {self.nr_types}; "
                              "merge CoNSeP's 7 types into 4 with extract_patches.py --merge_types")
         targets = gen_targets(inst_map, type_map, (self.output_shape, self.output_shape),
-                              min_instance_size=self.min_instance_size)
+                              min_instance_size=self.min_instance_size,
+                              published_offset=self.hv_published_offset)
         out = [image.astype(np.float32),
                np.asarray(targets["np"], np.int32),
                np.asarray(targets["hv"], np.float32)]

@@ -1,0 +1,88 @@
+"""Train HoVer-Net with the published two-phase schedule (spec section 4).
+
+Examples:
+  python train.py --gpu 0,1 --data_dir patches/train --valid_dir patches/valid --out_dir runs/consep \
+      --pretrained ImageNet-ResNet50-Preact.npz
+  python train.py --gpu 0 --phase 2 --data_dir ... --out_dir runs/consep     # phase 2 from runs/consep/phase1
+
+Patches come from extract_patches.py. Each phase writes <out_dir>/phase<k>/ with tensorpack
+checkpoints, the best one by validation NP Dice as model-best, stats.json and the log. Re-running the
+same command after an interruption resumes from the last checkpoint; a finished run is never
+overwritten unless --overwrite is given (the old directory is then kept as <dir>.old-<time>).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from misc.io import InputError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", default="",
+                        help="comma-separated GPU ids, one synchronous tower each (e.g. 0,1); empty = one tower on "
+                             "the CPU. Ids are set as CUDA_VISIBLE_DEVICES; without a GPU the towers share the CPU.")
+    parser.add_argument("--data_dir", required=True, help="folder of training .npy patches (extract_patches.py)")
+    parser.add_argument("--valid_dir", default=None,
+                        help="folder of validation .npy patches; NP Dice is reported every epoch and the best "
+                             "checkpoint kept (without it only the last checkpoints are kept)")
+    parser.add_argument("--out_dir", required=True, help="run directory; one sub-folder per phase")
+    parser.add_argument("--pretrained", default=None,
+                        help="initial weights for the first phase run: an ImageNet Preact-ResNet50 .npz (loaded by "
+                             "variable name) or a tensorpack checkpoint; without it phase 1 starts from random "
+                             "weights and phase 2 from <out_dir>/phase1")
+    parser.add_argument("--phase", type=int, choices=(1, 2), default=None,
+                        help="run only this phase (default: phase 1 then phase 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per phase (default: the schedule's, 50)")
+    parser.add_argument("--steps_per_epoch", type=int, default=None,
+                        help="steps per epoch (default: all training patches once per epoch)")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="patches per tower per step (default: the schedule's, 8 in phase 1 and 4 in phase 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="augmentation processes (default: config DATA.NUM_WORKERS, all cores but one; 0 = "
+                             "in-process, for debugging)")
+    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. LOSS.MSGE=paper MODEL.NR_TYPES=None (see src/config.py)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again over a finished run (the old directory is moved aside, not deleted)")
+    args = parser.parse_args(argv)
+    for name in ("epochs", "steps_per_epoch", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()]
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+
+    from src.config import config_from_args
+    from src.training import train
+
+    try:
+        cfg = config_from_args(args.config, is_training=True)
+        import tensorflow as tf
+
+        use_gpu = bool(tf.config.list_physical_devices("GPU"))
+        if gpus and not use_gpu:
+            logging.warning("no GPU visible: the %d tower(s) will run on the CPU", len(gpus))
+        train(cfg, args.data_dir, args.valid_dir, args.out_dir, num_towers=max(1, len(gpus)), use_gpu=use_gpu,
+              phases=(args.phase,) if args.phase else (1, 2), pretrained=args.pretrained, epochs=args.epochs,
+              steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, num_workers=args.workers,
+              overwrite=args.overwrite)
+    except (InputError, KeyError, ValueError) as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
