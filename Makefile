@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared
+MODEL ?=
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,4 +23,4 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 
 demo: $(VENV)/.installed
-	$(PY) scripts/demo.py --shared $(SHARED)
+	$(PY) scripts/demo.py --shared $(SHARED) $(if $(MODEL),--model $(MODEL))

@@ -1,0 +1,76 @@
+"""The TensorFlow side of inference: a HoVer-Net forward pass as a plain batch -> maps callable.
+
+:class:`HoVerNetPredictor` builds the inference graph, loads a checkpoint or ``.npz`` *strictly* (every
+network variable must be in the file with the right shape, or :class:`WeightsMismatchError` lists the
+missing, unexpected and wrongly-shaped ones: a partly random network must never run silently) and
+returns, for a batch of N x 270 x 270 x 3 RGB windows, N x 80 x 80 x C float32 maps in the channel
+order :func:`src.pipeline.split_channels` expects: nuclear probability, hv x, hv y, then the type
+probabilities when the model has a type branch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+from tensorpack.predict import OfflinePredictor, PredictConfig
+
+from misc.io import InputError
+from src.model.graph import INFERENCE_INPUTS, HoVerNet, inference_output_names
+from src.model.weights import WeightsMismatchError, make_session_init, read_weight_shapes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HoVerNetPredictor", "detect_nr_types", "TP_HEAD_BIAS"]
+
+TP_HEAD_BIAS = "conv_out_tp/b"  # the type head's bias: its length is nr_types
+
+
+def detect_nr_types(weight_shapes: dict[str, tuple]) -> int | None:
+    """Number of type channels of the network stored in a weights file; None when it has no tp branch."""
+    shape = weight_shapes.get(TP_HEAD_BIAS)
+    return int(shape[0]) if shape else None
+
+
+class HoVerNetPredictor:
+    """Callable ``batch (N x in x in x 3, RGB 0..255) -> N x out x out x C float32`` for one weights file.
+
+    Args:
+        model_path: a train.py checkpoint (prefix, ``.index`` file or run directory) or an ``.npz``.
+        cfg: finalised config (geometry, data format). The number of types is read from the file.
+
+    Raises :class:`misc.io.InputError` when the file is missing or unreadable and when its variables do
+    not fit the network (the message lists them).
+    """
+
+    def __init__(self, model_path, cfg):
+        model_path = os.fspath(model_path)
+        try:
+            shapes = read_weight_shapes(model_path)
+        except (FileNotFoundError, OSError, ValueError) as exc:
+            raise InputError(f"--model {model_path}: cannot read weights ({exc})") from exc
+        except Exception as exc:  # TensorFlow raises its own error types for corrupt checkpoints
+            raise InputError(f"--model {model_path}: not a readable checkpoint or .npz ({exc})") from exc
+        self.nr_types = detect_nr_types(shapes)
+        self.input_shape = cfg.MODEL.INPUT_SHAPE
+        self.output_names = inference_output_names(self.nr_types)
+        model = HoVerNet(nr_types=self.nr_types, freeze=False, cfg=cfg)
+        predict_config = PredictConfig(
+            model=model, input_names=list(INFERENCE_INPUTS), output_names=self.output_names,
+            session_init=make_session_init(model_path, strict=True))
+        try:
+            self._predict = OfflinePredictor(predict_config)
+        except WeightsMismatchError as exc:
+            raise InputError(f"--model {model_path}: {exc}") from exc
+        log.info("loaded %s (%s)", model_path,
+                 f"{self.nr_types} type channels" if self.nr_types else "no type branch")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (self.input_shape, self.input_shape, 3):
+            raise ValueError(f"expected N x {self.input_shape} x {self.input_shape} x 3 windows, got {batch.shape}")
+        outputs = dict(zip(self.output_names, self._predict(batch), strict=True))
+        maps = [outputs["np_prob"][..., 1:2], outputs["hv"]]
+        if self.nr_types is not None:
+            maps.append(outputs["tp_prob"])
+        return np.concatenate(maps, axis=-1).astype(np.float32, copy=False)

@@ -1,0 +1,114 @@
+"""infer.py and src/predictor.py: the real network (random weights) end to end on CPU.
+
+One module-scoped .npz of randomly initialised weights stands in for a trained model: the outputs are
+meaningless as segmentations but must be complete, mutually consistent and readable by compute_stats.
+Images are kept under one 80x80 output window so each forward pass is a single 270x270 window.
+"""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+import infer
+from metrics.compute_stats import main as compute_stats
+from misc.io import InputError, load_label_mat
+from src.config import config_from_args
+from src.model.weights import save_initial_weights
+from src.predictor import TP_HEAD_BIAS, HoVerNetPredictor, detect_nr_types
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def weights_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "random.npz"
+    save_initial_weights(path, config_from_args(), nr_types=5)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("small", (60, 75)), ("tiny", (9, 13))):
+        image = rng.integers(0, 255, size=shape + (3,), dtype=np.uint8)
+        cv2.imwrite(str(folder / f"{name}.png"), image)
+    return folder
+
+
+def test_detect_nr_types():
+    assert detect_nr_types({TP_HEAD_BIAS: (5,), "conv0/W": (7, 7, 3, 64)}) == 5
+    assert detect_nr_types({"conv0/W": (7, 7, 3, 64)}) is None
+
+
+def test_predictor_output_layout(weights_npz):
+    predictor = HoVerNetPredictor(weights_npz, config_from_args())
+    assert predictor.nr_types == 5
+    batch = np.random.default_rng(0).integers(0, 255, (2, 270, 270, 3)).astype(np.float32)
+    maps = predictor(batch)
+    assert maps.shape == (2, 80, 80, 1 + 2 + 5) and maps.dtype == np.float32
+    assert np.all((maps[..., 0] >= 0) & (maps[..., 0] <= 1))
+    np.testing.assert_allclose(maps[..., 3:].sum(-1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="270"):
+        predictor(batch[:, :100])
+
+
+def test_infer_end_to_end_then_resume(weights_npz, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--input", str(images), "--output", str(out), "--model", str(weights_npz), "--quiet"]
+    assert infer.main(argv) == 0
+    for name in ("small", "tiny"):
+        for suffix in (".mat", ".json", ".png", ".geojson"):
+            assert (out / f"{name}{suffix}").is_file()
+        label = load_label_mat(out / f"{name}.mat", with_types=True)
+        nuclei = json.loads((out / f"{name}.json").read_text())["nuclei"]
+        features = json.loads((out / f"{name}.geojson").read_text())["features"]
+        n = int(label["inst_map"].max())
+        assert len(nuclei) == len(features) == len(label["inst_type"]) == n
+    assert label["inst_map"].shape == (9, 13)
+    assert (out / "summary.csv").is_file()
+    scores = tmp_path / "self.json"
+    assert compute_stats(["--mode", "instance", "--true_dir", str(out), "--pred_dir", str(out),
+                          "--json", str(scores)]) == 0
+    assert "small" in json.loads(scores.read_text())["per_image"]
+    capsys.readouterr()
+    assert infer.main(argv) == 0
+    assert "0 image(s) written, 2 already complete" in capsys.readouterr().out
+
+
+def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path, capsys):
+    cv2.imwrite(str(images / "gray.png"), np.zeros((20, 20), np.uint8))
+    (images / "corrupt.tif").write_bytes(b"II*\x00 not really a tiff")
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(weights_npz),
+                       "--quiet", "--formats", "mat"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "gray.png" in err and "grayscale" in err and "corrupt.tif" in err
+    assert (tmp_path / "out" / "small.mat").is_file()
+
+
+def test_model_with_missing_variables_is_refused(weights_npz, images, tmp_path, capsys):
+    with np.load(weights_npz) as data:
+        partial = {k: data[k] for k in data.files if not k.startswith("hv/")}
+    partial["not_in_the_network/W"] = np.zeros(3, np.float32)
+    path = tmp_path / "partial.npz"
+    np.savez(path, **partial)
+    with pytest.raises(InputError) as info:
+        HoVerNetPredictor(path, config_from_args())
+    message = str(info.value)
+    assert "missing from the file" in message and "hv/u3/conva/W" in message
+    assert "unexpected in the file" in message and "not_in_the_network/W" in message
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(path)])
+    assert code == 2 and "missing from the file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments(images, tmp_path, capsys):
+    assert infer.main(["--input", str(images), "--output", str(tmp_path / "o"), "--model",
+                       str(tmp_path / "none.npz")]) == 2
+    assert "none.npz" in capsys.readouterr().err
+    assert infer.main(["--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), "--model", "x"]) == 2
+    with pytest.raises(SystemExit):
+        infer.main(["--input", str(images), "--output", "o", "--model", "m", "--formats", "mat,tiff"])
