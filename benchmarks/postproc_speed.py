@@ -11,12 +11,11 @@ the instance types. Prints the median seconds of ``instances_from_np_hv`` and of
 from __future__ import annotations
 
 import argparse
-import time
 
 import cv2
 import numpy as np
 
-from benchmarks.targets_speed import synthetic_instance_map
+from benchmarks.targets_speed import median_s, synthetic_instance_map
 from src.postproc import instances_from_np_hv, process
 from src.targets import gen_hv_map
 
@@ -32,16 +31,6 @@ def synthetic_outputs(shape=(1000, 1000), n_nuclei: int = 1500, nr_types: int = 
     tp_prob = np.eye(nr_types, dtype=np.float32)[types] + rng.uniform(0, 0.6, shape + (nr_types,)).astype(np.float32)
     tp_prob /= tp_prob.sum(axis=-1, keepdims=True)
     return inst_map, np_prob, hv.astype(np.float32), tp_prob
-
-
-def median_s(func, repeats: int) -> float:
-    func()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main(argv=None) -> None:

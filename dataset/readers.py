@@ -34,7 +34,14 @@ import cv2
 import numpy as np
 import scipy.io
 
-from misc.io import IMAGE_SUFFIXES, InputError, colour_instances_to_ids, load_label_mat, read_image_rgb
+from misc.io import (
+    IMAGE_SUFFIXES,
+    InputError,
+    check_integer_map,
+    colour_instances_to_ids,
+    load_label_mat,
+    read_image_rgb,
+)
 
 __all__ = [
     "Sample", "DatasetReader", "ConsepReader", "InstanceReader", "READERS", "get_reader", "merge_types",
@@ -187,7 +194,7 @@ def _read_type_map(path: Path) -> np.ndarray:
     mat = scipy.io.loadmat(str(path), variable_names=["type_map"])
     if "type_map" not in mat:
         raise InputError(f"{path}: missing key 'type_map' (use --kind instance for instance-only labels)")
-    return _check_ids(mat["type_map"], path, "type_map")
+    return check_integer_map(mat["type_map"], path, "type_map")
 
 
 class InstanceReader(DatasetReader):
@@ -217,24 +224,7 @@ class InstanceReader(DatasetReader):
             if array.ndim == 3:
                 # a colour-coded map: every distinct non-black colour is one instance
                 array = colour_instances_to_ids(cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB))
-        return _check_ids(array, path), None
-
-
-def _check_ids(array: np.ndarray, path: Path, what: str = "instance map") -> np.ndarray:
-    """``array`` as HxW int32 after checking it is a 2-D map of non-negative integers."""
-    array = np.asarray(array)
-    if array.ndim != 2:
-        raise InputError(f"{path}: {what} must be 2-D, got shape {array.shape}")
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise InputError(f"{path}: {what} holds non-integer values")
-    elif array.dtype.kind not in "iub":
-        raise InputError(f"{path}: {what} has dtype {array.dtype}, an integer map is required")
-    if array.size and array.min() < 0:
-        raise InputError(f"{path}: {what} holds negative ids")
-    if array.size and array.max() > np.iinfo(np.int32).max:
-        raise InputError(f"{path}: {what} holds ids beyond the int32 range")
-    return array.astype(np.int32)
+        return check_integer_map(array, path), None
 
 
 # Dataset kind -> reader class; get_reader() is the one way to pick one.

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.io
 
 __all__ = [
-    "InputError", "read_image_rgb", "load_label_mat", "save_label_mat", "atomic_path",
+    "InputError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat", "atomic_path",
     "colour_instances_to_ids", "IMAGE_SUFFIXES",
 ]
 
@@ -94,16 +94,27 @@ def load_label_mat(path: str | os.PathLike, with_types: bool = False) -> dict[st
 def _integer_map(mat: dict, key: str, path: Path) -> np.ndarray:
     if key not in mat:
         raise InputError(f"{path}: missing key '{key}'")
-    array = np.asarray(mat[key])
+    return check_integer_map(mat[key], path, f"'{key}'")
+
+
+def check_integer_map(array, path, what: str = "instance map") -> np.ndarray:
+    """``array`` as HxW int32 after checking it is a 2-D map of non-negative integers.
+
+    Float maps holding whole numbers are accepted (MATLAB saves doubles); anything else raises
+    :class:`InputError` naming ``path`` and ``what``.
+    """
+    array = np.asarray(array)
     if array.ndim != 2:
-        raise InputError(f"{path}: '{key}' must be a 2-D map, got shape {array.shape}")
+        raise InputError(f"{path}: {what} must be a 2-D map, got shape {array.shape}")
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise InputError(f"{path}: '{key}' holds non-integer values")
+            raise InputError(f"{path}: {what} holds non-integer values")
     elif array.dtype.kind not in "iub":
-        raise InputError(f"{path}: '{key}' has dtype {array.dtype}, an integer map is required")
+        raise InputError(f"{path}: {what} has dtype {array.dtype}, an integer map is required")
     if array.size and array.min() < 0:
-        raise InputError(f"{path}: '{key}' holds negative ids")
+        raise InputError(f"{path}: {what} holds negative ids")
+    if array.size and array.max() > np.iinfo(np.int32).max:
+        raise InputError(f"{path}: {what} holds ids beyond the int32 range")
     return array.astype(np.int32)
 
 
