@@ -112,3 +112,12 @@ def test_bad_arguments(images, tmp_path, capsys):
     assert infer.main(["--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), "--model", "x"]) == 2
     with pytest.raises(SystemExit):
         infer.main(["--input", str(images), "--output", "o", "--model", "m", "--formats", "mat,tiff"])
+
+
+@pytest.mark.gpu
+def test_nchw_on_gpu_equals_nhwc(weights_npz):
+    """Spec section 1: NCHW on the GPU, NHWC acceptable elsewhere only if the results are equal."""
+    batch = np.random.default_rng(1).integers(0, 255, (2, 270, 270, 3)).astype(np.float32)
+    nchw = HoVerNetPredictor(weights_npz, config_from_args(["MODEL.DATA_FORMAT=NCHW"]))(batch)
+    nhwc = HoVerNetPredictor(weights_npz, config_from_args(["MODEL.DATA_FORMAT=NHWC"]))(batch)
+    np.testing.assert_allclose(nchw, nhwc, atol=2e-3)
