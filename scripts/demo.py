@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from metrics.compute_stats import main as compute_stats
 from misc.io import colour_instances_to_ids, read_image_rgb, save_label_mat
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TABLE_I = {"A": {"dice2": 0.6477, "aji": 0.4790, "pq": 0.6803}, "B": {"dice2": 0.9007, "aji": 0.6414, "pq": 0.6863}}
 
 
@@ -44,8 +46,6 @@ def evaluation_demo(shared: Path, out: Path) -> None:
 
 
 def inference_demo(shared: Path, out: Path, model: Path | None, count: int) -> int:
-    import infer
-
     test = shared / "data" / "consep256" / "test"
     tiles = sorted((test / "Images").glob("*.jpg"))[:count]
     inputs = out / "tiles"
@@ -68,7 +68,11 @@ def inference_demo(shared: Path, out: Path, model: Path | None, count: int) -> i
         print("No trained weights were given (make demo MODEL=path/to/weights): running with UNTRAINED, randomly\n"
               "initialised weights. Every output below is produced and valid, but the nuclei are meaningless.")
     predictions = out / "predictions"
-    code = infer.main(["--input", str(inputs), "--output", str(predictions), "--model", str(model)])
+    # The CLI exactly as a user runs it.
+    command = [sys.executable, str(REPO_ROOT / "infer.py"), "--input", str(inputs), "--output", str(predictions),
+               "--model", str(model)]
+    print("$", " ".join(command[1:]), flush=True)
+    code = subprocess.run(command).returncode
     if code != 0:
         return code
     print(f"\nOutputs per tile in {predictions}/: <name>.mat .json .png .geojson, and summary.csv:")
