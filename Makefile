@@ -17,6 +17,7 @@ $(VENV)/.installed: requirements.txt
 venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
