@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from metrics.stats import INSTANCE_KEYS, concat_pairings, instance_metrics, pair_types, type_metrics
 from misc.io import InputError, atomic_path, load_label_mat
 from src.config import make_config
@@ -87,27 +89,35 @@ def _progress(names: list[str], desc: str):
     return tqdm(names, desc=desc, file=sys.stderr, unit="img")
 
 
-def evaluate_instance(true_dir: Path, pred_dir: Path, names: list[str]) -> dict:
+def evaluate_instance(true_dir: Path, pred_dir: Path, names: list[str], match_iou: float = 0.5) -> dict:
     """Per-image instance metrics and their mean over images (the ``instance`` JSON, see ``--help``)."""
     per_image = {}
     for name in _progress(names, "instance"):
         true, pred = _load_pair(true_dir, pred_dir, name, with_types=False)
-        scores = instance_metrics(true["inst_map"], pred["inst_map"])
+        scores = instance_metrics(true["inst_map"], pred["inst_map"], match_iou=match_iou)
         per_image[name] = {k: float(scores[k]) for k in INSTANCE_KEYS}
     mean = {k: sum(s[k] for s in per_image.values()) / len(per_image) for k in INSTANCE_KEYS}
     return {"per_image": per_image, "mean": mean}
 
 
 def evaluate_type(true_dir: Path, pred_dir: Path, names: list[str], radius: float,
-                  type_ids: list[int] | None = None) -> dict:
+                  type_ids: list[int] | None = None, true_type_merge: dict[int, int] | None = None) -> dict:
     """Detection/classification scores pooled over images (the ``type`` JSON, see ``--help``).
 
     Centroids are paired per image within ``radius`` pixels, then all pairs are pooled. ``type_ids``
     defaults to the types present in the truth. Keys of ``f1_type`` are type ids as strings.
+    ``true_type_merge`` maps the truth's type ids first (CoNSeP's original 7 types -> the paper's 4,
+    spec section 4); a truth type it does not cover is an error.
     """
     pairings = []
     for name in _progress(names, "type"):
         true, pred = _load_pair(true_dir, pred_dir, name, with_types=True)
+        if true_type_merge is not None:
+            unknown = sorted(set(true["inst_type"].tolist()) - set(true_type_merge))
+            if unknown:
+                raise InputError(f"{true_dir / (name + '.mat')}: type id(s) {unknown} are not covered by the "
+                                 f"merge {true_type_merge}")
+            true["inst_type"] = np.array([true_type_merge[t] for t in true["inst_type"].tolist()], np.int32)
         pairings.append(pair_types(true["inst_centroid"], true["inst_type"],
                                    pred["inst_centroid"], pred["inst_type"], radius))
     pooled = concat_pairings(pairings)
@@ -151,6 +161,10 @@ def _build_parser(default_radius: float) -> argparse.ArgumentParser:
                              f"(default {default_radius:g}, EVAL.RADIUS: 12 at 40x, use 6 at 20x)")
     parser.add_argument("--types", type=_type_list, default=None, metavar="1,2,3,4",
                         help="type mode: comma-separated type ids to score (default: those in the truth)")
+    parser.add_argument("--merge_types", action="store_true",
+                        help="type mode: merge the truth's original CoNSeP types 1..7 into the paper's 4 "
+                             "(DATA.TYPE_MERGE: 3,4 -> 3 epithelial; 5,6,7 -> 4 spindle) before scoring; not for "
+                             "labels that are merged already, such as consep256")
     return parser
 
 
@@ -171,16 +185,18 @@ def _print_type(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), evaluate, print and optionally write JSON; return the exit code."""
-    args = _build_parser(float(make_config().EVAL.RADIUS)).parse_args(argv)
+    cfg = make_config()
+    args = _build_parser(float(cfg.EVAL.RADIUS)).parse_args(argv)
     try:
         if args.radius <= 0:
             raise InputError(f"--radius must be positive, got {args.radius:g}")
         names = match_files(args.true_dir, args.pred_dir)
         if args.mode == "instance":
-            result = evaluate_instance(args.true_dir, args.pred_dir, names)
+            result = evaluate_instance(args.true_dir, args.pred_dir, names, match_iou=float(cfg.EVAL.MATCH_IOU))
             _print_instance(result)
         else:
-            result = evaluate_type(args.true_dir, args.pred_dir, names, args.radius, args.types)
+            merge = dict(cfg.DATA.TYPE_MERGE) if args.merge_types else None
+            result = evaluate_type(args.true_dir, args.pred_dir, names, args.radius, args.types, merge)
             _print_type(result)
         if args.json is not None:
             try:

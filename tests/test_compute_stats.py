@@ -232,3 +232,22 @@ def test_script_form_subprocess(tmp_path):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out_json.read_text())["per_image"]["a"]["pq"] == 1.0
+
+
+def test_type_mode_merges_original_consep_types_of_the_truth(tmp_path, capsys):
+    true_dir, pred_dir = tmp_path / "true", tmp_path / "pred"
+    blank = np.zeros((8, 8), np.int32)
+    # truth in CoNSeP's original 7 types: 4 (epithelial) and 6 (spindle) merge to 3 and 4
+    save_label_mat(true_dir / "x.mat", blank, inst_type=[4, 6], inst_centroid=[[10, 10], [40, 40]])
+    save_label_mat(pred_dir / "x.mat", blank, inst_type=[3, 4], inst_centroid=[[10, 11], [40, 41]])
+    out_json = tmp_path / "t.json"
+    args = ["--mode", "type", "--true_dir", true_dir, "--pred_dir", pred_dir, "--json", out_json]
+    code, _, err = _run(capsys, *args, "--merge_types")
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    assert result["acc"] == 1.0 and set(result["f1_type"]) == {"3", "4"}
+    code, _, _ = _run(capsys, *args)
+    assert code == 0 and json.loads(out_json.read_text())["acc"] == 0.0  # unmerged: 4 vs 3, 6 vs 4
+    save_label_mat(true_dir / "x.mat", blank, inst_type=[9, 6], inst_centroid=[[10, 10], [40, 40]])
+    code, _, err = _run(capsys, *args, "--merge_types")
+    assert code == 2 and "[9]" in err and "x.mat" in err
