@@ -1,4 +1,6 @@
 """misc/io.py: image and label reading with clear errors, atomic writes, colour-coded maps."""
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -101,6 +103,7 @@ def test_atomic_path_leaves_nothing_on_failure_and_replaces_on_success(tmp_path)
         assert tmp.suffix == ".txt"
         tmp.write_text("whole")
     assert target.read_text() == "whole"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() would create it, not 0600
     assert [p.name for p in target.parent.iterdir()] == ["result.txt"]
 
 
@@ -114,3 +117,9 @@ def test_colour_instances_to_ids():
     assert ids.tolist() == [[0, 2, 0], [0, 2, 1]]
     no_background = np.full((1, 2, 3), 5, np.uint8)
     assert colour_instances_to_ids(no_background).tolist() == [[1, 1]]
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
