@@ -16,7 +16,8 @@ and summary.csv for the run (image, height, width, nuclei, nuclei per type, seco
 
 Re-running the same command skips images whose outputs are complete (writes are atomic), so a killed run
 resumes; --overwrite redoes them. Unreadable, grayscale, 16-bit or empty images are reported and skipped, and
-the exit status is then 1. Exit status 2: the run could not start (bad arguments, model or type file).
+the exit status is then 1. Exit status 2: the run could not start (bad arguments, model or type file, an
+output folder holding the input images or another model's results; run_info.json there records which).
 """
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from misc.io import InputError
+from misc.outputs import FORMATS, check_formats
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,20 +50,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--types", default=None,
                         help='TYPE_INFO.json mapping type ids to names and RGB colours, e.g. '
                              '{"1": ["tumour", [255, 0, 0]]}; default: CoNSeP\'s four types')
-    parser.add_argument("--formats", default="mat,json,png,geojson",
-                        help="comma-separated outputs to write, from mat,json,png,geojson (default: all)")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help=f"comma-separated outputs to write, from {','.join(FORMATS)} (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. POSTPROC.MIN_SIZE=10 (see src/config.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    from src.pipeline import FORMATS
-
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown or not formats:
-        parser.error(f"--formats: unknown {unknown}; choose from {','.join(FORMATS)}")
-    args.formats = formats
+    try:
+        args.formats = check_formats(f.strip() for f in args.formats.split(",") if f.strip())
+    except ValueError as exc:
+        parser.error(f"--formats: {exc}")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
     return args
@@ -74,15 +74,21 @@ def main(argv=None) -> int:
 
     from misc.outputs import default_type_info, load_type_info
     from src.config import config_from_args
-    from src.pipeline import collect_inputs, postproc_kwargs, run_inference
+    from src.pipeline import check_output_dir, collect_inputs, postproc_kwargs, run_inference
 
     try:
         cfg = config_from_args(args.config)
         files = collect_inputs(args.input)
-        type_info = load_type_info(args.types) if args.types else default_type_info()
+        type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
+        run_info = {"model": str(Path(args.model).resolve()), "postproc": postproc_kwargs(cfg)}
+        check_output_dir(args.output, files, args.formats, run_info, args.overwrite)
         from src.predictor import HoVerNetPredictor
 
         predictor = HoVerNetPredictor(args.model, cfg)
+        uncovered = [t for t in range(1, predictor.nr_types or 0) if t not in type_info]
+        if uncovered:
+            raise InputError(f"type ids {uncovered} of the model have no name/colour in "
+                             f"{args.types or 'the default types'}")
     except (InputError, KeyError, ValueError) as exc:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
@@ -90,7 +96,8 @@ def main(argv=None) -> int:
     report = run_inference(
         files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
         batch_size=args.batch_size or cfg.INFER.BATCH_SIZE, input_shape=cfg.MODEL.INPUT_SHAPE,
-        output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=postproc_kwargs(cfg), progress=not args.quiet)
+        output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=run_info["postproc"], run_info=run_info,
+        progress=not args.quiet)
     print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
           f"{len(report.failed)} skipped -> {args.output}")
     for path, reason in report.failed.items():

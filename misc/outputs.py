@@ -26,7 +26,7 @@ from misc.io import InputError, atomic_path, save_label_mat
 from misc.viz import save_overlay, type_entry
 
 __all__ = ["FORMATS", "default_type_info", "load_type_info", "save_mat", "save_nuclei_json", "save_geojson",
-           "geojson_ring", "output_paths", "write_outputs", "outputs_complete"]
+           "geojson_ring", "check_formats", "output_paths", "write_outputs", "outputs_complete"]
 
 FORMATS = ("mat", "json", "png", "geojson")
 _SUFFIX = {"mat": ".mat", "json": ".json", "png": ".png", "geojson": ".geojson"}
@@ -238,7 +238,8 @@ def save_geojson(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping
     return path
 
 
-def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+    """``formats`` as a tuple; ValueError naming the unknown ones (or for none at all)."""
     formats = tuple(formats)
     unknown = [f for f in formats if f not in _SUFFIX]
     if unknown or not formats:
@@ -250,7 +251,7 @@ def output_paths(out_dir: str | os.PathLike, name: str, formats: Iterable[str] =
     """Format -> ``out_dir/<name>.<suffix>`` (``.mat``, ``.json``, ``.png``, ``.geojson``)."""
     if not name or Path(name).name != name:
         raise ValueError(f"output name must be a plain file stem, got {name!r}")
-    return {f: Path(out_dir) / f"{name}{_SUFFIX[f]}" for f in _check_formats(formats)}
+    return {f: Path(out_dir) / f"{name}{_SUFFIX[f]}" for f in check_formats(formats)}
 
 
 def write_outputs(out_dir: str | os.PathLike, name: str, image: np.ndarray, inst_map: np.ndarray,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -23,17 +24,17 @@ import numpy as np
 from tqdm import tqdm
 
 from misc.io import IMAGE_SUFFIXES, InputError, atomic_path, read_image_rgb
-from misc.outputs import outputs_complete, write_outputs
+from misc.outputs import FORMATS, output_paths, outputs_complete, write_outputs
 from src.inference import predict_tile
 from src.postproc import process
 
 log = logging.getLogger(__name__)
 
 __all__ = ["collect_inputs", "split_channels", "postproc_kwargs", "InferenceReport", "run_inference",
-           "SUMMARY_NAME", "FORMATS"]
+           "check_output_dir", "SUMMARY_NAME", "RUN_INFO_NAME"]
 
 SUMMARY_NAME = "summary.csv"
-FORMATS = ("mat", "json", "png", "geojson")
+RUN_INFO_NAME = "run_info.json"  # which model and settings made the outputs in a folder
 
 
 def collect_inputs(spec: str) -> list[Path]:
@@ -64,6 +65,33 @@ def collect_inputs(spec: str) -> list[Path]:
         listed = "; ".join(", ".join(str(p) for p in paths) for paths in clashes.values())
         raise InputError(f"inputs with the same name would write the same outputs: {listed}")
     return files
+
+
+def check_output_dir(out_dir, files: Iterable[Path], formats=FORMATS, run_info: dict | None = None,
+                     overwrite: bool = False) -> None:
+    """Refuse an output folder that would destroy inputs or mix results of different runs.
+
+    Raises :class:`InputError` when ``out_dir`` is a file; when an output would land on an input image
+    (``--output`` the folder of PNG inputs: the overlay ``<name>.png`` would replace the image); or when
+    the folder holds outputs of another model or post-processing setting (``run_info.json``) and
+    ``overwrite`` is not set, since resuming would then silently mix two runs' results.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: --output exists and is not a folder")
+    inputs = {file.resolve() for file in files}
+    for file in files:
+        for path in output_paths(out_dir, file.stem, formats).values():
+            if path.resolve() in inputs:
+                raise InputError(f"writing {path} would overwrite the input image {path}; choose another --output")
+    recorded = out_dir / RUN_INFO_NAME
+    if run_info is not None and recorded.is_file() and not overwrite:
+        previous = json.loads(recorded.read_text())
+        changed = sorted(k for k in set(previous) | set(run_info) if previous.get(k) != run_info.get(k))
+        if changed:
+            raise InputError(f"{out_dir} holds outputs made with other settings ({', '.join(changed)} differ: "
+                             f"{ {k: previous.get(k) for k in changed} }); choose another --output or pass "
+                             "--overwrite to redo them")
 
 
 def split_channels(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -102,7 +130,7 @@ class InferenceReport:
 def _summary_row(name: str, image_shape, inst_info: dict, type_info: dict, seconds: float) -> dict:
     counts = {tid: 0 for tid in type_info if tid != 0}
     for info in inst_info.values():
-        if info.get("type") is not None:
+        if info.get("type"):  # untyped (None) and background-typed (0) nuclei count only in 'nuclei'
             counts[info["type"]] = counts.get(info["type"], 0) + 1
     row = {"image": name, "height": image_shape[0], "width": image_shape[1], "nuclei": len(inst_info)}
     for tid, count in sorted(counts.items()):
@@ -140,17 +168,23 @@ def _write_summary(path: Path, rows: dict[str, dict]) -> None:
 
 def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarray], np.ndarray], type_info: dict,
                   *, formats=FORMATS, overwrite: bool = False, batch_size: int = 16, input_shape: int = 270,
-                  output_shape: int = 80, postproc_kwargs: dict | None = None, progress: bool = True
-                  ) -> InferenceReport:
+                  output_shape: int = 80, postproc_kwargs: dict | None = None, run_info: dict | None = None,
+                  progress: bool = True) -> InferenceReport:
     """Run the whole per-image job over ``files`` into ``out_dir``; never raises for one bad image.
 
     Images whose outputs in ``formats`` all exist are skipped unless ``overwrite`` (writes are atomic,
     so an existing file is a complete one). ``summary.csv`` (image, size, nuclei per type, seconds)
-    is rewritten after every image, so it is current even if the run is killed.
+    is rewritten after every image, so it is current even if the run is killed. ``run_info`` (JSON-able:
+    model, settings) is recorded in ``run_info.json``; :func:`check_output_dir` runs first and raises
+    :class:`InputError` for an output folder that would overwrite inputs or mix runs.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = list(files)
+    check_output_dir(out_dir, files, formats, run_info, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if run_info is not None:
+        with atomic_path(out_dir / RUN_INFO_NAME) as tmp:
+            tmp.write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")
     report = InferenceReport()
     summary_path = out_dir / SUMMARY_NAME
     summary = _read_summary(summary_path)

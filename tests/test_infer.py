@@ -121,3 +121,12 @@ def test_nchw_on_gpu_equals_nhwc(weights_npz):
     nchw = HoVerNetPredictor(weights_npz, config_from_args(["MODEL.DATA_FORMAT=NCHW"]))(batch)
     nhwc = HoVerNetPredictor(weights_npz, config_from_args(["MODEL.DATA_FORMAT=NHWC"]))(batch)
     np.testing.assert_allclose(nchw, nhwc, atol=2e-3)
+
+
+def test_type_file_must_name_every_type_of_the_model(weights_npz, images, tmp_path, capsys):
+    types = tmp_path / "types.json"
+    types.write_text(json.dumps({"1": ["tumour", [255, 0, 0]], "2": ["immune", [0, 255, 0]]}))
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(weights_npz),
+                       "--types", str(types)])
+    assert code == 2 and "[3, 4]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

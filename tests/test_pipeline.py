@@ -14,7 +14,7 @@ import pytest
 from metrics.compute_stats import main as compute_stats
 from misc.io import InputError, load_label_mat, save_label_mat
 from misc.outputs import default_type_info
-from src.pipeline import SUMMARY_NAME, collect_inputs, run_inference, split_channels
+from src.pipeline import RUN_INFO_NAME, SUMMARY_NAME, collect_inputs, run_inference, split_channels
 from src.targets import gen_hv_map
 
 N_TYPES = 5  # background + CoNSeP's four types
@@ -137,6 +137,7 @@ def test_end_to_end_outputs_match_the_truth(tiles, tmp_path):
         rows = {row["image"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"a", "b"}
     assert int(rows["b"]["height"]) == 96 and int(rows["b"]["width"]) == 250
+    assert "n_background" not in rows["a"]
     inst_a, type_a = truths["a"]
     for tid, (type_name, _) in default_type_info().items():
         if tid:
@@ -191,3 +192,33 @@ def test_formats_subset(tiles, tmp_path):
     run_inference(collect_inputs(str(folder / "a.png")), out, fake_predict, default_type_info(),
                   formats=("mat", "geojson"), progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.mat", SUMMARY_NAME]
+
+
+def test_refuses_to_write_over_the_input_images(tiles):
+    folder, _ = tiles
+    before = (folder / "a.png").read_bytes()
+    with pytest.raises(InputError, match="overwrite the input image"):
+        run_inference(collect_inputs(str(folder)), folder, fake_predict, default_type_info(), progress=False)
+    assert (folder / "a.png").read_bytes() == before
+    (folder.parent / "file").write_text("x")
+    with pytest.raises(InputError, match="not a folder"):
+        run_inference(collect_inputs(str(folder)), folder.parent / "file", fake_predict, default_type_info(),
+                      progress=False)
+
+
+def test_outputs_of_another_model_are_not_mixed_in(tiles, tmp_path):
+    folder, _ = tiles
+    out = tmp_path / "out"
+    files = collect_inputs(str(folder / "a.png"))
+    first = {"model": "/models/untrained.npz", "postproc": {"min_size": 10}}
+    run_inference(files, out, fake_predict, default_type_info(), run_info=first, progress=False)
+    assert json.loads((out / RUN_INFO_NAME).read_text()) == first
+    # the same settings resume; other ones are refused unless --overwrite
+    assert run_inference(files, out, fake_predict, default_type_info(), run_info=first,
+                         progress=False).already_complete == ["a"]
+    second = {"model": "/models/trained.npz", "postproc": {"min_size": 10}}
+    with pytest.raises(InputError, match="model"):
+        run_inference(files, out, fake_predict, default_type_info(), run_info=second, progress=False)
+    report = run_inference(files, out, fake_predict, default_type_info(), run_info=second, overwrite=True,
+                           progress=False)
+    assert report.done == ["a"] and json.loads((out / RUN_INFO_NAME).read_text()) == second
