@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TABLE_I = {"A": {"dice2": 0.6477, "aji": 0.4790, "pq": 0.6803}, "B": {"dice2": 0.9007, "aji": 0.6414, "pq": 0.6863}}
 
 
-def evaluation_demo(shared: Path, out: Path) -> None:
+def evaluation_demo(shared: Path, out: Path) -> int:
     from metrics.stats import instance_metrics
 
     sample = shared / "data" / "metrics_sample"
@@ -41,8 +41,8 @@ def evaluation_demo(shared: Path, out: Path) -> None:
         cells = "".join(f"{ours[k]:>9.4f}/{TABLE_I[label][k]:.4f}" for k in ("dice2", "aji", "pq"))
         print(f"{label:<12}{cells}")
     print("\nThe same maps through the CLI users run (prediction B):")
-    compute_stats(["--mode", "instance", "--true_dir", str(out / "fig4" / "true"),
-                   "--pred_dir", str(out / "fig4" / "B")])
+    return compute_stats(["--mode", "instance", "--true_dir", str(out / "fig4" / "true"),
+                          "--pred_dir", str(out / "fig4" / "B")])
 
 
 def inference_demo(shared: Path, out: Path, model: Path | None, count: int) -> int:
@@ -64,10 +64,11 @@ def inference_demo(shared: Path, out: Path, model: Path | None, count: int) -> i
             from src.config import config_from_args
             from src.model.weights import save_initial_weights
 
-            save_initial_weights(model, config_from_args(), nr_types=5)
+            cfg = config_from_args()
+            save_initial_weights(model, cfg, nr_types=cfg.MODEL.NR_TYPES)
         print("No trained weights were given (make demo MODEL=path/to/weights): running with UNTRAINED, randomly\n"
               "initialised weights. Every output below is produced and valid, but the nuclei are meaningless.")
-    predictions = out / "predictions"
+    predictions = out / f"predictions_{model.stem}"  # one folder per model: results never mix
     # The CLI exactly as a user runs it.
     command = [sys.executable, str(REPO_ROOT / "infer.py"), "--input", str(inputs), "--output", str(predictions),
                "--model", str(model)]
@@ -77,10 +78,12 @@ def inference_demo(shared: Path, out: Path, model: Path | None, count: int) -> i
         return code
     print(f"\nOutputs per tile in {predictions}/: <name>.mat .json .png .geojson, and summary.csv:")
     print((predictions / "summary.csv").read_text())
-    scores = out / "scores_instance.json"
-    compute_stats(["--mode", "instance", "--true_dir", str(truths), "--pred_dir", str(predictions),
-                   "--json", str(scores)])
-    compute_stats(["--mode", "type", "--true_dir", str(truths), "--pred_dir", str(predictions)])
+    scores = out / f"scores_{model.stem}.json"
+    for mode in ("instance", "type"):
+        code = compute_stats(["--mode", mode, "--true_dir", str(truths), "--pred_dir", str(predictions)]
+                             + (["--json", str(scores)] if mode == "instance" else []))
+        if code != 0:
+            return code
     mean = json.loads(scores.read_text())["mean"]
     print(f"Mean PQ over the sample: {mean['pq']:.4f}")
     return 0
@@ -97,7 +100,9 @@ def main(argv=None) -> int:
         print(f"demo: {args.shared}/data not found; pass --shared (make demo SHARED=path)", file=sys.stderr)
         return 2
     args.output.mkdir(parents=True, exist_ok=True)
-    evaluation_demo(args.shared, args.output)
+    code = evaluation_demo(args.shared, args.output)
+    if code != 0:
+        return code
     return inference_demo(args.shared, args.output, args.model, args.tiles)
 
 
