@@ -9,20 +9,27 @@ published single-array layout, because instance ids exceed 255; at 540x540 a pat
 ``step x step`` region, the part the network's 80x80 output covers; the windows' central regions tile the
 image (see :func:`dataset.readers.extract_windows`).
 
-Every file is written atomically. A non-empty output folder is refused unless ``--overwrite``, which first
-deletes the ``.npy`` files directly inside it so that patches of an earlier run cannot mix in.
+The set is written atomically as a whole: patches go to a sibling ``<output_dir>.partial-<pid>`` folder,
+which is renamed to ``<output_dir>`` only once every image has succeeded, so an existing ``<output_dir>``
+always holds one complete run. On any failure (or interruption) the partial folder is removed and
+``<output_dir>`` is left as it was. A non-empty output folder is refused unless ``--overwrite``, which moves
+the old folder aside to ``<output_dir>.old-<timestamp>`` (kept, not deleted: remove it yourself) when the
+new set is complete, so patches of two runs never mix.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from dataset.readers import READERS, extract_windows, get_reader, merge_types
-from misc.io import InputError, atomic_path
+from misc.io import InputError
 from src.config import make_config
 
 __all__ = ["main", "build_parser", "extract_dataset", "sample_patches"]
@@ -44,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="merge CoNSeP's original types 1..7 into the paper's 4 (DATA.TYPE_MERGE); not for "
                              "labels already merged, such as consep256")
     parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty output folder, deleting its .npy files first")
+                        help="replace a non-empty output folder; the old one is moved to "
+                             "<output_dir>.old-<timestamp> once the new patches are complete")
     return parser
 
 
@@ -62,53 +70,91 @@ def sample_patches(name: str, image: np.ndarray, inst_map: np.ndarray, type_map:
             for (row, col), patch in extract_windows(stacked, patch_size, step, mode="mirror")]
 
 
-def _prepare_output(output_dir: Path, overwrite: bool) -> None:
+def _check_output(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"{output_dir}: exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise InputError(f"{output_dir}: folder is not empty; choose another --output_dir or pass --overwrite")
-        for old in output_dir.glob("*.npy"):
-            old.unlink()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise InputError(f"{output_dir}: folder is not empty; choose another --output_dir or pass --overwrite")
+
+
+def _install(partial: Path, output_dir: Path, overwrite: bool) -> Path | None:
+    """Rename the complete ``partial`` folder to ``output_dir``; returns where an old non-empty
+    ``output_dir`` was moved (``<output_dir>.old-<timestamp>``), or None."""
+    _check_output(output_dir, overwrite)  # again: the folder may have changed during the run
+    previous = None
+    if output_dir.is_dir():
+        if any(output_dir.iterdir()):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            previous = output_dir.with_name(f"{output_dir.name}.old-{stamp}")
+            counter = 1
+            while previous.exists():
+                previous = output_dir.with_name(f"{output_dir.name}.old-{stamp}-{counter}")
+                counter += 1
+            output_dir.rename(previous)
+        else:
+            output_dir.rmdir()
+    try:
+        partial.rename(output_dir)
+    except OSError:
+        if previous is not None:
+            previous.rename(output_dir)  # put the old set back
+        raise
+    return previous
 
 
 def extract_dataset(input_dir, output_dir, kind: str, patch_size: int, step: int,
                     type_merge: dict | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Extract every image of the data set at ``input_dir`` into ``output_dir``; returns a summary dict
-    (``images``, ``patches``, ``bytes``, ``max_type_before_merge``)."""
+    (``images``, ``patches``, ``bytes``, ``max_type_before_merge``, ``previous``: where ``--overwrite``
+    moved the old non-empty output folder, or None).
+
+    ``type_merge`` (old -> new type id, e.g. ``cfg.DATA.TYPE_MERGE``) relabels the types with
+    :func:`dataset.readers.merge_types`; only for typed kinds ('consep'). All patches are written to a
+    sibling ``<output_dir>.partial-<pid>`` folder that replaces ``output_dir`` only when every image
+    succeeded (see the module docstring); on failure ``output_dir`` is untouched.
+    """
     if patch_size < step or step <= 0:
         raise InputError(f"--patch_size ({patch_size}) must be >= --step ({step}) > 0")
-    reader = get_reader(kind, input_dir)  # types are merged below, after noting the original ids
-    output_dir = Path(output_dir)
-    _prepare_output(output_dir, overwrite)
-    summary = {"images": 0, "patches": 0, "bytes": 0, "max_type_before_merge": 0}
-    for sample in tqdm(reader, total=len(reader), desc="images", unit="img", disable=not progress):
-        type_map = sample.type_map
-        if type_map is not None:
-            summary["max_type_before_merge"] = max(summary["max_type_before_merge"], int(type_map.max(initial=0)))
-            if type_merge is not None:
-                try:
-                    type_map = merge_types(type_map, type_merge)
-                except InputError as exc:
-                    raise InputError(f"{sample.name}: {exc}") from None
-        for patch_name, patch in sample_patches(sample.name, sample.image, sample.inst_map, type_map,
-                                                patch_size, step):
-            with atomic_path(output_dir / f"{patch_name}.npy") as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, np.ascontiguousarray(patch))
-            summary["patches"] += 1
-            summary["bytes"] += patch.nbytes
-        summary["images"] += 1
+    if type_merge is not None and kind != "consep":
+        raise InputError(f"--merge_types needs typed labels (--kind consep): dataset kind {kind!r} has no type "
+                         "labels to merge")
+    reader = get_reader(kind, input_dir)
+    output_dir = Path(os.path.abspath(output_dir))
+    _check_output(output_dir, overwrite)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_dir.with_name(f"{output_dir.name}.partial-{os.getpid()}")
+    if partial.exists():  # left by a killed run that had this process id; never a live one
+        shutil.rmtree(partial)
+    partial.mkdir()
+    summary = {"images": 0, "patches": 0, "bytes": 0, "max_type_before_merge": 0, "previous": None}
+    try:
+        for sample in tqdm(reader, total=len(reader), desc="images", unit="img", disable=not progress):
+            type_map = sample.type_map
+            if type_map is not None:
+                summary["max_type_before_merge"] = max(summary["max_type_before_merge"],
+                                                       int(type_map.max(initial=0)))
+                if type_merge is not None:
+                    try:
+                        type_map = merge_types(type_map, type_merge)
+                    except InputError as exc:
+                        raise InputError(f"{sample.name}: {exc}") from None
+            for patch_name, patch in sample_patches(sample.name, sample.image, sample.inst_map, type_map,
+                                                    patch_size, step):
+                np.save(partial / f"{patch_name}.npy", np.ascontiguousarray(patch))
+                summary["patches"] += 1
+                summary["bytes"] += patch.nbytes
+            summary["images"] += 1
+        previous = _install(partial, output_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    summary["previous"] = str(previous) if previous is not None else None
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = make_config()
-    if args.merge_types and args.kind != "consep":
-        print(f"error: --merge_types needs typed labels (--kind consep), not --kind {args.kind}", file=sys.stderr)
-        return 2
     try:
         summary = extract_dataset(args.input_dir, args.output_dir, args.kind, args.patch_size, args.step,
                                   type_merge=dict(cfg.DATA.TYPE_MERGE) if args.merge_types else None,
@@ -118,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{summary['images']} images -> {summary['patches']} patches of {args.patch_size}x{args.patch_size}x5 "
           f"int32 ({summary['bytes'] / 1e9:.2f} GB) in {args.output_dir}")
+    if summary["previous"] is not None:
+        print(f"the previous patches were moved to {summary['previous']} (delete it when no longer needed)")
     if args.merge_types and summary["max_type_before_merge"] <= max(cfg.DATA.TYPE_MERGE.values()):
         print(f"warning: the largest type id before merging was {summary['max_type_before_merge']}; these labels "
               "look merged already, and merging twice folds types together", file=sys.stderr)

@@ -30,6 +30,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from src.targets import center_crop_window
+
 __all__ = [
     "AugParams", "GeometryParams", "IDENTITY_GEOMETRY", "sample_geometry", "affine_matrix", "source_maps",
     "apply_geometry", "centre_crop",
@@ -208,13 +210,10 @@ def apply_geometry(image: np.ndarray, labels: np.ndarray,
 
 def centre_crop(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """The central ``size`` (int or (h, w)) of an HxW[xC] array; offset ``int((H - h) / 2)`` as tensorpack's
-    ``CenterCrop`` (for an odd difference the extra row/column is left at the bottom/right). Returns a view."""
-    h, w = (size, size) if np.isscalar(size) else size
-    height, width = array.shape[:2]
-    if height < h or width < w:
-        raise ValueError(f"cannot crop {h}x{w} from {height}x{width}")
-    top, left = int((height - h) * 0.5), int((width - w) * 0.5)
-    return array[top:top + h, left:left + w]
+    ``CenterCrop`` (for an odd difference the extra row/column is left at the bottom/right). Returns a view.
+    The window is :func:`src.targets.center_crop_window`'s (ValueError when it does not fit)."""
+    rows, cols = center_crop_window(array.shape, size)
+    return array[rows, cols]
 
 
 # --- 3. image only; every function maps HxWx3 uint8 RGB to HxWx3 uint8 RGB ---

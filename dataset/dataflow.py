@@ -157,22 +157,23 @@ class TrainingDataPreprocessor:
     result to the output size. Computing targets on the input-size crop is the published order
     (``imgaug.CenterCrop(270)`` is a shape augmentor applied to image and labels before ``GenInstanceHV``);
     it gives the targets of the whole patch unless a nucleus reaches 95 px beyond the 80x80 output window.
-    Pass ``targets_from="patch"`` to compute them on the whole augmented patch instead.
+    ``cfg.TARGETS.FROM = 'patch'`` computes them on the whole augmented patch instead.
 
     Validation (``is_training=False``): centre crop only, then the same targets; the seed is ignored.
 
     Args:
         cfg: finalised config; reads MODEL.INPUT_SHAPE, MODEL.OUTPUT_SHAPE, MODEL.NR_TYPES,
-            TARGETS.MIN_INSTANCE_SIZE and AUG.
+            TARGETS.MIN_INSTANCE_SIZE, TARGETS.HV_PUBLISHED_OFFSET, TARGETS.FROM (``'input'``, published, or
+            ``'patch'``; anything else raises ValueError) and AUG.
         is_training: augment (True) or centre-crop only (False).
-        targets_from: ``'input'`` (published) or ``'patch'``.
 
     Holds plain values only, so it pickles and runs the same in any worker process.
     """
 
-    def __init__(self, cfg, is_training: bool = True, targets_from: str = "input"):
+    def __init__(self, cfg, is_training: bool = True):
+        targets_from = cfg.TARGETS.FROM
         if targets_from not in ("input", "patch"):
-            raise ValueError(f"targets_from must be 'input' or 'patch', got {targets_from!r}")
+            raise ValueError(f"TARGETS.FROM must be 'input' or 'patch', got {targets_from!r}")
         self.input_shape = int(cfg.MODEL.INPUT_SHAPE)
         self.output_shape = int(cfg.MODEL.OUTPUT_SHAPE)
         self.nr_types = cfg.MODEL.NR_TYPES

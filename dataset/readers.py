@@ -10,8 +10,9 @@ and yield :class:`Sample` tuples ``(name, image, inst_map, type_map)``:
 Two kinds, picked by name through :func:`get_reader` (the one way to choose a reader):
 
 ``'consep'``
-    CoNSeP layout (spec section 4): ``Labels/<name>.mat`` holding ``inst_map`` and ``type_map``.
-    Optionally merges the original 7 types into the paper's 4 with :func:`merge_types`.
+    CoNSeP layout (spec section 4): ``Labels/<name>.mat`` holding ``inst_map`` and ``type_map``, as stored
+    (``extract_patches.py --merge_types`` merges the original 7 types into the paper's 4 with
+    :func:`merge_types`).
 ``'instance'``
     Instance-only sets (Kumar, CPM-15/17, TNBC style). Supported label files, tried in this order:
     ``.mat`` (key ``inst_map``), ``.npy`` (HxW ids, or HxWxC with the ids in channel 0),
@@ -162,39 +163,26 @@ class DatasetReader:
 
 
 class ConsepReader(DatasetReader):
-    """CoNSeP layout: ``Labels/<name>.mat`` with ``inst_map`` and ``type_map`` (both HxW integer).
-
-    Args:
-        root: data set folder holding ``Images/`` and ``Labels/``.
-        type_merge: optional old -> new type mapping applied with :func:`merge_types` (the paper merges
-            CoNSeP's 7 types into 4 with ``cfg.DATA.TYPE_MERGE``). Leave it ``None`` for labels that are
-            already merged, such as ``consep256``: merging 1..4 again would fold spindle (4) into epithelial.
-    """
+    """CoNSeP layout: ``Labels/<name>.mat`` with ``inst_map`` and ``type_map`` (both HxW integer), returned
+    as stored; type merging is ``extract_patches.py``'s (:func:`merge_types`)."""
 
     kind = "consep"
 
-    def __init__(self, root: str | os.PathLike, type_merge: Mapping[int, int] | None = None):
-        super().__init__(root)
-        self.type_merge = dict(type_merge) if type_merge is not None else None
-
     def _read_label(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        inst_map = load_label_mat(path)["inst_map"]
-        type_map = _read_type_map(path)
-        if self.type_merge is not None:
-            try:
-                type_map = merge_types(type_map, self.type_merge)
-            except InputError as exc:
-                raise InputError(f"{path}: {exc}") from None
-        return inst_map, type_map
-
-
-def _read_type_map(path: Path) -> np.ndarray:
-    # load_label_mat(with_types=True) also insists on inst_type/inst_centroid, which training does not need,
-    # so type_map alone is read here (the file was already opened successfully by load_label_mat).
-    mat = scipy.io.loadmat(str(path), variable_names=["type_map"])
-    if "type_map" not in mat:
-        raise InputError(f"{path}: missing key 'type_map' (use --kind instance for instance-only labels)")
-    return check_integer_map(mat["type_map"], path, "type_map")
+        # One loadmat for both maps (misc.io.load_label_mat(with_types=True) would also insist on
+        # inst_type/inst_centroid, which training labels need not have); same checks and messages as misc.io.
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        try:
+            mat = scipy.io.loadmat(str(path), variable_names=["inst_map", "type_map"])
+        except Exception as exc:  # scipy raises several unrelated types for corrupt files
+            raise InputError(f"{path}: not a readable .mat file ({type(exc).__name__}: {exc})") from exc
+        maps = []
+        for key, hint in (("inst_map", ""), ("type_map", " (use --kind instance for instance-only labels)")):
+            if key not in mat:
+                raise InputError(f"{path}: missing key '{key}'{hint}")
+            maps.append(check_integer_map(mat[key], path, f"'{key}'"))
+        return maps[0], maps[1]
 
 
 class InstanceReader(DatasetReader):
@@ -231,18 +219,10 @@ class InstanceReader(DatasetReader):
 READERS: dict[str, type[DatasetReader]] = {"consep": ConsepReader, "instance": InstanceReader}
 
 
-def get_reader(kind: str, root: str | os.PathLike, type_merge: Mapping[int, int] | None = None) -> DatasetReader:
-    """The reader registered for ``kind`` ('consep' or 'instance') over the data set at ``root``.
-
-    ``type_merge`` applies only to typed kinds; passing it for an instance-only kind is an error rather than
-    a silent no-op.
-    """
+def get_reader(kind: str, root: str | os.PathLike) -> DatasetReader:
+    """The reader registered for ``kind`` ('consep' or 'instance') over the data set at ``root``."""
     if kind not in READERS:
         raise InputError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
-    if kind == "consep":
-        return ConsepReader(root, type_merge=type_merge)
-    if type_merge is not None:
-        raise InputError(f"dataset kind {kind!r} has no type labels to merge")
     return READERS[kind](root)
 
 

@@ -113,6 +113,10 @@ def make_config() -> AttrDict:
     # The released code's HV grid is np.arange(1, n + 1) - round(com), which puts the zero row/column one
     # pixel above/left of the rounded centre of mass; False follows spec section 2 (zero on the centre).
     C.TARGETS.HV_PUBLISHED_OFFSET = False
+    # Where training targets are computed: 'input' = on the 270x270 augmented input crop, then cropped to 80
+    # (the released order: CenterCrop is one of the shape augmentations, applied before GenInstanceHV);
+    # 'patch' = on the full 540x540 augmented patch (differs only for nuclei reaching far beyond the output).
+    C.TARGETS.FROM = "input"
 
     # --- patches and augmentation (spec section 4) ---
     C.DATA.PATCH_SIZE = 540  # extracted window; augmentation works on it before the centre crop

@@ -16,6 +16,7 @@ from dataset.dataflow import (
     resolve_num_workers,
 )
 from dataset.readers import ConsepReader, InstanceReader, get_reader, merge_types
+from extract_patches import extract_dataset
 from misc.io import InputError, save_label_mat
 from src.config import config_from_args, make_config
 
@@ -70,11 +71,14 @@ def test_consep_reader_yields_rgb_image_and_maps(tmp_path):
         np.testing.assert_array_equal(sample.type_map, types)
 
 
-def test_consep_reader_merges_types_when_asked(tmp_path):
-    tiles = _write_dataset(tmp_path)
-    merged = list(get_reader("consep", tmp_path, type_merge=make_config().DATA.TYPE_MERGE))
+def test_consep_types_are_merged_when_asked(tmp_path):
+    # type merging has one path: extract_patches.extract_dataset(type_merge=...) over the reader's raw types
+    tiles = _write_dataset(tmp_path / "data")
+    extract_dataset(tmp_path / "data", tmp_path / "out", "consep", patch_size=100, step=80,
+                    type_merge=make_config().DATA.TYPE_MERGE, progress=False)
+    merged = np.load(tmp_path / "out" / "a_0000_0000.npy")[10:50, 10:70, 4]  # the 40x60 tile, mirror offset 10
     inst = tiles["a"][1]
-    np.testing.assert_array_equal(merged[0].type_map, np.select([inst == 1, inst == 2, inst == 4], [1, 4, 4], 0))
+    np.testing.assert_array_equal(merged, np.select([inst == 1, inst == 2, inst == 4], [1, 4, 4], 0))
 
 
 def test_instance_reader_mat_npy_and_label_images(tmp_path):
@@ -112,7 +116,7 @@ def test_reader_errors_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="unknown dataset kind"):
         get_reader("pannuke", tmp_path)
     with pytest.raises(InputError, match="no type labels"):
-        get_reader("instance", tmp_path, type_merge={1: 1})
+        extract_dataset(tmp_path, tmp_path / "out", "instance", 540, 80, type_merge={1: 1}, progress=False)
 
 
 def test_reader_errors_for_no_images_shape_mismatch_and_missing_type_map(tmp_path):

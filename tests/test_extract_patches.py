@@ -125,8 +125,29 @@ def test_cli_refuses_non_empty_output_and_reports_missing_input(tmp_path, capsys
     assert extract_patches.main(args + ["--overwrite"]) == 0
     assert not (out / "stale.npy").exists() and len(list(out.glob("*.npy"))) == 12
     assert not list(out.glob(".*"))  # no temporary files left behind
+    old = list(tmp_path.glob("out.old-*"))  # the previous set is kept aside, not deleted
+    assert len(old) == 1 and [p.name for p in old[0].iterdir()] == ["stale.npy"]
+    assert "moved to" in capsys.readouterr().out
+    assert not list(tmp_path.glob("out.partial-*"))
     assert extract_patches.main(["--input_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_cli_failure_leaves_the_existing_output_untouched(tmp_path, capsys):
+    root = _write(tmp_path / "data", {"a": _tile(), "b": _tile(seed=1)})
+    image, inst, types = _tile(seed=1)
+    save_label_mat(root / "Labels" / "b.mat", inst[:-1], types[:-1])  # the 2nd image's label has the wrong shape
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old_0000_0000.npy").write_bytes(b"old")
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(out), "--overwrite"]) == 2
+    assert "299x200 but the image b.png is 300x200" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["old_0000_0000.npy"]  # no patch of image 'a' mixed in
+    assert (out / "old_0000_0000.npy").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]  # no partial or .old folder left
+    fresh = tmp_path / "fresh"
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(fresh)]) == 2
+    assert not fresh.exists()  # an interrupted first run leaves no complete-looking patches
 
 
 @pytest.mark.skipif(not SHARED_CONSEP.is_dir(), reason="../shared/data/consep256 not present")
