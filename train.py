@@ -7,8 +7,14 @@ Examples:
 
 Patches come from extract_patches.py. Each phase writes <out_dir>/phase<k>/ with tensorpack
 checkpoints, the best one by validation NP Dice as model-best, stats.json and the log. Re-running the
-same command after an interruption resumes from the last checkpoint; a finished run is never
-overwritten unless --overwrite is given (the old directory is then kept as <dir>.old-<time>).
+same command after an interruption resumes from the last checkpoint, and so does asking a finished
+phase for more --epochs than it ran; a phase finished with the requested epochs is skipped (all of them
+finished: the run is refused). --overwrite starts every requested phase afresh, moving any earlier
+directory aside to <dir>.old-<time> (never deleting it). run.json keeps a phase's first settings and
+run_history.jsonl one line per start. A run that stops before its last epoch exits with status 1.
+
+--gpu: left out, one tower on whatever TensorFlow sees (GPU 0 if any, else the CPU); --gpu '' forces
+the CPU; --gpu 0,1 trains one synchronous tower on each listed GPU (set as CUDA_VISIBLE_DEVICES).
 """
 from __future__ import annotations
 
@@ -24,9 +30,10 @@ from misc.io import InputError
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", default="",
-                        help="comma-separated GPU ids, one synchronous tower each (e.g. 0,1); empty = one tower on "
-                             "the CPU. Ids are set as CUDA_VISIBLE_DEVICES; without a GPU the towers share the CPU.")
+    parser.add_argument("--gpu", default=None,
+                        help="comma-separated GPU ids, one synchronous tower each (e.g. 0,1; set as "
+                             "CUDA_VISIBLE_DEVICES); '' forces one tower on the CPU; default: one tower on whatever "
+                             "TensorFlow sees (GPU 0 if any, else the CPU). Without a GPU the towers share the CPU.")
     parser.add_argument("--data_dir", required=True, help="folder of training .npy patches (extract_patches.py)")
     parser.add_argument("--valid_dir", default=None,
                         help="folder of validation .npy patches; NP Dice is reported every epoch and the best "
@@ -49,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. LOSS.MSGE=paper MODEL.NR_TYPES=None (see src/config.py)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start again over a finished run (the old directory is moved aside, not deleted)")
+                        help="start every requested phase afresh, whether finished or interrupted (existing phase "
+                             "directories are moved aside to <dir>.old-<time>, not deleted)")
     args = parser.parse_args(argv)
     for name in ("epochs", "steps_per_epoch", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -60,12 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()]
-    if gpus:
+    gpus = [] if args.gpu is None else [g.strip() for g in args.gpu.split(",") if g.strip()]
+    if args.gpu is not None:  # before TensorFlow is imported; '' hides every GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
 
     from src.config import config_from_args
-    from src.training import train
+    from src.training import TrainingIncomplete, train
 
     try:
         cfg = config_from_args(args.config, is_training=True)
@@ -78,9 +86,12 @@ def main(argv=None) -> int:
               phases=(args.phase,) if args.phase else (1, 2), pretrained=args.pretrained, epochs=args.epochs,
               steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, num_workers=args.workers,
               overwrite=args.overwrite)
-    except (InputError, KeyError, ValueError) as exc:
+    except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingIncomplete as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

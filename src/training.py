@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from tensorpack import (
 from tensorpack.utils import logger as tp_logger
 
 from dataset.dataflow import get_train_dataflow, get_valid_dataflow
-from misc.io import InputError
+from misc.io import InputError, atomic_path
 from opt.schedules import Phase, get_phase, get_schedule
 from src.model.graph import HoVerNet
 from src.model.weights import make_session_init
@@ -40,13 +41,20 @@ from src.model.weights import make_session_init
 log = logging.getLogger(__name__)
 
 __all__ = ["RunState", "inspect_run_dir", "prepare_run_dir", "select_trainer", "make_callbacks", "train_phase",
-           "train", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER"]
+           "train", "TrainingIncomplete", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY"]
 
 # The validation statistic (ScalarStats prefixes 'validation_') and the name of its best checkpoint.
 VALID_TENSOR = "np_dice"
 VALID_STAT = f"validation_{VALID_TENSOR}"
 BEST_CHECKPOINT = "model-best"
-FINISHED_MARKER = "finished.json"  # written when a phase has run all its epochs
+FINISHED_MARKER = "finished.json"  # written when a phase has run all its epochs ({"epochs": N, ...})
+RUN_HISTORY = "run_history.jsonl"  # one JSON line per start of a phase (run.json keeps the first settings)
+# What a start that failed before training leaves behind (tensorpack's log, our settings): not a run yet.
+_STARTUP_FILES = {"log.log", "run.json", RUN_HISTORY}
+
+
+class TrainingIncomplete(RuntimeError):
+    """Training ended (tensorpack stopped its main loop) before the phase ran all its epochs."""
 
 
 @dataclass(frozen=True)
@@ -57,15 +65,30 @@ class RunState:
     last_epoch: int | None = None
 
 
-def inspect_run_dir(path: str | os.PathLike) -> RunState:
-    """Classify ``path`` without touching it. 'foreign' = non-empty but not a run of ours."""
+def inspect_run_dir(path: str | os.PathLike, epochs: int | None = None) -> RunState:
+    """Classify ``path`` without touching it. 'foreign' = non-empty but not a run of ours.
+
+    With ``epochs`` (the number now requested), a phase that finished with fewer epochs counts as
+    'resume': it continues from its last checkpoint up to ``epochs``. A folder holding only what a
+    failed start leaves (``log.log``, ``run.json``) is 'new'.
+    """
     path = Path(path)
-    if not path.exists() or not any(p for p in path.iterdir() if not p.name.startswith(".")):
+    if not path.exists():
         return RunState("new")
+    if not path.is_dir():
+        return RunState("foreign")
+    entries = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+    if entries <= _STARTUP_FILES:
+        return RunState("new")
+    last_epoch = _last_epoch(path)
+    has_checkpoint = (path / "checkpoint").is_file()
     if (path / FINISHED_MARKER).is_file():
-        return RunState("finished", _last_epoch(path))
-    if (path / "checkpoint").is_file():
-        return RunState("resume", _last_epoch(path))
+        done = _finished_epochs(path, last_epoch)
+        if epochs is not None and has_checkpoint and (done is None or done < epochs):
+            return RunState("resume", last_epoch)
+        return RunState("finished", last_epoch)
+    if has_checkpoint:
+        return RunState("resume", last_epoch)
     if (path / "run.json").is_file():  # started, died before the first checkpoint: nothing to keep
         return RunState("new")
     return RunState("foreign")
@@ -82,25 +105,53 @@ def _last_epoch(path: Path) -> int | None:
     return records[-1]["epoch_num"] if records else None
 
 
-def prepare_run_dir(path: str | os.PathLike, overwrite: bool) -> RunState:
+def _finished_epochs(path: Path, last_epoch: int | None) -> int | None:
+    """Epochs a finished phase ran: its marker's "epochs", else the last epoch in stats.json."""
+    try:
+        epochs = json.loads((path / FINISHED_MARKER).read_text()).get("epochs")
+    except (json.JSONDecodeError, AttributeError, OSError):
+        epochs = None
+    return epochs if isinstance(epochs, int) else last_epoch
+
+
+def _refusal(path: Path, state: RunState) -> InputError:
+    what = "a finished run" if state.kind == "finished" else "files that are not a training run"
+    return InputError(f"{path} already holds {what}; choose another --out_dir or pass --overwrite "
+                      "(the old directory is kept as <dir>.old-<time>)")
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = path.with_name(f"{path.name}.old-{stamp}")
+    count = 1
+    while backup.exists():  # never move into (or over) an earlier backup
+        backup = path.with_name(f"{path.name}.old-{stamp}-{count}")
+        count += 1
+    shutil.move(str(path), str(backup))
+    log.warning("moved the existing %s to %s", path, backup)
+    return backup
+
+
+def prepare_run_dir(path: str | os.PathLike, overwrite: bool, epochs: int | None = None) -> RunState:
     """Decide what to do with a phase directory; never destroys a previous run.
 
-    A new or half-started directory is used as is; an interrupted run is resumed from its last
-    checkpoint (the same command simply continues); a finished run, or a non-empty directory that
-    is not a run, is refused unless ``overwrite``, in which case it is moved aside to
-    ``<path>.old-<timestamp>`` rather than deleted.
+    A new or half-started directory is used as is; an interrupted run, or one that finished with
+    fewer than ``epochs`` epochs, is resumed from its last checkpoint (the same command simply
+    continues; the finished marker of a shorter run is removed); a finished run, or a non-empty
+    directory that is not a run, is refused. With ``overwrite`` every directory that is not new
+    (finished, interrupted or foreign) is moved aside to ``<path>.old-<timestamp>``, never deleted,
+    so the phase starts afresh.
     """
     path = Path(path)
-    state = inspect_run_dir(path)
-    if state.kind in ("finished", "foreign"):
-        what = "a finished run" if state.kind == "finished" else "files that are not a training run"
-        if not overwrite:
-            raise InputError(f"{path} already holds {what}; choose another --out_dir or pass --overwrite "
-                             "(the old directory is kept as <dir>.old-<time>)")
-        backup = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(path), str(backup))
-        log.warning("moved the existing %s to %s", path, backup)
+    state = inspect_run_dir(path, epochs)
+    if overwrite and state.kind != "new":
+        _move_aside(path)
         state = RunState("new")
+    elif state.kind in ("finished", "foreign"):
+        raise _refusal(path, state)
+    if state.kind == "resume" and (path / FINISHED_MARKER).is_file():
+        log.info("%s finished after epoch %s; continuing to epoch %s", path, state.last_epoch, epochs)
+        (path / FINISHED_MARKER).unlink()
     path.mkdir(parents=True, exist_ok=True)
     return state
 
@@ -171,15 +222,19 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
     ``pretrained`` (an ImageNet ``.npz`` or a checkpoint) is loaded by variable name, reporting what
     was and was not loaded; without it a phase whose init is 'previous' starts from the previous
     phase's best checkpoint, and phase 1 from random weights (with a warning: the published phase 1
-    starts from ImageNet Preact-ResNet50). An interrupted phase resumes from its last checkpoint.
+    starts from ImageNet Preact-ResNet50). An interrupted phase, or one finished with fewer epochs than
+    now requested, resumes from its last checkpoint. Weights and data are checked before the phase
+    directory is touched. Raises :class:`TrainingIncomplete` when tensorpack's loop ends before the last
+    epoch; ``finished.json`` is written (atomically) only after all epochs ran.
     """
     out_dir = Path(out_dir)
     phase_dir = out_dir / f"phase{phase_index}"
-    state = prepare_run_dir(phase_dir, overwrite)
-    if state.kind == "resume":
-        log.info("resuming %s after epoch %s", phase_dir, state.last_epoch)
-    tp_logger.set_logger_dir(str(phase_dir), action="k")
+    max_epoch = epochs if epochs is not None else phase.epochs
+    state = inspect_run_dir(phase_dir, max_epoch)
+    if not overwrite and state.kind in ("finished", "foreign"):
+        raise _refusal(phase_dir, state)
 
+    # Weights and data first: a bad --pretrained or patch folder fails before anything is written.
     init_path = pretrained
     if init_path is None and phase.init == "previous":
         init_path = phase_init_checkpoint(out_dir, phase_index)
@@ -197,13 +252,15 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
     if steps_per_epoch is None:
         # One epoch = every training patch once, split across the towers.
         steps_per_epoch = max(1, len(train_df) // num_towers)
-    max_epoch = epochs if epochs is not None else phase.epochs
 
-    with open(phase_dir / "run.json", "w") as handle:
-        json.dump({"phase": phase.name, "towers": num_towers, "batch_size_per_tower": batch_size,
-                   "epochs": max_epoch, "steps_per_epoch": steps_per_epoch, "init": str(init_path),
-                   "train_dir": str(train_dir), "valid_dir": str(valid_dir) if valid_dir else None,
-                   "config": cfg.to_dict()}, handle, indent=1, default=str)
+    state = prepare_run_dir(phase_dir, overwrite, max_epoch)
+    if state.kind == "resume":
+        log.info("resuming %s after epoch %s", phase_dir, state.last_epoch)
+    tp_logger.set_logger_dir(str(phase_dir), action="k")
+    _record_run(phase_dir, state, {
+        "phase": phase.name, "towers": num_towers, "batch_size_per_tower": batch_size, "epochs": max_epoch,
+        "steps_per_epoch": steps_per_epoch, "init": str(init_path), "train_dir": str(train_dir),
+        "valid_dir": str(valid_dir) if valid_dir else None, "config": cfg.to_dict()})
 
     model = HoVerNet(nr_types=cfg.MODEL.NR_TYPES, freeze=phase.freeze_encoder, cfg=cfg)
     kwargs = {}
@@ -217,9 +274,40 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
         log.info("%s already ran %d epochs", phase_dir, max_epoch)
     else:
         launch_train_with_config(train_config, select_trainer(num_towers))
-    with open(phase_dir / FINISHED_MARKER, "w") as handle:
-        json.dump({"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, handle)
+    # tensorpack returns normally when its loop ends early (StopTraining, OutOfRangeError from the data),
+    # so only the epoch history says whether the phase is complete.
+    last_epoch = _last_epoch(phase_dir) or 0
+    if last_epoch < max_epoch:
+        raise TrainingIncomplete(f"training stopped after epoch {last_epoch} of {max_epoch}; "
+                                 f"see {phase_dir / 'log.log'}")
+    with atomic_path(phase_dir / FINISHED_MARKER) as tmp:
+        tmp.write_text(json.dumps({"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
     return phase_dir
+
+
+def _record_run(phase_dir: Path, state: RunState, settings: dict) -> None:
+    """Keep the settings of every start: run.json holds the first, run_history.jsonl one line per start.
+
+    On a resume, settings that differ from run.json (towers, batch size, config) are logged as a warning.
+    """
+    settings = json.loads(json.dumps(settings, default=str))
+    first = phase_dir / "run.json"
+    if state.kind == "new" or not first.is_file():
+        with atomic_path(first) as tmp:
+            tmp.write_text(json.dumps(settings, indent=1))
+    else:
+        try:
+            original = json.loads(first.read_text())
+        except json.JSONDecodeError:
+            original = {}
+        changed = [key for key in ("towers", "batch_size_per_tower", "steps_per_epoch", "config")
+                   if key in original and original[key] != settings[key]]
+        if changed:
+            log.warning("resuming %s with different %s than it started with (see %s and %s)", phase_dir,
+                        ", ".join(changed), first, phase_dir / RUN_HISTORY)
+    record = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "start": state.kind, "argv": sys.argv, **settings}
+    with open(phase_dir / RUN_HISTORY, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def train(cfg, train_dir, valid_dir, out_dir, num_towers: int, use_gpu: bool, phases=(1, 2), pretrained=None,
@@ -229,14 +317,22 @@ def train(cfg, train_dir, valid_dir, out_dir, num_towers: int, use_gpu: bool, ph
     get_schedule(cfg.TRAIN.SCHEDULE)  # fail on an unknown schedule before any work
     out_dir = Path(out_dir)
     first_phase = phases[0]
-    finished = [i for i in phases if inspect_run_dir(out_dir / f"phase{i}").kind == "finished"]
-    if not overwrite and finished:
+    # Epochs now asked of each phase: a phase finished with fewer continues to this many.
+    requested = {i: epochs if epochs is not None else get_phase(cfg.TRAIN.SCHEDULE, i).epochs for i in phases}
+    states = {i: inspect_run_dir(out_dir / f"phase{i}", requested[i]) for i in phases}
+    if not overwrite:  # with --overwrite every requested phase is moved aside and run afresh
+        for i in phases:  # refuse before any phase runs, not at the foreign phase's turn
+            if states[i].kind == "foreign":
+                raise _refusal(out_dir / f"phase{i}", states[i])
+        finished = [i for i in phases if states[i].kind == "finished"]
         if len(finished) == len(phases):
-            raise InputError(f"{out_dir} already holds finished phase(s) {finished}; choose another --out_dir "
-                             "or pass --overwrite (the old directories are kept as <dir>.old-<time>)")
-        # Re-running the command after an interruption continues where it stopped.
-        log.info("phase(s) %s already finished in %s; continuing with the rest", finished, out_dir)
-        phases = [i for i in phases if i not in finished]
+            raise InputError(f"{out_dir} already holds finished phase(s) {finished} with the requested epochs; "
+                             "choose another --out_dir, ask for more --epochs or pass --overwrite (the old "
+                             "directories are kept as <dir>.old-<time>)")
+        if finished:
+            # Re-running the command after an interruption continues where it stopped.
+            log.info("phase(s) %s already finished in %s; continuing with the rest", finished, out_dir)
+            phases = [i for i in phases if i not in finished]
     done = []
     for index in phases:
         phase = get_phase(cfg.TRAIN.SCHEDULE, index)

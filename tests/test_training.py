@@ -4,6 +4,8 @@ A tiny network keeps every step fast: the published geometry (270 -> 80, dense u
 crops and shapes) with every width shrunk through the config, the way a user would override it.
 """
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +24,18 @@ from tensorpack.utils import logger
 import train
 from dataset.dataflow import TrainingDataPreprocessor
 from misc.io import InputError
+from src import training
 from src.config import config_from_args
 from src.model.graph import COST_NAME, HoVerNet
 from src.model.weights import save_initial_weights
-from src.training import BEST_CHECKPOINT, FINISHED_MARKER, inspect_run_dir, prepare_run_dir, select_trainer
+from src.training import (
+    BEST_CHECKPOINT,
+    FINISHED_MARKER,
+    RUN_HISTORY,
+    inspect_run_dir,
+    prepare_run_dir,
+    select_trainer,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +97,93 @@ def test_run_dir_states_and_refusals(tmp_path):
         prepare_run_dir(foreign, overwrite=False)
 
 
+
+def _finished_phase(path, epochs):
+    """A phase directory as a run of ``epochs`` epochs leaves it (checkpoint, history, marker)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "checkpoint").write_text(f'model_checkpoint_path: "model-{2 * epochs}"')
+    (path / f"model-{2 * epochs}.index").write_bytes(b"")
+    (path / "stats.json").write_text(json.dumps([{"epoch_num": e, "global_step": 2 * e} for e in range(1, epochs + 1)]))
+    (path / FINISHED_MARKER).write_text(json.dumps({"epochs": epochs}))
+
+
+def test_run_dir_failed_start_short_run_and_overwrite(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.log").write_text("tensorpack log of a start that failed")
+    assert inspect_run_dir(run).kind == "new"  # what set_logger_dir leaves is not 'foreign'
+    (run / "run.json").write_text("{}")
+    assert prepare_run_dir(run, overwrite=False).kind == "new"
+
+    # A run finished after 1 epoch is finished for 1 epoch but resumable when 2 are asked for.
+    _finished_phase(run, 1)
+    assert inspect_run_dir(run, epochs=1).kind == "finished"
+    with pytest.raises(InputError, match="finished run"):
+        prepare_run_dir(run, overwrite=False, epochs=1)
+    state = prepare_run_dir(run, overwrite=False, epochs=2)
+    assert (state.kind, state.last_epoch) == ("resume", 1) and not (run / FINISHED_MARKER).exists()
+
+    # --overwrite moves an interrupted run aside too (a fresh start), and never over an earlier backup.
+    assert prepare_run_dir(run, overwrite=True).kind == "new" and list(run.iterdir()) == []
+    _finished_phase(run, 1)
+    assert prepare_run_dir(run, overwrite=True, epochs=5).kind == "new"
+    backups = sorted(p for p in tmp_path.iterdir() if p.name.startswith("run.old-"))
+    assert len(backups) == 2 and {(b / FINISHED_MARKER).exists() for b in backups} == {False, True}
+    assert all((b / "checkpoint").is_file() for b in backups)
+
+
+def test_train_refuses_foreign_phase_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    (out / "phase2").mkdir(parents=True)
+    (out / "phase2" / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(InputError, match="not a training run"):
+        training.train(config_from_args(TINY, is_training=True), tmp_path / "no_patches", None, out, num_towers=1,
+                     use_gpu=False, phases=(1, 2), epochs=1)
+    assert not (out / "phase1").exists()
+
+
+def _fake_launch(epochs_done):
+    """Stands in for launch_train_with_config: leaves what tensorpack would after ``epochs_done`` epochs."""
+    def launch(config, trainer):
+        _finished_phase(Path(logger.get_logger_dir()), epochs_done)
+        (Path(logger.get_logger_dir()) / FINISHED_MARKER).unlink()
+    return launch
+
+
+def test_train_stopped_early_is_not_finished(patch_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setattr(training, "launch_train_with_config", _fake_launch(1))  # loop ended after epoch 1
+    assert train.main(["--phase", "1", "--epochs", "3", *_args(patch_dir, out)]) == 1
+    err = capsys.readouterr().err
+    assert "training stopped after epoch 1 of 3" in err and str(out / "phase1" / "log.log") in err
+    assert not (out / "phase1" / FINISHED_MARKER).exists()
+    assert inspect_run_dir(out / "phase1", epochs=3).kind == "resume"
+
+
+def test_train_gpu_flag_overwrite_and_history(patch_dir, tmp_path, monkeypatch):
+    assert train.parse_args(["--data_dir", "x", "--out_dir", "y"]).gpu is None
+    out = tmp_path / "run"
+    phase1 = out / "phase1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # restored after the test
+    monkeypatch.setattr(training, "launch_train_with_config", _fake_launch(1))
+    assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, out)]) == 0
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"  # default: whatever TensorFlow sees
+    assert train.main(["--gpu", "", "--phase", "1", "--epochs", "1", "--overwrite", *_args(patch_dir, out)]) == 0
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # '' forces the CPU
+    assert json.loads((phase1 / "run.json").read_text())["towers"] == 1
+    assert json.loads((phase1 / FINISHED_MARKER).read_text())["epochs"] == 1
+    assert len([p for p in out.iterdir() if p.name.startswith("phase1.old-")]) == 1
+    assert len((phase1 / RUN_HISTORY).read_text().splitlines()) == 1  # a fresh directory
+
+    # Finished with the requested epochs: refused; with more: continued, keeping the first run.json.
+    assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, out)]) == 2
+    monkeypatch.setattr(training, "launch_train_with_config", _fake_launch(2))
+    assert train.main(["--phase", "1", "--epochs", "2", "--batch_size", "2", *_args(patch_dir, out)]) == 0
+    assert json.loads((phase1 / FINISHED_MARKER).read_text())["epochs"] == 2
+    assert json.loads((phase1 / "run.json").read_text())["epochs"] == 1
+    history = [json.loads(line) for line in (phase1 / RUN_HISTORY).read_text().splitlines()]
+    assert [(h["start"], h["epochs"]) for h in history] == [("new", 1), ("resume", 2)]
+
 def test_select_trainer_from_tower_count():
     assert isinstance(select_trainer(1), SimpleTrainer)
     assert isinstance(select_trainer(2), SyncMultiGPUTrainerReplicated)
@@ -113,14 +210,23 @@ def test_train_two_cpu_towers_checkpoint_resume_and_phase2(patch_dir, tmp_path, 
     assert 0.0 <= stats[0]["validation_np_dice"] <= 1.0
     assert json.loads((phase1 / "run.json").read_text())["towers"] == 2
 
-    # A finished run is refused ...
-    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "2", *_args(patch_dir, out)]) == 2
+    # A finished run is refused (asked for no more epochs than it ran) ...
+    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "1", *_args(patch_dir, out)]) == 2
     # ... an interrupted one (no finished marker) resumes after its last epoch instead of starting over.
     (phase1 / FINISHED_MARKER).unlink()
     assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "2", *_args(patch_dir, out)]) == 0
     stats = json.loads((phase1 / "stats.json").read_text())
     assert [s["epoch_num"] for s in stats] == [1, 2]
     assert [s["global_step"] for s in stats] == [2, 4]
+    # ... and a finished one asked for more epochs continues from its last checkpoint.
+    assert json.loads((phase1 / FINISHED_MARKER).read_text())["epochs"] == 2
+    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "3", *_args(patch_dir, out)]) == 0
+    stats = json.loads((phase1 / "stats.json").read_text())
+    assert [s["epoch_num"] for s in stats] == [1, 2, 3] and [s["global_step"] for s in stats] == [2, 4, 6]
+    assert json.loads((phase1 / FINISHED_MARKER).read_text())["epochs"] == 3
+    history = [json.loads(line) for line in (phase1 / RUN_HISTORY).read_text().splitlines()]
+    assert [(h["start"], h["epochs"]) for h in history] == [("new", 1), ("resume", 2), ("resume", 3)]
+    assert json.loads((phase1 / "run.json").read_text())["epochs"] == 1  # the first settings are kept
 
     # Phase 2 starts from phase 1's best checkpoint, on one CPU tower.
     assert train.main(["--phase", "2", "--epochs", "1", *_args(patch_dir, out)]) == 0
@@ -134,7 +240,9 @@ def test_train_bad_input(tmp_path, capsys):
     empty.mkdir()
     assert train.main(_args(empty, tmp_path / "run")) == 2
     assert "empty" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "phase1").exists()  # bad data fails before the phase folder is written
     assert train.main(["--phase", "2", *_args(empty, tmp_path / "run2")]) == 2
+    assert not (tmp_path / "run2" / "phase2").exists()
     with pytest.raises(SystemExit):
         train.main(["--data_dir", "x", "--out_dir", "y", "--epochs", "0"])
 
