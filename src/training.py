@@ -24,28 +24,28 @@ from tensorpack import (
     MaxSaver,
     ModelSaver,
     QueueInput,
-    ScalarStats,
     ScheduledHyperParamSetter,
     SimpleTrainer,
     SyncMultiGPUTrainerReplicated,
     launch_train_with_config,
 )
+from tensorpack.callbacks import Inferencer
 from tensorpack.utils import logger as tp_logger
 
 from dataset.dataflow import get_train_dataflow, get_valid_dataflow
 from misc.io import InputError, atomic_path
 from opt.schedules import Phase, get_phase, get_schedule
-from src.model.graph import HoVerNet
+from src.model.graph import NP_DICE_NAME, NP_DICE_SUMS, HoVerNet
 from src.model.weights import make_session_init
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RunState", "inspect_run_dir", "prepare_run_dir", "select_trainer", "make_callbacks", "train_phase",
-           "train", "TrainingIncomplete", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY"]
+           "train", "TrainingIncomplete", "PooledDice", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER",
+           "RUN_HISTORY"]
 
-# The validation statistic (ScalarStats prefixes 'validation_') and the name of its best checkpoint.
-VALID_TENSOR = "np_dice"
-VALID_STAT = f"validation_{VALID_TENSOR}"
+# The validation statistic and the name of its best checkpoint.
+VALID_STAT = f"validation_{NP_DICE_NAME}"
 BEST_CHECKPOINT = "model-best"
 FINISHED_MARKER = "finished.json"  # written when a phase has run all its epochs ({"epochs": N, ...})
 RUN_HISTORY = "run_history.jsonl"  # one JSON line per start of a phase (run.json keeps the first settings)
@@ -170,6 +170,29 @@ def select_trainer(num_towers: int):
     return SyncMultiGPUTrainerReplicated(num_towers, average=True)
 
 
+class PooledDice(Inferencer):
+    """Validation NP Dice over the whole validation set: ``2 * sum(inter) / sum(|pred| + |true|)``.
+
+    The released code collected every validation prediction and computed one Dice; averaging per-batch
+    Dice instead would weigh a short last batch like a full one and score a batch without nuclei 1.0,
+    which changes the checkpoint chosen as best.
+    """
+
+    def _before_inference(self):
+        self.inter = 0.0
+        self.total = 0.0
+
+    def _get_fetches(self):
+        return list(NP_DICE_SUMS)
+
+    def _on_fetches(self, outputs):
+        self.inter += float(outputs[0])
+        self.total += float(outputs[1])
+
+    def _after_inference(self):
+        return {VALID_STAT: 2.0 * self.inter / self.total if self.total > 0 else 1.0}
+
+
 class _ResumableMaxSaver(MaxSaver):
     """MaxSaver that remembers the best value of earlier epochs when a run resumes.
 
@@ -194,7 +217,7 @@ def make_callbacks(phase: Phase, valid_df, num_towers: int, use_gpu: bool, max_t
         ScheduledHyperParamSetter("learning_rate", list(phase.lr_schedule)),
     ]
     if valid_df is not None:
-        inferencers = [ScalarStats([VALID_TENSOR])]
+        inferencers = [PooledDice()]
         if num_towers > 1 and use_gpu:
             callbacks.append(DataParallelInferenceRunner(valid_df, inferencers, list(range(num_towers))))
         else:

@@ -32,6 +32,7 @@ from src.training import (
     BEST_CHECKPOINT,
     FINISHED_MARKER,
     RUN_HISTORY,
+    PooledDice,
     inspect_run_dir,
     prepare_run_dir,
     select_trainer,
@@ -289,3 +290,16 @@ def test_loss_falls_when_overfitting_one_batch(patch_dir, tmp_path):
     assert np.mean(costs[-5:]) < 0.6 * np.mean(costs[:5]), costs
 
 
+
+
+def test_validation_dice_is_pooled_over_the_set_not_averaged_over_batches():
+    dice = PooledDice()
+    dice._before_inference()
+    assert dice._get_fetches() == ["np_dice_inter", "np_dice_total"]
+    dice._on_fetches([40.0, 100.0])  # a full batch: Dice 0.8
+    dice._on_fetches([0.0, 0.0])  # a short batch without nuclei: per-batch Dice would call it 1.0
+    dice._on_fetches([1.0, 10.0])  # a short batch: Dice 0.2
+    assert dice._after_inference() == {"validation_np_dice": pytest.approx(2 * 41 / 110)}
+    empty = PooledDice()
+    empty._before_inference()
+    assert empty._after_inference() == {"validation_np_dice": 1.0}
