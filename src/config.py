@@ -16,7 +16,7 @@ import pprint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "GEOMETRY"]
+__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "GEOMETRY", "MSGE_VARIANTS"]
 
 
 class AttrDict(dict):
@@ -74,6 +74,9 @@ class AttrDict(dict):
                 value = raw  # a bare word such as `paper` is a string
             setattr(node, leaf, value)
 
+
+# The MSGE term's derivative variants (spec section 3): the released code's cross derivatives, or eq. (3).
+MSGE_VARIANTS = ("published", "paper")
 
 # Input/output geometry of the two published variants (spec section 1). 'original' is the default and
 # the valid-convolution model of the paper's tables; 'fast' is the padded 5.6x faster alternative.
@@ -166,7 +169,7 @@ def finalize_config(C: AttrDict, is_training: bool = False) -> AttrDict:
     geometry = GEOMETRY[C.MODEL.MODE]
     C.MODEL.INPUT_SHAPE = geometry["input_shape"]
     C.MODEL.OUTPUT_SHAPE = geometry["output_shape"]
-    if C.LOSS.MSGE not in ("published", "paper"):
+    if C.LOSS.MSGE not in MSGE_VARIANTS:
         raise ValueError(f"LOSS.MSGE must be 'published' or 'paper', got {C.LOSS.MSGE!r}")
     if C.MODEL.NR_TYPES is not None and C.MODEL.NR_TYPES < 2:
         raise ValueError("MODEL.NR_TYPES must be None or >= 2 (background + at least one type)")

@@ -98,16 +98,17 @@ def network_geometry(input_shape: int, dense_units: tuple[int, int] = (8, 4)) ->
     unit (valid 5x5) removes 4 pixels; up-sampling doubles. For 270 this gives groups (264, 132, 66, 33),
     crops (184, 72) and output 80 (spec section 1).
     """
-    shrink = _CONVA_KSIZE - 1
+    conva_shrink = _CONVA_KSIZE - 1  # each valid 5x5 'conva'
+    dense_shrink = _DENSE_KSIZE[1] - 1  # each dense unit's valid 5x5
     g0 = input_shape - (_CONV0_KSIZE - 1)
     g1 = -(-g0 // 2)
     g2 = -(-g1 // 2)
     g3 = -(-g2 // 2)
     if 2 * g3 != g2:
         raise ValueError(f"input {input_shape}: group3 size {g3} does not up-sample onto group2 size {g2}")
-    u3 = 2 * g3 - shrink - shrink * dense_units[0]
+    u3 = 2 * g3 - conva_shrink - dense_shrink * dense_units[0]
     u2_up = 2 * u3
-    u2 = u2_up - shrink - shrink * dense_units[1]
+    u2 = u2_up - conva_shrink - dense_shrink * dense_units[1]
     u1_up = 2 * u2
     crop1, crop0 = g1 - u2_up, g0 - u1_up
     if min(u3, u2, crop0, crop1) <= 0 or crop0 % 2 or crop1 % 2:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from src.config import MSGE_VARIANTS
+
 __all__ = ["sobel_hv_kernels", "hv_gradients", "mse_loss", "msge_loss", "ce_loss", "dice_loss",
            "hard_dice_terms", "LOSSES", "get_loss", "MSGE_VARIANTS"]
 
-MSGE_VARIANTS = ("published", "paper")
 
 
 def sobel_hv_kernels(size: int = 5) -> tuple[np.ndarray, np.ndarray]:
