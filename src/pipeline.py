@@ -225,7 +225,6 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
         except (InputError, ValueError, OSError) as exc:
             report.failed[str(file)] = f"{type(exc).__name__}: {exc}"
             log.error("%s: skipped (%s)", file, exc)
-        bar.update(1)
 
     # One worker: post-processing/writing of image k runs while the forward pass of image k+1 runs.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -244,7 +243,10 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
                 bar.update(1)
                 continue
             collect(pending)
-            pending = (file, pool.submit(finish, file, image, maps, forward_s))
+            future = pool.submit(finish, file, image, maps, forward_s)
+            # The bar moves when an image's outputs are written, not when the next forward pass ends.
+            future.add_done_callback(lambda _: bar.update(1))
+            pending = (file, future)
         collect(pending)
     bar.close()
     if not summary_path.exists():
