@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from misc.io import IMAGE_SUFFIXES, InputError, atomic_path, read_image_rgb
+from misc.io import IMAGE_SUFFIXES, InputError, atomic_path, load_label_mat, read_image_rgb
 from misc.outputs import FORMATS, output_paths, outputs_complete, write_outputs
 from src.inference import predict_tile
 from src.postproc import process
@@ -127,7 +127,7 @@ class InferenceReport:
         return not self.failed
 
 
-def _summary_row(name: str, image_shape, inst_info: dict, type_info: dict, seconds: float) -> dict:
+def _summary_row(name: str, image_shape, inst_info: dict, type_info: dict, seconds: float | None) -> dict:
     counts = {tid: 0 for tid in type_info if tid != 0}
     for info in inst_info.values():
         if info.get("type"):  # untyped (None) and background-typed (0) nuclei count only in 'nuclei'
@@ -135,13 +135,26 @@ def _summary_row(name: str, image_shape, inst_info: dict, type_info: dict, secon
     row = {"image": name, "height": image_shape[0], "width": image_shape[1], "nuclei": len(inst_info)}
     for tid, count in sorted(counts.items()):
         row[f"n_{_type_name(type_info, tid)}"] = count
-    row["seconds"] = round(seconds, 3)
+    row["seconds"] = round(seconds, 3) if seconds is not None else ""
     return row
 
 
 def _type_name(type_info: dict, tid) -> str:
     entry = type_info.get(tid)
     return str(entry[0]) if entry else f"type{tid}"
+
+
+def _restore_summary_rows(out_dir: Path, names: list[str], formats, type_info: dict, summary: dict) -> None:
+    """Rebuild summary rows of complete images that lack one (a run killed between an image's outputs and
+    its summary row) from their ``.mat``; the seconds are unknown and left empty."""
+    missing = [name for name in names if name not in summary]
+    if missing and "mat" not in formats:
+        log.warning("summary.csv lacks rows for %s and cannot rebuild them without .mat outputs", missing)
+        return
+    for name in missing:
+        label = load_label_mat(out_dir / f"{name}.mat", with_types=True)
+        inst_info = {i + 1: {"type": int(t)} for i, t in enumerate(label["inst_type"])}
+        summary[name] = _summary_row(name, label["inst_map"].shape, inst_info, type_info, seconds=None)
 
 
 def _read_summary(path: Path) -> dict[str, dict]:
@@ -199,6 +212,7 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
     if report.already_complete:
         log.info("%d image(s) already have complete outputs in %s; skipping them (--overwrite redoes them)",
                  len(report.already_complete), out_dir)
+        _restore_summary_rows(out_dir, report.already_complete, formats, type_info, summary)
 
     def finish(file: Path, image: np.ndarray, maps: np.ndarray, forward_s: float) -> None:
         start = time.perf_counter()

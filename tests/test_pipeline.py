@@ -181,6 +181,22 @@ def test_rerun_resumes_and_overwrite_redoes(tiles, tmp_path):
     assert len(calls) < 2 * first_calls
     with open(out / SUMMARY_NAME, newline="") as handle:
         assert sorted(row["image"] for row in csv.DictReader(handle)) == ["a", "b"]
+    # killed after writing a's outputs but before its summary row: the row is rebuilt from a.mat
+    with open(out / SUMMARY_NAME, newline="") as handle:
+        rows = {row["image"]: row for row in csv.DictReader(handle)}
+    del rows["a"]
+    with open(out / SUMMARY_NAME, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows["b"]))
+        writer.writeheader()
+        writer.writerows(rows.values())
+    (out / "b.json").unlink()
+    run_inference(files, out, counting_predict, default_type_info(), progress=False)
+    with open(out / SUMMARY_NAME, newline="") as handle:
+        rebuilt = {row["image"]: row for row in csv.DictReader(handle)}
+    assert sorted(rebuilt) == ["a", "b"] and rebuilt["a"]["seconds"] == ""
+    a_label = load_label_mat(out / "a.mat", with_types=True)
+    assert int(rebuilt["a"]["nuclei"]) == int(a_label["inst_map"].max())
+    assert int(rebuilt["a"]["height"]) == 200 and int(rebuilt["a"]["width"]) == 170
     report = run_inference(files, out, counting_predict, default_type_info(), overwrite=True, progress=False)
     assert sorted(report.done) == ["a", "b"] and not report.already_complete
     assert not [p for p in out.iterdir() if ".part" in p.name]
