@@ -22,14 +22,13 @@ import argparse
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from dataset.readers import READERS, extract_windows, get_reader, merge_types
-from misc.io import InputError
+from misc.io import InputError, move_aside
 from src.config import make_config
 
 __all__ = ["main", "build_parser", "extract_dataset", "sample_patches"]
@@ -84,13 +83,7 @@ def _install(partial: Path, output_dir: Path, overwrite: bool) -> Path | None:
     previous = None
     if output_dir.is_dir():
         if any(output_dir.iterdir()):
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            previous = output_dir.with_name(f"{output_dir.name}.old-{stamp}")
-            counter = 1
-            while previous.exists():
-                previous = output_dir.with_name(f"{output_dir.name}.old-{stamp}-{counter}")
-                counter += 1
-            output_dir.rename(previous)
+            previous = move_aside(output_dir)
         else:
             output_dir.rmdir()
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -17,7 +18,7 @@ import scipy.io
 
 __all__ = [
     "InputError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat", "atomic_path",
-    "colour_instances_to_ids", "IMAGE_SUFFIXES",
+    "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -119,6 +120,23 @@ def check_integer_map(array, path, what: str = "instance map") -> np.ndarray:
     if array.size and array.max() > np.iinfo(np.int32).max:
         raise InputError(f"{path}: {what} holds ids beyond the int32 range")
     return array.astype(np.int32)
+
+
+def move_aside(path: str | os.PathLike) -> Path:
+    """Rename ``path`` to a free sibling ``<name>.old-<YYYYmmdd-HHMMSS>[-N]`` and return it.
+
+    How every CLI makes room for a fresh result without deleting the previous one; the ``-N`` suffix
+    keeps two moves in the same second from landing in (or on) an earlier backup.
+    """
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = path.with_name(f"{path.name}.old-{stamp}")
+    count = 1
+    while backup.exists():
+        backup = path.with_name(f"{path.name}.old-{stamp}-{count}")
+        count += 1
+    path.rename(backup)
+    return backup
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from tensorpack.callbacks import Inferencer
 from tensorpack.utils import logger as tp_logger
 
 from dataset.dataflow import get_train_dataflow, get_valid_dataflow
-from misc.io import InputError, atomic_path
+from misc.io import InputError, atomic_path, move_aside
 from opt.schedules import Phase, get_phase, get_schedule
 from src.model.graph import NP_DICE_NAME, NP_DICE_SUMS, HoVerNet
 from src.model.weights import make_session_init
@@ -120,18 +119,6 @@ def _refusal(path: Path, state: RunState) -> InputError:
                       "(the old directory is kept as <dir>.old-<time>)")
 
 
-def _move_aside(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    backup = path.with_name(f"{path.name}.old-{stamp}")
-    count = 1
-    while backup.exists():  # never move into (or over) an earlier backup
-        backup = path.with_name(f"{path.name}.old-{stamp}-{count}")
-        count += 1
-    shutil.move(str(path), str(backup))
-    log.warning("moved the existing %s to %s", path, backup)
-    return backup
-
-
 def prepare_run_dir(path: str | os.PathLike, overwrite: bool, epochs: int | None = None) -> RunState:
     """Decide what to do with a phase directory; never destroys a previous run.
 
@@ -145,7 +132,7 @@ def prepare_run_dir(path: str | os.PathLike, overwrite: bool, epochs: int | None
     path = Path(path)
     state = inspect_run_dir(path, epochs)
     if overwrite and state.kind != "new":
-        _move_aside(path)
+        log.warning("moved the existing %s to %s", path, move_aside(path))
         state = RunState("new")
     elif state.kind in ("finished", "foreign"):
         raise _refusal(path, state)

@@ -11,6 +11,7 @@ from misc.io import (
     atomic_path,
     colour_instances_to_ids,
     load_label_mat,
+    move_aside,
     read_image_rgb,
     save_label_mat,
 )
@@ -123,3 +124,16 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_move_aside_keeps_every_earlier_backup(tmp_path):
+    first = tmp_path / "run"
+    first.mkdir()
+    (first / "a").write_text("1")
+    backup1 = move_aside(first)
+    assert not first.exists() and (backup1 / "a").read_text() == "1"
+    assert backup1.name.startswith("run.old-")
+    first.mkdir()
+    (first / "a").write_text("2")
+    backup2 = move_aside(first)  # same second: a numbered name, never into the earlier backup
+    assert backup2 != backup1 and (backup2 / "a").read_text() == "2" and (backup1 / "a").read_text() == "1"
