@@ -215,6 +215,17 @@ class TrainingDataPreprocessor:
         return out
 
 
+def _mapped(source, mapper, workers: int, buffer_size: int, strict: bool):
+    """``source`` mapped in this process (``workers == 0``, for debugging and tests) or by ZMQ workers.
+
+    ``strict``: every datapoint exactly once per pass (validation); otherwise an endless stream.
+    """
+    if workers == 0:
+        return MapData(source, mapper)
+    return MultiProcessMapDataZMQ(source, num_proc=workers, map_func=mapper,
+                                  buffer_size=min(buffer_size, len(source)), strict=strict)
+
+
 def get_train_dataflow(cfg, data_dir, batch_size: int, num_workers: int | str | None = None,
                        seed: int | None = None, buffer_size: int = 200):
     """Shuffled, augmented training batches from the patches in ``data_dir`` (folder or list of folders).
@@ -235,13 +246,8 @@ def get_train_dataflow(cfg, data_dir, batch_size: int, num_workers: int | str | 
     source = PatchDataFlow(data_dir, shuffle=True, min_size=int(cfg.MODEL.INPUT_SHAPE), seed=seed)
     if len(source) < batch_size:
         raise InputError(f"{len(source)} patches in {data_dir} cannot fill one batch of {batch_size}")
-    mapper = TrainingDataPreprocessor(cfg, is_training=True)
-    workers = resolve_num_workers(num_workers, cfg)
-    if workers == 0:
-        flow = MapData(source, mapper)
-    else:
-        flow = MultiProcessMapDataZMQ(source, num_proc=workers, map_func=mapper,
-                                      buffer_size=min(buffer_size, len(source)))
+    flow = _mapped(source, TrainingDataPreprocessor(cfg, is_training=True),
+                   resolve_num_workers(num_workers, cfg), buffer_size, strict=False)
     return BatchData(flow, batch_size, remainder=False)
 
 
@@ -252,11 +258,6 @@ def get_valid_dataflow(cfg, data_dir, batch_size: int, num_workers: int = 0):
     strict mode (the same set each pass, order not kept). Components as :func:`datapoint_names`.
     """
     source = PatchDataFlow(data_dir, shuffle=False, min_size=int(cfg.MODEL.INPUT_SHAPE))
-    mapper = TrainingDataPreprocessor(cfg, is_training=False)
-    workers = resolve_num_workers(num_workers, cfg)
-    if workers == 0:
-        flow = MapData(source, mapper)
-    else:
-        flow = MultiProcessMapDataZMQ(source, num_proc=workers, map_func=mapper,
-                                      buffer_size=min(200, len(source)), strict=True)
+    flow = _mapped(source, TrainingDataPreprocessor(cfg, is_training=False),
+                   resolve_num_workers(num_workers, cfg), buffer_size=200, strict=True)
     return BatchData(flow, batch_size, remainder=True)
