@@ -1,10 +1,15 @@
 """Cut a data set's tiles into mirror-padded training patches (spec section 4).
 
     python extract_patches.py --input_dir ../shared/data/consep256/train --output_dir patches/train --kind consep
+    python extract_patches.py --input_dir ../shared/data/consep256/train --output_dir patches/train \
+        --holdout 3 --holdout_dir patches/valid --format npz --config MODEL.MODE=fast
 
-Each window is saved as ``<output_dir>/<image>_<row>_<col>.npy``: one HxWx5 int32 array (R, G, B in
-0-255, instance id, type id; type 0 everywhere for instance-only sets). All five channels share int32, the
-published single-array layout, because instance ids exceed 255; at 540x540 a patch takes 5.8 MB on disk.
+Each window is saved as ``<output_dir>/<image>_<row>_<col>.<npy|npz>``. ``--format npy`` (default, the
+published layout): one HxWx5 int32 array (R, G, B in 0-255, instance id, type id; type 0 everywhere for
+instance-only sets), 5.8 MB per 540x540 patch. ``--format npz``: the compact store of
+``dataset/patches.py`` (uint8 image, uint16 ids, uint8 types, compressed), the same content in a few
+hundred KB. The patch size and step follow from the model geometry (``MODEL.MODE``): twice the network
+input and the network output (540/80 original, 512/164 fast).
 ``row``/``col`` (4 digits, zero-padded) are the image coordinates of the top-left of the patch's central
 ``step x step`` region, the part the network's 80x80 output covers; the windows' central regions tile the
 image (see :func:`dataset.readers.extract_windows`).
@@ -15,10 +20,15 @@ always holds one complete run. On any failure (or interruption) the partial fold
 ``<output_dir>`` is left as it was. A non-empty output folder is refused unless ``--overwrite``, which moves
 the old folder aside to ``<output_dir>.old-<timestamp>`` (kept, not deleted: remove it yourself) when the
 new set is complete, so patches of two runs never mix.
+
+``--holdout K --holdout_dir DIR`` holds out the crops of K source tiles (the image name without its trailing
+``_<index>``, e.g. ``train_10`` for ``train_10_003``; evenly spaced in sorted order) into DIR, for validation:
+crops of one tile are never on both sides. ``split.json`` in both folders lists the split.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -27,25 +37,37 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dataset.patches import PATCH_FORMATS, save_patch, split_by_source
 from dataset.readers import READERS, extract_windows, get_reader, merge_types
 from misc.io import InputError, move_aside
-from src.config import make_config
+from src.config import config_from_args
 
 __all__ = ["main", "build_parser", "extract_dataset", "sample_patches"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    data = make_config().DATA
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="extract_patches.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input_dir", required=True, help="data set root holding Images/ and Labels/")
     parser.add_argument("--output_dir", required=True, help="folder for the .npy patches")
     parser.add_argument("--kind", choices=sorted(READERS), default="consep",
                         help="label layout: 'consep' (.mat with inst_map and type_map) or 'instance' "
                              "(.mat/.npy/.png/.tif instance maps, no types)")
-    parser.add_argument("--patch_size", type=int, default=data.PATCH_SIZE,
-                        help=f"window side in pixels (default {data.PATCH_SIZE})")
-    parser.add_argument("--step", type=int, default=data.PATCH_STEP,
-                        help=f"grid stride = the network output side (default {data.PATCH_STEP})")
+    parser.add_argument("--patch_size", type=int, default=None,
+                        help="window side in pixels (default: config DATA.PATCH_SIZE, twice the network input: 540 "
+                             "original, 512 fast)")
+    parser.add_argument("--step", type=int, default=None,
+                        help="grid stride (default: config DATA.PATCH_STEP, the network output side: 80 original, "
+                             "164 fast)")
+    parser.add_argument("--format", choices=PATCH_FORMATS, default="npy",
+                        help="'npy': published HxWx5 int32 arrays (5.8 MB per 540x540 patch); 'npz': compact "
+                             "compressed store (uint8/uint16), read by train.py alike")
+    parser.add_argument("--holdout", type=int, default=0,
+                        help="hold out the crops of this many source tiles into --holdout_dir (validation split by "
+                             "tile; see above)")
+    parser.add_argument("--holdout_dir", default=None, help="folder for the held-out patches (with --holdout)")
+    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. MODEL.MODE=fast (the patch geometry follows the mode)")
     parser.add_argument("--merge_types", action="store_true",
                         help="merge CoNSeP's original types 1..7 into the paper's 4 (DATA.TYPE_MERGE); not for "
                              "labels already merged, such as consep256")
@@ -57,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sample_patches(name: str, image: np.ndarray, inst_map: np.ndarray, type_map: np.ndarray | None,
                    patch_size: int, step: int) -> list[tuple[str, np.ndarray]]:
-    """The named patches of one image: ``[(f"{name}_{row:04d}_{col:04d}", HxWx5 int32), ...]``.
+    """The named patches of one image: ``[(f"{name}_{row:04d}_{col:04d}", HxWx5 int32), ...]``
+    (R, G, B, instance id, type id).
 
     ``image`` HxWx3 uint8 RGB, ``inst_map`` / ``type_map`` HxW int32 (``None`` -> type 0 everywhere).
     """
@@ -96,7 +119,8 @@ def _install(partial: Path, output_dir: Path, overwrite: bool) -> Path | None:
 
 
 def extract_dataset(input_dir, output_dir, kind: str, patch_size: int, step: int,
-                    type_merge: dict | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+                    type_merge: dict | None = None, overwrite: bool = False, progress: bool = True,
+                    fmt: str = "npy", names: list[str] | None = None) -> dict:
     """Extract every image of the data set at ``input_dir`` into ``output_dir``; returns a summary dict
     (``images``, ``patches``, ``bytes``, ``max_type_before_merge``, ``previous``: where ``--overwrite``
     moved the old non-empty output folder, or None).
@@ -104,7 +128,8 @@ def extract_dataset(input_dir, output_dir, kind: str, patch_size: int, step: int
     ``type_merge`` (old -> new type id, e.g. ``cfg.DATA.TYPE_MERGE``) relabels the types with
     :func:`dataset.readers.merge_types`; only for typed kinds ('consep'). All patches are written to a
     sibling ``<output_dir>.partial-<pid>`` folder that replaces ``output_dir`` only when every image
-    succeeded (see the module docstring); on failure ``output_dir`` is untouched.
+    succeeded (see the module docstring); on failure ``output_dir`` is untouched. ``fmt``: 'npy' or 'npz'
+    (:mod:`dataset.patches`). ``names``: extract only these images (default all).
     """
     if patch_size < step or step <= 0:
         raise InputError(f"--patch_size ({patch_size}) must be >= --step ({step}) > 0")
@@ -121,7 +146,8 @@ def extract_dataset(input_dir, output_dir, kind: str, patch_size: int, step: int
     partial.mkdir()
     summary = {"images": 0, "patches": 0, "bytes": 0, "max_type_before_merge": 0, "previous": None}
     try:
-        for sample in tqdm(reader, total=len(reader), desc="images", unit="img", disable=not progress):
+        wanted = set(reader.names if names is None else names)
+        for sample in tqdm(reader.samples(wanted), total=len(wanted), desc="images", unit="img", disable=not progress):
             type_map = sample.type_map
             if type_map is not None:
                 summary["max_type_before_merge"] = max(summary["max_type_before_merge"],
@@ -133,9 +159,10 @@ def extract_dataset(input_dir, output_dir, kind: str, patch_size: int, step: int
                         raise InputError(f"{sample.name}: {exc}") from None
             for patch_name, patch in sample_patches(sample.name, sample.image, sample.inst_map, type_map,
                                                     patch_size, step):
-                np.save(partial / f"{patch_name}.npy", np.ascontiguousarray(patch))
+                path = save_patch(partial / patch_name, patch[..., :3].astype(np.uint8), patch[..., 3],
+                                  patch[..., 4], fmt)
                 summary["patches"] += 1
-                summary["bytes"] += patch.nbytes
+                summary["bytes"] += path.stat().st_size
             summary["images"] += 1
         previous = _install(partial, output_dir, overwrite)
     except BaseException:
@@ -146,21 +173,39 @@ def extract_dataset(input_dir, output_dir, kind: str, patch_size: int, step: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = make_config()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.holdout > 0) != (args.holdout_dir is not None):
+        parser.error("--holdout and --holdout_dir go together")
     try:
-        summary = extract_dataset(args.input_dir, args.output_dir, args.kind, args.patch_size, args.step,
-                                  type_merge=dict(cfg.DATA.TYPE_MERGE) if args.merge_types else None,
-                                  overwrite=args.overwrite)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        cfg = config_from_args(args.config)
+        patch_size = args.patch_size or cfg.DATA.PATCH_SIZE
+        step = args.step or cfg.DATA.PATCH_STEP
+        type_merge = dict(cfg.DATA.TYPE_MERGE) if args.merge_types else None
+        splits = [(args.output_dir, None)]
+        if args.holdout:
+            kept, held = split_by_source(get_reader(args.kind, args.input_dir).names, args.holdout)
+            splits = [(args.output_dir, kept), (args.holdout_dir, held)]
+        summaries = []
+        for output_dir, names in splits:
+            summaries.append(extract_dataset(args.input_dir, output_dir, args.kind, patch_size, step,
+                                             type_merge=type_merge, overwrite=args.overwrite, fmt=args.format,
+                                             names=names))
+    except (InputError, KeyError, ValueError) as exc:
+        print(f"extract_patches.py: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{summary['images']} images -> {summary['patches']} patches of {args.patch_size}x{args.patch_size}x5 "
-          f"int32 ({summary['bytes'] / 1e9:.2f} GB) in {args.output_dir}")
-    if summary["previous"] is not None:
-        print(f"the previous patches were moved to {summary['previous']} (delete it when no longer needed)")
-    if args.merge_types and summary["max_type_before_merge"] <= max(cfg.DATA.TYPE_MERGE.values()):
-        print(f"warning: the largest type id before merging was {summary['max_type_before_merge']}; these labels "
+    if args.holdout:
+        record = {"holdout_sources": args.holdout, "train": splits[0][1], "holdout": splits[1][1]}
+        for output_dir, _ in splits:
+            (Path(output_dir) / "split.json").write_text(json.dumps(record, indent=1))
+    for (output_dir, _), summary in zip(splits, summaries, strict=True):
+        print(f"{summary['images']} images -> {summary['patches']} patches of {patch_size}x{patch_size} "
+              f"({args.format}, {summary['bytes'] / 1e9:.2f} GB) in {output_dir}")
+        if summary["previous"] is not None:
+            print(f"the previous patches were moved to {summary['previous']} (delete it when no longer needed)")
+    max_before = max(s["max_type_before_merge"] for s in summaries)
+    if args.merge_types and max_before <= max(cfg.DATA.TYPE_MERGE.values()):
+        print(f"warning: the largest type id before merging was {max_before}; these labels "
               "look merged already, and merging twice folds types together", file=sys.stderr)
     return 0
 

@@ -43,8 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="initial weights for the first phase run: an ImageNet Preact-ResNet50 .npz (loaded by "
                              "variable name) or a tensorpack checkpoint; without it phase 1 starts from random "
                              "weights and phase 2 from <out_dir>/phase1")
-    parser.add_argument("--phase", type=int, choices=(1, 2), default=None,
-                        help="run only this phase (default: phase 1 then phase 2)")
+    parser.add_argument("--phase", type=int, default=None,
+                        help="run only this phase (default: every phase of the schedule in order: 1 then 2 for the "
+                             "published one)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per phase (default: the schedule's, 50)")
     parser.add_argument("--steps_per_epoch", type=int, default=None,
                         help="steps per epoch (default: all training patches once per epoch)")
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         if gpus and not use_gpu:
             logging.warning("no GPU visible: the %d tower(s) will run on the CPU", len(gpus))
         train(cfg, args.data_dir, args.valid_dir, args.out_dir, num_towers=max(1, len(gpus)), use_gpu=use_gpu,
-              phases=(args.phase,) if args.phase else (1, 2), pretrained=args.pretrained, epochs=args.epochs,
+              phases=(args.phase,) if args.phase else None, pretrained=args.pretrained, epochs=args.epochs,
               steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, num_workers=args.workers,
               overwrite=args.overwrite)
     except (InputError, KeyError, ValueError, FileNotFoundError) as exc:

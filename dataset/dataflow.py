@@ -2,7 +2,7 @@
 
 Pipeline (one factory each, :func:`get_train_dataflow` and :func:`get_valid_dataflow`)::
 
-    PatchDataFlow          [path, seed]           lists the .npy patches; shuffles with self.rng
+    PatchDataFlow          [path, seed]           lists the .npy/.npz patches; shuffles with self.rng
       -> map with TrainingDataPreprocessor         (ZMQ worker processes, or in-process when num_workers=0)
          [images, np_target, hv_target(, tp_target)]
       -> BatchData
@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from tensorpack.dataflow import BatchData, MapData, MultiProcessMapDataZMQ, RNGDataFlow
 
 from dataset.augment import AugParams, apply_geometry, augment_photometric, centre_crop, sample_geometry
+from dataset.patches import PATCH_CHANNELS, check_patch, list_patches, load_patch
 from misc.io import InputError
 from src.targets import gen_targets
 
@@ -39,7 +39,6 @@ __all__ = [
     "get_train_dataflow", "get_valid_dataflow", "PATCH_CHANNELS",
 ]
 
-PATCH_CHANNELS = 5  # R, G, B, instance id, type id (see extract_patches.py)
 _SEED_RANGE = 2**31 - 1
 
 
@@ -63,62 +62,8 @@ def resolve_num_workers(num_workers: int | str | None, cfg=None) -> int:
     return num_workers
 
 
-def _list_patches(data_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    dirs = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir)
-    if not dirs:
-        raise InputError("no patch folder given")
-    paths = []
-    for folder in map(Path, dirs):
-        if not folder.is_dir():
-            raise InputError(f"{folder}: no such folder")
-        found = sorted(str(p) for p in folder.glob("*.npy") if not p.name.startswith("."))
-        if not found:
-            raise InputError(f"{folder}: no .npy patches (make them with extract_patches.py)")
-        paths += found
-    return paths
-
-
-def load_patch(path: str | os.PathLike, min_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read one extracted patch.
-
-    Args:
-        path: ``.npy`` holding an HxWx5 array (R, G, B, instance id, type id).
-        min_size: smallest acceptable H and W (the network input, cfg.MODEL.INPUT_SHAPE).
-
-    Returns:
-        ``(image, labels)``: HxWx3 uint8 RGB and HxWx2 int32 (instance id, type id).
-        Raises :class:`InputError` for an unreadable file or a wrong shape.
-    """
-    try:
-        patch = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npy patch ({exc})") from exc
-    _check_patch_shape(path, patch.shape, min_size)
-    return patch[..., :3].astype(np.uint8), patch[..., 3:].astype(np.int32)
-
-
-def _check_patch_shape(path, shape: tuple[int, ...], min_size: int) -> None:
-    if len(shape) != 3 or shape[2] != PATCH_CHANNELS or shape[0] < min_size or shape[1] < min_size:
-        raise InputError(f"{path}: patch has shape {tuple(shape)}; expected HxWx{PATCH_CHANNELS} "
-                         f"(RGB, instance, type) with H, W >= {min_size}")
-
-
-def _npy_shape(path: str) -> tuple[int, ...]:
-    """The array shape recorded in a ``.npy`` header, without reading the data."""
-    try:
-        with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, _, _ = np.lib.format.read_array_header_1_0(handle)
-            else:
-                shape, _, _ = np.lib.format.read_array_header_2_0(handle)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npy patch ({exc})") from exc
-    return shape
-
-
 class PatchDataFlow(RNGDataFlow):
-    """Yields ``[path, seed]`` for every ``.npy`` patch in ``data_dir`` (a folder or a list of folders).
+    """Yields ``[path, seed]`` for every ``.npy`` / ``.npz`` patch in ``data_dir`` (a folder or a list of folders).
 
     ``path`` is a str; ``seed`` an int in [0, 2**31 - 1) from ``self.rng``, to seed that patch's augmentation.
     With ``shuffle`` the order is a fresh permutation of ``self.rng`` each pass, else sorted by path. ``seed``
@@ -128,11 +73,11 @@ class PatchDataFlow(RNGDataFlow):
     """
 
     def __init__(self, data_dir, shuffle: bool = True, min_size: int = 1, seed: int | None = None):
-        self.paths = _list_patches(data_dir)
+        self.paths = list_patches(data_dir)
         self.shuffle = shuffle
         self.seed = seed
         for path in self.paths:
-            _check_patch_shape(path, _npy_shape(path), min_size)
+            check_patch(path, min_size)
 
     def reset_state(self):
         super().reset_state()

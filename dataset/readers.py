@@ -146,8 +146,13 @@ class DatasetReader:
         return len(self._pairs)
 
     def __iter__(self) -> Iterator[Sample]:
+        return self.samples()
+
+    def samples(self, names: set[str] | None = None) -> Iterator[Sample]:
+        """Read the samples in iteration order, only those named in ``names`` when given."""
         for name, image_path, label_path in self._pairs:
-            yield self.read(name, image_path, label_path)
+            if names is None or name in names:
+                yield self.read(name, image_path, label_path)
 
     def read(self, name: str, image_path: Path, label_path: Path) -> Sample:
         image = read_image_rgb(image_path)

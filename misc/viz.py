@@ -18,7 +18,7 @@ import scipy.ndimage
 from misc.io import atomic_path
 
 __all__ = ["UNTYPED_NAME", "UNTYPED_COLOUR", "type_entry", "instance_contours", "visualize_instances",
-           "save_overlay"]
+           "save_overlay", "plot_training_curves"]
 
 # Nuclei without a type (a model trained without the tp branch) are drawn and named neutrally.
 # "Unclassified" is also what QuPath calls an object without a classification.
@@ -116,3 +116,39 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, inst_info: Mapping,
         if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
             raise OSError(f"{path}: OpenCV could not write the overlay image")
     return path
+
+
+def plot_training_curves(records: list[Mapping], path: str | os.PathLike) -> None:
+    """Write ``curves.png``: every loss term and the validation NP Dice per epoch, from stats.json records.
+
+    ``records``: one mapping per epoch (tensorpack ``stats.json`` / the XLA runner's history) holding
+    ``epoch_num`` and any of ``loss_<term>``, ``overall_cost`` and ``validation_np_dice``. Loss terms share
+    the left panel (log scale), the Dice the right one. Written atomically; a bare ``Figure`` (no pyplot)
+    needs no display and changes no process-wide backend.
+    """
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch_num"] for r in records if "epoch_num" in r]
+    loss_keys = sorted({k for r in records for k in r if k.startswith("loss_")})
+    if "overall_cost" in {k for r in records for k in r}:
+        loss_keys.append("overall_cost")
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_dice = fig.subplots(1, 2)
+    for key in loss_keys:
+        points = [(r["epoch_num"], r[key]) for r in records if key in r and "epoch_num" in r and r[key] > 0]
+        if points:
+            ax_loss.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("loss_"),
+                         linewidth=2.0 if key == "overall_cost" else 1.0)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (moving average)", yscale="log", title="loss terms")
+    if loss_keys:
+        ax_loss.legend(fontsize=8)
+    dice = [(r["epoch_num"], r["validation_np_dice"]) for r in records if "validation_np_dice" in r]
+    if dice:
+        ax_dice.plot(*zip(*dice, strict=True), marker="o", color="tab:green")
+    ax_dice.set(xlabel="epoch", ylabel="validation NP Dice", ylim=(0, 1), title="validation")
+    if epochs:
+        for ax in (ax_loss, ax_dice):
+            ax.set_xlim(0.5, max(epochs) + 0.5)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)

@@ -16,7 +16,7 @@ import pprint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "GEOMETRY", "MSGE_VARIANTS"]
+__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "MODEL_PRESETS", "MSGE_VARIANTS"]
 
 
 class AttrDict(dict):
@@ -78,11 +78,22 @@ class AttrDict(dict):
 # The MSGE term's derivative variants (spec section 3): the released code's cross derivatives, or eq. (3).
 MSGE_VARIANTS = ("published", "paper")
 
-# Input/output geometry of the two published variants (spec section 1). 'original' is the default and
-# the valid-convolution model of the paper's tables; 'fast' is the padded 5.6x faster alternative.
-GEOMETRY = {
-    "original": {"input_shape": 270, "output_shape": 80},
-    "fast": {"input_shape": 256, "output_shape": 164},
+# Named network sizes, as data: MODEL.PRESET picks one and its values replace the MODEL defaults before any
+# other --config override is applied. 'full' is the published network (54.7M parameters); 'small' divides
+# every width by 8 and halves the depth, the CPU-trainable companion model bundled with the project
+# (models/README.md): same layer types, losses, targets and post-processing.
+MODEL_PRESETS = {
+    "full": {},
+    "small": {
+        "CONV0_CHANNELS": 8,
+        "ENCODER_UNITS": (2, 2, 2, 2),
+        "ENCODER_CHANNELS": (8, 16, 32, 64),
+        "BOTTLENECK_CHANNELS": 128,
+        "DECODER_CHANNELS": (32, 16, 8),
+        "DENSE_UNITS": (4, 2),
+        "DENSE_GROWTH": 8,
+        "DENSE_BOTTLENECK": 16,
+    },
 }
 
 
@@ -91,18 +102,20 @@ def make_config() -> AttrDict:
     C = AttrDict()
 
     # --- network (spec section 1) ---
-    C.MODEL.MODE = "original"  # 'original' (valid convs, 270 -> 80) or 'fast' (padded, 256 -> 164)
+    C.MODEL.MODE = "original"  # 'original' (valid convs, 270 -> 80) or 'fast' (padded, 256 -> 164); src/geometry.py
+    C.MODEL.PRESET = "full"  # a key of MODEL_PRESETS: 'full' (published) or 'small' (bundled CPU model)
     C.MODEL.NR_TYPES = 5  # tp output channels incl. background; None = np+hv only (no type labels)
     C.MODEL.DATA_FORMAT = "auto"  # 'NCHW' on GPU, 'NHWC' on CPU (TF has no NCHW conv on CPU); or force one
+    C.MODEL.CONV0_CHANNELS = 64  # the 7x7 conv0
     C.MODEL.ENCODER_UNITS = (3, 4, 6, 3)  # Preact-ResNet50 bottleneck units per group
     C.MODEL.ENCODER_CHANNELS = (64, 128, 256, 512)  # bottleneck width per group (output is 4x)
     C.MODEL.ENCODER_STRIDES = (1, 2, 2, 2)  # total down-sampling 8, not ResNet's 32
     C.MODEL.BOTTLENECK_CHANNELS = 1024  # conv_bot 1x1
-    C.MODEL.DECODER_CHANNELS = (256, 128, 64)  # 5x5 conv width in u3, u2, u1
+    C.MODEL.DECODER_CHANNELS = (256, 128, 64)  # 'conva' width in u3, u2, u1 (5x5 original, 3x3 fast)
     C.MODEL.DENSE_UNITS = (8, 4)  # (code) dense units in u3, u2; the paper's text says (4, 8)
     C.MODEL.DENSE_GROWTH = 32  # channels added by each dense unit
     C.MODEL.DENSE_BOTTLENECK = 128  # 1x1 width inside a dense unit
-    C.MODEL.DENSE_SPLIT = 4  # groups of the dense unit's 5x5 conv
+    C.MODEL.DENSE_SPLIT = 4  # groups of the dense unit's 5x5 (fast: 3x3) conv
 
     # --- loss (spec section 3, equation 1) ---
     C.LOSS.MSGE = "published"  # 'published': cross derivatives as in the released code; 'paper': eq. (3)
@@ -122,8 +135,10 @@ def make_config() -> AttrDict:
     C.TARGETS.FROM = "input"
 
     # --- patches and augmentation (spec section 4) ---
-    C.DATA.PATCH_SIZE = 540  # extracted window; augmentation works on it before the centre crop
-    C.DATA.PATCH_STEP = 80  # stride of the extraction windows (= output size)
+    # Extracted window (px); augmentation works on it before the centre crop. None = derived: twice the input
+    # (540 original, 512 fast).
+    C.DATA.PATCH_SIZE = None
+    C.DATA.PATCH_STEP = None  # stride of the extraction windows (px); None = the output size (80 / 164)
     C.DATA.TYPE_MERGE = {1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4, 7: 4}  # CoNSeP 7 types -> 4
     C.DATA.TYPE_NAMES = {0: "background", 1: "miscellaneous", 2: "inflammatory", 3: "epithelial", 4: "spindle"}
     C.DATA.NUM_WORKERS = "auto"  # dataflow processes; 'auto' = all cores but one
@@ -161,14 +176,33 @@ def make_config() -> AttrDict:
     return C
 
 
+def apply_preset(C: AttrDict, preset: str) -> None:
+    """Set ``MODEL.PRESET`` and replace the MODEL values it names (see :data:`MODEL_PRESETS`)."""
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"MODEL.PRESET must be one of {sorted(MODEL_PRESETS)}, got {preset!r}")
+    C.MODEL.PRESET = preset
+    for key, value in MODEL_PRESETS[preset].items():
+        setattr(C.MODEL, key, value)
+
+
 def finalize_config(C: AttrDict, is_training: bool = False) -> AttrDict:
-    """Derive the geometry from ``MODEL.MODE``, check the values, log them and freeze ``C``."""
+    """Derive the geometry from ``MODEL.MODE`` and the layer list, check the values, log them and freeze ``C``.
+
+    Derived: ``MODEL.INPUT_SHAPE``, ``MODEL.OUTPUT_SHAPE``, ``MODEL.CROP_GROUP0``, ``MODEL.CROP_GROUP1``
+    (src/geometry.py) and, where left ``None``, ``DATA.PATCH_SIZE`` / ``DATA.PATCH_STEP``.
+    """
+    from src.geometry import derive_geometry
+
     C.freeze(False)
-    if C.MODEL.MODE not in GEOMETRY:
-        raise ValueError(f"MODEL.MODE must be one of {sorted(GEOMETRY)}, got {C.MODEL.MODE!r}")
-    geometry = GEOMETRY[C.MODEL.MODE]
-    C.MODEL.INPUT_SHAPE = geometry["input_shape"]
-    C.MODEL.OUTPUT_SHAPE = geometry["output_shape"]
+    geometry = derive_geometry(C.MODEL.MODE, tuple(C.MODEL.DENSE_UNITS), tuple(C.MODEL.ENCODER_STRIDES))
+    C.MODEL.INPUT_SHAPE = geometry.input_shape
+    C.MODEL.OUTPUT_SHAPE = geometry.output_shape
+    C.MODEL.CROP_GROUP0 = geometry.crop_group0
+    C.MODEL.CROP_GROUP1 = geometry.crop_group1
+    if C.DATA.PATCH_SIZE is None:
+        C.DATA.PATCH_SIZE = geometry.patch_size
+    if C.DATA.PATCH_STEP is None:
+        C.DATA.PATCH_STEP = geometry.patch_step
     if C.LOSS.MSGE not in MSGE_VARIANTS:
         raise ValueError(f"LOSS.MSGE must be 'published' or 'paper', got {C.LOSS.MSGE!r}")
     if C.MODEL.NR_TYPES is not None and C.MODEL.NR_TYPES < 2:
@@ -183,6 +217,12 @@ def finalize_config(C: AttrDict, is_training: bool = False) -> AttrDict:
 def config_from_args(overrides: list[str] | None = None, is_training: bool = False) -> AttrDict:
     """The published config with ``KEY=VALUE`` overrides applied, finalised and frozen."""
     C = make_config()
-    C.update_args(list(overrides or []))
+    overrides = list(overrides or [])
+    # The preset goes first, so that an explicit MODEL.* override still wins over the preset's value.
+    presets = [o for o in overrides if o.split("=", 1)[0].strip() == "MODEL.PRESET"]
+    if presets:
+        C.update_args(presets[-1:])
+        apply_preset(C, C.MODEL.PRESET)
+    C.update_args([o for o in overrides if o not in presets])
     return finalize_config(C, is_training=is_training)
 

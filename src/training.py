@@ -28,11 +28,12 @@ from tensorpack import (
     SyncMultiGPUTrainerReplicated,
     launch_train_with_config,
 )
-from tensorpack.callbacks import Inferencer
+from tensorpack.callbacks import Callback, Inferencer
 from tensorpack.utils import logger as tp_logger
 
 from dataset.dataflow import get_train_dataflow, get_valid_dataflow
 from misc.io import InputError, atomic_path, move_aside
+from misc.viz import plot_training_curves
 from opt.schedules import Phase, get_phase, get_schedule
 from src.model.graph import NP_DICE_NAME, NP_DICE_SUMS, HoVerNet
 from src.model.weights import make_session_init
@@ -197,11 +198,37 @@ class _ResumableMaxSaver(MaxSaver):
                 self.best = max(history, key=lambda item: item[1])
 
 
+class CurvesPlot(Callback):
+    """Keeps ``curves.png`` in the run folder up to date: loss terms and validation NP Dice per epoch.
+
+    Drawn from ``stats.json`` at the start of each epoch and at the end of training: tensorpack's monitors
+    write an epoch's record after every user callback has triggered, so the start of the next epoch is the
+    first moment the record is complete; reading the file (not the in-memory history) keeps the epochs
+    from before a resume in the plot.
+    """
+
+    def _plot(self):
+        stats = Path(tp_logger.get_logger_dir()) / "stats.json"
+        try:
+            records = json.loads(stats.read_text())
+        except (OSError, json.JSONDecodeError):
+            return
+        if records:
+            plot_training_curves(records, stats.with_name("curves.png"))
+
+    def _before_epoch(self):
+        self._plot()
+
+    def _after_train(self):
+        self._plot()
+
+
 def make_callbacks(phase: Phase, valid_df, num_towers: int, use_gpu: bool, max_to_keep: int = 2) -> list:
     """Schedule, validation and saving callbacks for one phase (order matters: save, validate, keep best)."""
     callbacks = [
         ModelSaver(max_to_keep=max_to_keep),
         ScheduledHyperParamSetter("learning_rate", list(phase.lr_schedule)),
+        CurvesPlot(),
     ]
     if valid_df is not None:
         inferencers = [PooledDice()]
@@ -252,7 +279,7 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
             raise InputError(f"phase {phase_index} starts from phase {phase_index - 1}, but "
                              f"{out_dir / f'phase{phase_index - 1}'} has no checkpoint; train that phase "
                              "first or pass --pretrained")
-    if init_path is None:
+    if init_path is None and phase.init != "scratch":
         log.warning("phase %d starts from random weights: no --pretrained ImageNet .npz was given", phase_index)
     session_init = make_session_init(str(init_path), strict=False) if init_path is not None else None
 
@@ -320,11 +347,14 @@ def _record_run(phase_dir: Path, state: RunState, settings: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def train(cfg, train_dir, valid_dir, out_dir, num_towers: int, use_gpu: bool, phases=(1, 2), pretrained=None,
+def train(cfg, train_dir, valid_dir, out_dir, num_towers: int, use_gpu: bool, phases=None, pretrained=None,
           epochs: int | None = None, steps_per_epoch: int | None = None, batch_size: int | None = None,
           num_workers=None, overwrite: bool = False) -> list[Path]:
-    """Run the given phases of ``cfg.TRAIN.SCHEDULE`` in order; phase k>1 starts from phase k-1's best."""
-    get_schedule(cfg.TRAIN.SCHEDULE)  # fail on an unknown schedule before any work
+    """Run the given phases (default all) of ``cfg.TRAIN.SCHEDULE`` in order; phase k>1 starts from phase k-1."""
+    schedule = get_schedule(cfg.TRAIN.SCHEDULE)  # fail on an unknown schedule before any work
+    phases = tuple(range(1, len(schedule) + 1)) if phases is None else tuple(phases)
+    for index in phases:
+        get_phase(cfg.TRAIN.SCHEDULE, index)
     out_dir = Path(out_dir)
     first_phase = phases[0]
     # Epochs now asked of each phase: a phase finished with fewer continues to this many.

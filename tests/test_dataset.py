@@ -313,7 +313,7 @@ def test_load_patch_and_shape_errors(tmp_path, patch_dir):
         load_patch(tmp_path / "bad.npy", 270)
     with pytest.raises(InputError, match="bad.npy: patch has shape"):
         PatchDataFlow(tmp_path)
-    with pytest.raises(InputError, match="no .npy patches"):
+    with pytest.raises(InputError, match="no .npy/.npz patches"):
         PatchDataFlow(_empty(tmp_path))
     with pytest.raises(InputError, match="no such folder"):
         PatchDataFlow(tmp_path / "missing")

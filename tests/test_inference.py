@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from src.config import GEOMETRY
+from src.geometry import derive_geometry
 from src.inference import (
     extract_windows,
     iter_window_batches,
@@ -16,8 +16,9 @@ from src.inference import (
     window_layout,
 )
 
-ORIGINAL = GEOMETRY["original"]
-FAST = GEOMETRY["fast"]
+ORIGINAL = {"input_shape": derive_geometry("original").input_shape,
+            "output_shape": derive_geometry("original").output_shape}
+FAST = {"input_shape": derive_geometry("fast").input_shape, "output_shape": derive_geometry("fast").output_shape}
 
 
 def _image(height, width, dtype=np.uint8, seed=0):

@@ -18,7 +18,6 @@ once, in :data:`INFERENCE_INPUTS` / :func:`inference_output_names`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -29,14 +28,14 @@ from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.tfutils.tower import get_current_tower_context
 
 from opt.schedules import get_schedule
-from src.config import config_from_args
+from src.geometry import CONV0_KSIZE, DENSE_BOTTLENECK_KSIZE, Geometry, derive_geometry
 from src.model.losses import get_loss, hard_dice_terms
 
 log = logging.getLogger(__name__)
 tf1 = tf.compat.v1
 
 __all__ = ["HoVerNet", "INFERENCE_INPUTS", "INFERENCE_OUTPUTS", "inference_output_names", "check_inference_tensors",
-           "Geometry", "network_geometry", "ORIGINAL_GEOMETRY", "resolve_data_format", "ENCODER_SCOPES",
+           "resolve_data_format", "ENCODER_SCOPES",
            "DECODER_SCOPES", "LOSS_TENSOR_PREFIX", "COST_NAME", "NP_DICE_NAME"]
 
 # --- tensor names: the one place inference and validation look them up ---
@@ -52,9 +51,6 @@ ENCODER_SCOPES = ("conv0", "group0", "group1", "group2", "group3")
 # Variable scopes of a branch: its decoder and its head.
 DECODER_SCOPES = {b: (b, f"preact_out_{b}", f"conv_out_{b}") for b in ("np", "hv", "tp")}
 
-_CONV0_KSIZE = 7
-_CONVA_KSIZE = 5  # 5x5 'conva' of each decoder level
-_DENSE_KSIZE = (1, 5)  # 1x1 bottleneck then grouped 5x5 inside a dense unit
 
 
 def inference_output_names(nr_types: int | None) -> list[str]:
@@ -72,51 +68,6 @@ def check_inference_tensors(graph: tf.Graph, nr_types: int | None, prefix: str =
             missing.append(name)
     if missing:
         raise KeyError(f"graph lacks the inference tensors {missing}")
-
-
-# --- geometry: every size and crop derived here, from the input size ---
-@dataclass(frozen=True)
-class Geometry:
-    """Spatial sizes (pixels, square) of the valid-convolution HoVer-Net for one input size.
-
-    ``group_sizes``: outputs of group0..group3 (group3 = conv_bot). ``crop_group0`` / ``crop_group1``:
-    total pixels centre-cropped from the group0 / group1 output before the u1 / u2 sums (half from each
-    side). ``output_shape``: the decoder output.
-    """
-
-    input_shape: int
-    group_sizes: tuple[int, int, int, int]
-    crop_group0: int
-    crop_group1: int
-    output_shape: int
-
-
-def network_geometry(input_shape: int, dense_units: tuple[int, int] = (8, 4)) -> Geometry:
-    """Derive feature sizes and skip crops of the 'original' (valid) model from the input size.
-
-    conv0 is a valid 7x7; strided 'same' convs halve with ceil; each decoder 5x5 'conva' and each dense
-    unit (valid 5x5) removes 4 pixels; up-sampling doubles. For 270 this gives groups (264, 132, 66, 33),
-    crops (184, 72) and output 80 (spec section 1).
-    """
-    conva_shrink = _CONVA_KSIZE - 1  # each valid 5x5 'conva'
-    dense_shrink = _DENSE_KSIZE[1] - 1  # each dense unit's valid 5x5
-    g0 = input_shape - (_CONV0_KSIZE - 1)
-    g1 = -(-g0 // 2)
-    g2 = -(-g1 // 2)
-    g3 = -(-g2 // 2)
-    if 2 * g3 != g2:
-        raise ValueError(f"input {input_shape}: group3 size {g3} does not up-sample onto group2 size {g2}")
-    u3 = 2 * g3 - conva_shrink - dense_shrink * dense_units[0]
-    u2_up = 2 * u3
-    u2 = u2_up - conva_shrink - dense_shrink * dense_units[1]
-    u1_up = 2 * u2
-    crop1, crop0 = g1 - u2_up, g0 - u1_up
-    if min(u3, u2, crop0, crop1) <= 0 or crop0 % 2 or crop1 % 2:
-        raise ValueError(f"input {input_shape} gives no valid decoder geometry (crops {crop0}, {crop1})")
-    return Geometry(input_shape, (g0, g1, g2, g3), crop0, crop1, u1_up)
-
-
-ORIGINAL_GEOMETRY = network_geometry(270)  # crops 184 and 72, output 80
 
 
 def resolve_data_format(data_format: str) -> str:
@@ -180,7 +131,7 @@ def _residual_group(name: str, x: tf.Tensor, width: int, count: int, strides: in
     return x
 
 
-def _encoder(images: tf.Tensor, model_cfg, data_format: str, freeze: bool) -> list[tf.Tensor]:
+def _encoder(images: tf.Tensor, model_cfg, geometry: Geometry, data_format: str, freeze: bool) -> list[tf.Tensor]:
     """Preact-ResNet50, down-sampling 8. Returns [group0, group1, group2, conv_bot] in ``data_format``.
 
     ``freeze`` (phase 1) cuts the gradient exactly where the published code did: the residual branch
@@ -192,7 +143,8 @@ def _encoder(images: tf.Tensor, model_cfg, data_format: str, freeze: bool) -> li
     mode: the frozen encoder normalises with batch statistics and keeps updating its moving averages,
     as the published tensorpack code did.
     """
-    x = Conv2D("conv0", images, 64, _CONV0_KSIZE, padding="valid", activation=BNReLU)
+    x = Conv2D("conv0", images, model_cfg.CONV0_CHANNELS, CONV0_KSIZE, padding=geometry.conv0_padding,
+               activation=BNReLU)
     feats = []
     for g, (count, width, stride) in enumerate(zip(model_cfg.ENCODER_UNITS, model_cfg.ENCODER_CHANNELS,
                                                    model_cfg.ENCODER_STRIDES, strict=True)):
@@ -205,17 +157,18 @@ def _encoder(images: tf.Tensor, model_cfg, data_format: str, freeze: bool) -> li
 
 
 # --- decoder ---
-def _dense_block(name: str, x: tf.Tensor, count: int, model_cfg, data_format: str) -> tf.Tensor:
-    """``count`` dense units (BNReLU -> 1x1 + BNReLU -> grouped 5x5 valid, concat with the cropped input),
-    closed by a BNReLU 'blk_bna'. Each unit adds ``DENSE_GROWTH`` channels and removes 4 pixels."""
+def _dense_block(name: str, x: tf.Tensor, count: int, model_cfg, ksize: int, data_format: str) -> tf.Tensor:
+    """``count`` dense units (BNReLU -> 1x1 + BNReLU -> grouped ``ksize`` valid, concat with the cropped
+    input), closed by a BNReLU 'blk_bna'. Each unit adds ``DENSE_GROWTH`` channels and removes ``ksize - 1``
+    pixels."""
     axis = _channels_axis(data_format)
     with tf1.variable_scope(name):
         for i in range(count):
             with tf1.variable_scope(f"blk/{i}"):
                 new = BNReLU("preact_bna", x)
-                new = Conv2D("conv1", new, model_cfg.DENSE_BOTTLENECK, _DENSE_KSIZE[0], padding="valid",
+                new = Conv2D("conv1", new, model_cfg.DENSE_BOTTLENECK, DENSE_BOTTLENECK_KSIZE, padding="valid",
                              activation=BNReLU)
-                new = Conv2D("conv2", new, model_cfg.DENSE_GROWTH, _DENSE_KSIZE[1], padding="valid",
+                new = Conv2D("conv2", new, model_cfg.DENSE_GROWTH, ksize, padding="valid",
                              split=model_cfg.DENSE_SPLIT)
                 x = _centre_crop(x, _spatial_size(x, data_format) - _spatial_size(new, data_format), data_format)
                 x = tf.concat([x, new], axis=axis)
@@ -223,8 +176,9 @@ def _dense_block(name: str, x: tf.Tensor, count: int, model_cfg, data_format: st
     return x
 
 
-def _decoder(name: str, feats: list[tf.Tensor], model_cfg, data_format: str) -> tf.Tensor:
-    """One decoder branch (u3, u2, u1) on the encoder features; returns the 64-channel u1 output.
+def _decoder(name: str, feats: list[tf.Tensor], model_cfg, ksize: int, data_format: str) -> tf.Tensor:
+    """One decoder branch (u3, u2, u1) on the encoder features; returns the u1 output
+    (``DECODER_CHANNELS[2]`` channels). ``ksize``: the mode's decoder kernel (5 original, 3 fast).
 
     ``feats``: [group0 cropped, group1 cropped, group2, conv_bot], all in ``data_format``.
     """
@@ -235,18 +189,18 @@ def _decoder(name: str, feats: list[tf.Tensor], model_cfg, data_format: str) -> 
     with tf1.variable_scope(name, auxiliary_name_scope=False), tf1.name_scope(f"{name}_branch/"):
         with tf1.variable_scope("u3"):
             x = _upsample2x("rz", feats[3]) + feats[2]
-            x = Conv2D("conva", x, ch3, _CONVA_KSIZE, padding="valid")
-            x = _dense_block("dense", x, dense3, model_cfg, data_format)
+            x = Conv2D("conva", x, ch3, ksize, padding="valid")
+            x = _dense_block("dense", x, dense3, model_cfg, ksize, data_format)
             x = Conv2D("convf", x, 2 * ch3, 1)
         with tf1.variable_scope("u2"):
             x = _upsample2x("rz", x) + feats[1]
-            x = Conv2D("conva", x, ch2, _CONVA_KSIZE, padding="valid")
-            x = _dense_block("dense", x, dense2, model_cfg, data_format)
+            x = Conv2D("conva", x, ch2, ksize, padding="valid")
+            x = _dense_block("dense", x, dense2, model_cfg, ksize, data_format)
             x = Conv2D("convf", x, 2 * ch2, 1)
         with tf1.variable_scope("u1"):
             x = _upsample2x("rz", x) + feats[0]
             # 'same' here: the output keeps the size of the cropped group0 feature
-            x = Conv2D("conva", x, ch1, _CONVA_KSIZE, padding="same")
+            x = Conv2D("conva", x, ch1, ksize, padding="same")
     return x
 
 
@@ -258,13 +212,14 @@ def _head(branch: str, x: tf.Tensor, channels: int, data_format: str) -> tf.Tens
 
 
 class HoVerNet(ModelDesc):
-    """HoVer-Net, valid-convolution ('original') model: 270x270 RGB in, 80x80 NP/HV/TP maps out.
+    """HoVer-Net: 'original' (valid convolutions, 270x270 RGB in, 80x80 NP/HV/TP maps out) or 'fast' (padded,
+    256 -> 164) by ``cfg.MODEL.MODE``; sizes from ``cfg.MODEL.PRESET`` and the MODEL widths.
 
     Args:
         nr_types: channels of the type (tp) output including background (5 for CoNSeP); None builds the
             two-branch np + hv model (no type labels).
         freeze: stop gradients into the encoder (phase 1 of the published schedule).
-        cfg: a finalised config (``src.config``); None uses the published defaults. Read: ``MODEL``
+        cfg: a finalised config (``src.config.config_from_args``). Read: ``MODEL``
             (architecture, data format, geometry), ``LOSS`` (term weights, MSGE variant, Dice eps) and
             ``TRAIN.SCHEDULE`` (initial learning rate).
 
@@ -279,22 +234,18 @@ class HoVerNet(ModelDesc):
     for each term of ``cfg.LOSS.WEIGHTS`` and ``overall_cost``.
     """
 
-    def __init__(self, nr_types: int | None = 5, freeze: bool = False, cfg=None):
+    def __init__(self, cfg, nr_types: int | None = 5, freeze: bool = False):
         super().__init__()
-        self.cfg = cfg if cfg is not None else config_from_args()
-        if self.cfg.MODEL.MODE != "original":
-            raise NotImplementedError(
-                f"MODEL.MODE={self.cfg.MODEL.MODE!r}: only the 'original' valid-convolution model (270 -> 80) "
-                "is implemented; the padded 'fast' variant (256 -> 164) is not")
+        if "INPUT_SHAPE" not in cfg.MODEL:
+            raise ValueError("HoVerNet needs a finalised config (src.config.config_from_args)")
+        self.cfg = cfg
         if nr_types is not None and nr_types < 2:
             raise ValueError("nr_types must be None or >= 2 (background + at least one type)")
         self.nr_types = nr_types
         self.freeze = bool(freeze)
         self.data_format = resolve_data_format(self.cfg.MODEL.DATA_FORMAT)
-        self.geometry = network_geometry(self.cfg.MODEL.INPUT_SHAPE, tuple(self.cfg.MODEL.DENSE_UNITS))
-        if self.geometry.output_shape != self.cfg.MODEL.OUTPUT_SHAPE:
-            raise ValueError(f"input {self.cfg.MODEL.INPUT_SHAPE} gives output {self.geometry.output_shape}, "
-                             f"config says {self.cfg.MODEL.OUTPUT_SHAPE}")
+        model_cfg = self.cfg.MODEL
+        self.geometry = derive_geometry(model_cfg.MODE, tuple(model_cfg.DENSE_UNITS), tuple(model_cfg.ENCODER_STRIDES))
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -321,11 +272,13 @@ class HoVerNet(ModelDesc):
             x = images / 255.0
             if fmt == "NCHW":
                 x = tf.transpose(x, [0, 3, 1, 2])
-            feats = _encoder(x, model_cfg, fmt, self.freeze)
+            feats = _encoder(x, model_cfg, self.geometry, fmt, self.freeze)
             feats[0] = _centre_crop(feats[0], self.geometry.crop_group0, fmt)
             feats[1] = _centre_crop(feats[1], self.geometry.crop_group1, fmt)
             out_channels = {"np": 2, "hv": 2, "tp": self.nr_types}
-            logits = {b: _head(b, _decoder(b, feats, model_cfg, fmt), out_channels[b], fmt) for b in self.branches}
+            ksize = self.geometry.decoder_ksize
+            logits = {b: _head(b, _decoder(b, feats, model_cfg, ksize, fmt), out_channels[b], fmt)
+                      for b in self.branches}
         outputs = {
             "np_prob": tf.nn.softmax(logits["np"], axis=-1, name="np_prob"),
             "hv": tf.identity(logits["hv"], name="hv"),
