@@ -1,6 +1,8 @@
 """Run HoVer-Net on H&E tiles: every nucleus segmented and typed, written in the formats tools read.
 
 Examples:
+  python infer.py --input tiles/ --output results/ --model small-consep       # the bundled CPU model
+  python infer.py --list-models
   python infer.py --input tiles/ --output results/ --model runs/consep/phase2/model-best
   python infer.py --input "slides/*.png" --output results/ --model hovernet_consep.npz --gpu 0 --formats mat,geojson
 
@@ -35,18 +37,22 @@ from misc.outputs import FORMATS, check_formats
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="infer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True,
+    parser.add_argument("--input",
                         help="one image, a folder of images, or a quoted glob; PNG, JPEG or TIFF, 8-bit RGB/RGBA")
-    parser.add_argument("--output", required=True, help="output folder (created if missing)")
-    parser.add_argument("--model", required=True,
-                        help="weights: a checkpoint written by train.py (e.g. runs/x/phase2/model-best) or an .npz "
-                             "of variable name -> array (tensorpack varmanip format); every network variable must "
-                             "load, or the run stops and lists what was missing or unexpected")
+    parser.add_argument("--output", help="output folder (created if missing)")
+    parser.add_argument("--model",
+                        help="weights: the name of a bundled model (see --list-models), a checkpoint written by "
+                             "train.py (e.g. runs/x/phase2/model-best) or an .npz of variable name -> array "
+                             "(tensorpack varmanip format); every network variable must load, or the run stops and "
+                             "lists what was missing or unexpected. The network's mode, preset and widths recorded "
+                             "in an .npz are applied before --config")
+    parser.add_argument("--list-models", action="store_true", help="list the bundled models and exit")
     parser.add_argument("--gpu", default=None,
                         help="GPU id to use (sets CUDA_VISIBLE_DEVICES); '' forces the CPU; default: whatever "
                              "TensorFlow sees")
     parser.add_argument("--batch_size", type=int, default=None,
-                        help="270x270 windows per forward pass (default: config INFER.BATCH_SIZE, 16)")
+                        help="network input windows (270x270 original, 256x256 fast) per forward pass (default: "
+                             "config INFER.BATCH_SIZE, 16)")
     parser.add_argument("--types", default=None,
                         help='TYPE_INFO.json mapping type ids to names and RGB colours, e.g. '
                              '{"1": ["tumour", [255, 0, 0]]}; default: CoNSeP\'s four types')
@@ -57,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="config overrides, e.g. POSTPROC.MIN_SIZE=10 (see src/config.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if not args.list_models:
+        missing = [f"--{name}" for name in ("input", "output", "model") if getattr(args, name) is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         args.formats = check_formats(f.strip() for f in args.formats.split(",") if f.strip())
     except ValueError as exc:
@@ -66,30 +76,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _list_models() -> int:
+    from src.model.bundle import bundled_models
+
+    models = bundled_models()
+    if not models:
+        print("no bundled models")
+    for name, meta in models.items():
+        model = meta.get("MODEL", {})
+        print(f"{name}: {meta.get('description', '')} [mode {model.get('MODE', 'original')}, preset "
+              f"{model.get('PRESET', 'full')}, {meta.get('parameters', 0):,} parameters]")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list_models:
+        return _list_models()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
 
     from misc.outputs import default_type_info, load_type_info
     from src.config import config_from_args
+    from src.model.bundle import model_config_overrides, resolve_model
     from src.pipeline import check_output_dir, collect_inputs, postproc_kwargs, run_inference
 
     try:
-        cfg = config_from_args(args.config)
+        from src.model.weights import read_npz_metadata
+
+        model_path = resolve_model(args.model)
+        # the network the weights were trained as, then the user's overrides (which win)
+        cfg = config_from_args(model_config_overrides(read_npz_metadata(model_path)) + list(args.config))
         files = collect_inputs(args.input)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
-        run_info = {"model": str(Path(args.model).resolve()), "postproc": postproc_kwargs(cfg)}
+        run_info = {"model": str(Path(model_path).resolve()), "postproc": postproc_kwargs(cfg)}
         check_output_dir(args.output, files, args.formats, run_info, args.overwrite)
         from src.predictor import HoVerNetPredictor
 
-        predictor = HoVerNetPredictor(args.model, cfg)
+        predictor = HoVerNetPredictor(model_path, cfg)
         uncovered = [t for t in range(1, predictor.nr_types or 0) if t not in type_info]
         if uncovered:
             raise InputError(f"type ids {uncovered} of the model have no name/colour in "
                              f"{args.types or 'the default types'}")
-    except (InputError, KeyError, ValueError) as exc:
+    except (InputError, KeyError, ValueError, OSError) as exc:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
 

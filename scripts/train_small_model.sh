@@ -12,9 +12,9 @@ CONFIG=(MODEL.MODE=fast MODEL.PRESET=small TRAIN.SCHEDULE=scratch TARGETS.HV_PUB
 # 1. Compact patches; the crops of 3 of the 27 CoNSeP training tiles are held out for validation (by tile).
 "$PY" extract_patches.py --input_dir "$SHARED/data/consep256/train" --output_dir "$WORK/train" \
     --holdout 3 --holdout_dir "$WORK/valid" --format npz --config "${CONFIG[@]}"
-# 2. One phase from scratch, 18 epochs of 50 steps of 8 patches, best checkpoint by validation NP Dice.
+# 2. One phase from scratch, 18 epochs of 70 steps of 8 patches, best checkpoint by validation NP Dice.
 "$PY" train.py --gpu '' --data_dir "$WORK/train" --valid_dir "$WORK/valid" --out_dir "$WORK/run" \
-    --steps_per_epoch 50 --config "${CONFIG[@]}"
+    --steps_per_epoch 70 --config "${CONFIG[@]}"
 # 3. The best checkpoint as an fp16 .npz carrying its config and training record.
 "$PY" -m src.model.bundle --checkpoint "$WORK/run/phase1/model-best" --run_dir "$WORK/run/phase1" \
     --output models/small-consep.npz

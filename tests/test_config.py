@@ -60,3 +60,30 @@ def test_published_schedule():
         get_phase("published", 3)
     with pytest.raises(KeyError, match="known"):
         get_schedule("nope")
+
+
+def test_small_preset_sets_its_widths_and_explicit_overrides_win():
+    cfg = config_from_args(["MODEL.PRESET=small", "MODEL.MODE=fast"])
+    assert cfg.MODEL.PRESET == "small"
+    assert (cfg.MODEL.CONV0_CHANNELS, cfg.MODEL.ENCODER_CHANNELS, cfg.MODEL.DENSE_UNITS) == (8, (8, 16, 32, 64), (4, 2))
+    # fewer dense units shrink the decoder less: the derived output grows from 164 to 204
+    assert (cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE) == (256, 204)
+    assert (cfg.DATA.PATCH_SIZE, cfg.DATA.PATCH_STEP) == (512, 204)
+    # the preset goes first whatever the order on the command line, so an explicit key still wins
+    cfg = config_from_args(["MODEL.DENSE_UNITS=(8,4)", "MODEL.PRESET=small"])
+    assert cfg.MODEL.DENSE_UNITS == (8, 4) and cfg.MODEL.ENCODER_CHANNELS == (8, 16, 32, 64)
+    assert config_from_args().MODEL.PRESET == "full"
+    with pytest.raises(ValueError, match="MODEL.PRESET must be one of"):
+        config_from_args(["MODEL.PRESET=tiny"])
+
+
+def test_patch_geometry_follows_the_mode_unless_given():
+    assert (config_from_args().DATA.PATCH_SIZE, config_from_args().DATA.PATCH_STEP) == (540, 80)
+    cfg = config_from_args(["MODEL.MODE=fast", "DATA.PATCH_SIZE=600", "DATA.PATCH_STEP=100"])
+    assert (cfg.DATA.PATCH_SIZE, cfg.DATA.PATCH_STEP) == (600, 100)
+
+
+def test_scratch_schedule_is_one_trainable_phase():
+    (phase,) = get_schedule("scratch")
+    assert not phase.freeze_encoder and phase.init == "scratch" and phase.batch_size_per_gpu == 8
+    assert phase.lr_schedule[0] == (1, 1.0e-3)

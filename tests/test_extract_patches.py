@@ -1,4 +1,5 @@
 """extract_patches.py and the mirror-padded window grid (spec section 4)."""
+import json
 import shutil
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 import extract_patches
+from dataset.patches import load_patch
 from dataset.readers import extract_windows, mirror_pad, window_origins
 from misc.io import save_label_mat
 
@@ -166,3 +168,26 @@ def test_cli_on_two_real_consep256_crops(tmp_path):
     patch = np.load(files[0])
     assert patch.shape == (540, 540, 5) and patch.dtype == np.int32
     assert patch[..., :3].max() <= 255 and set(np.unique(patch[..., 4])) <= {0, 1, 2, 3, 4}
+
+
+def test_cli_compact_patches_with_holdout_and_fast_geometry(tmp_path, capsys):
+    tiles = {f"t{k}_{c:03d}": _tile(120, 100, seed=k * 10 + c) for k in range(3) for c in range(2)}
+    root = _write(tmp_path / "data", tiles)
+    train, valid = tmp_path / "train", tmp_path / "valid"
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(train), "--format", "npz",
+                                 "--holdout", "1", "--holdout_dir", str(valid), "--config", "MODEL.MODE=fast"]) == 0
+    out = capsys.readouterr().out
+    assert "4 images -> 4 patches of 512x512 (npz" in out and "2 images -> 2 patches" in out  # step 164 > 120
+    assert sorted(p.name for p in valid.glob("*.npz")) == ["t1_000_0000_0000.npz", "t1_001_0000_0000.npz"]
+    split = json.loads((train / "split.json").read_text())
+    assert split["holdout"] == ["t1_000", "t1_001"] and json.loads((valid / "split.json").read_text()) == split
+    image, labels = load_patch(valid / "t1_000_0000_0000.npz", 256)
+    original = tiles["t1_000"]
+    offset = (512 - 164) // 2
+    np.testing.assert_array_equal(image[offset:offset + 120, offset:offset + 100], original[0])
+    np.testing.assert_array_equal(labels[offset:offset + 120, offset:offset + 100, 0], original[1])
+    args = ["--input_dir", str(root), "--output_dir", str(tmp_path / "x"), "--holdout", "1"]
+    with pytest.raises(SystemExit):
+        extract_patches.main(args)  # --holdout without --holdout_dir
+    assert extract_patches.main(args[:4] + ["--holdout", "3", "--holdout_dir", str(tmp_path / "y")]) == 2
+    assert "cannot hold out 3 of 3 source tiles" in capsys.readouterr().err

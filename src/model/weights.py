@@ -18,6 +18,7 @@ published phase-2 start did (``SaverRestore(..., ignore=['learning_rate'])``, vq
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -33,7 +34,8 @@ tf1 = tf.compat.v1
 
 __all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "resolve_checkpoint",
            "is_training_state", "match_weights", "graph_variable_shapes", "CheckedSessionInit",
-           "make_session_init", "DEFAULT_IGNORE", "initial_weights", "save_initial_weights"]
+           "make_session_init", "DEFAULT_IGNORE", "initial_weights", "save_initial_weights", "METADATA_KEY",
+           "read_npz_metadata"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
 
@@ -93,13 +95,32 @@ def _is_npz(path) -> bool:
     return os.fspath(path).endswith(".npz")
 
 
+METADATA_KEY = "__hovernet__"  # .npz entry holding JSON metadata (config, provenance), never a variable
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of a ``.npz`` or a checkpoint, keyed by variable name without ':0'."""
+    """All arrays of a ``.npz`` or a checkpoint, keyed by variable name without ':0'.
+
+    In an ``.npz``, entries whose name starts with ``__`` are metadata, not variables, and are skipped;
+    float16 arrays (the bundled models are stored in half precision to stay small) come back as float32,
+    the graph's dtype.
+    """
     if _is_npz(path):
-        with np.load(path) as data:
-            return {_clean(k): data[k] for k in data.files}
+        with np.load(path, allow_pickle=False) as data:
+            return {_clean(k): data[k].astype(np.float32) if data[k].dtype == np.float16 else data[k]
+                    for k in data.files if not k.startswith("__")}
     reader = tf1.train.load_checkpoint(resolve_checkpoint(path))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def read_npz_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata stored under :data:`METADATA_KEY` in an ``.npz`` ({} when there is none)."""
+    if not _is_npz(path):
+        return {}
+    with np.load(path, allow_pickle=False) as data:
+        if METADATA_KEY not in data.files:
+            return {}
+        return json.loads(str(data[METADATA_KEY]))
 
 
 def read_weight_shapes(path: str | os.PathLike) -> dict[str, tuple]:

@@ -1,0 +1,148 @@
+"""Bundled models: named weight files shipped in ``models/`` and the tool that makes one from a training run.
+
+A bundled model is ``models/<name>.npz``: every inference variable of the network (training state dropped),
+stored as float16 to stay small (:func:`src.model.weights.read_weights` casts back to float32), plus JSON
+metadata under :data:`src.model.weights.METADATA_KEY`: the ``MODEL`` config values the graph needs (mode,
+preset, widths, type count), so ``infer.py --model <name>`` rebuilds the right network without flags, and a
+one-line description. ``models/<name>.json`` beside it is the training record (data, split, schedule, steps,
+wall time, validation curve, scores) and ``models/<name>-curves.png`` the training curves.
+
+    python -m src.model.bundle --checkpoint data/small/run/phase1/model-best --run_dir data/small/run/phase1 \\
+        --output models/small-consep.npz --description "..."
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from misc.io import InputError, atomic_path
+from src.config import make_config
+
+__all__ = ["MODELS_DIR", "bundled_models", "resolve_model", "model_config_overrides", "write_bundle", "main"]
+
+# The folder of the bundled models, found from this file (the repository layout), never an absolute path.
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def bundled_models(models_dir: Path | None = None) -> dict[str, dict]:
+    """{name: metadata} of every ``<name>.npz`` in ``models_dir`` (default :data:`MODELS_DIR`), sorted by name."""
+    from src.model.weights import read_npz_metadata
+
+    models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
+    if not models_dir.is_dir():
+        return {}
+    return {p.stem: read_npz_metadata(p) for p in sorted(models_dir.glob("*.npz"))}
+
+
+def resolve_model(model: str, models_dir: Path | None = None) -> str:
+    """``--model`` as a path: an existing file/folder/checkpoint prefix as given, else a bundled model's name
+    (``models_dir``, default :data:`MODELS_DIR`).
+
+    Raises :class:`InputError` naming the bundled models when ``model`` is neither.
+    """
+    models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
+    path = Path(model)
+    if path.exists() or Path(f"{model}.index").is_file():
+        return model
+    bundled = models_dir / f"{model}.npz"
+    if _NAME.match(model) and bundled.is_file():
+        return str(bundled)
+    names = ", ".join(bundled_models(models_dir)) or "none"
+    raise InputError(f"--model {model}: no such file, checkpoint or bundled model (bundled: {names})")
+
+
+def model_config_overrides(metadata: dict) -> list[str]:
+    """``KEY=VALUE`` overrides recreating the ``MODEL`` values recorded in a weights file's metadata."""
+    model = metadata.get("MODEL", {})
+    known = make_config().MODEL
+    unknown = sorted(set(model) - set(known))
+    if unknown:
+        raise InputError(f"the weights file records MODEL keys this version does not know: {unknown}")
+    # JSON has no tuples: the config's sequences are tuples
+    return [f"MODEL.{key}={tuple(value) if isinstance(value, list) else value!r}" for key, value in model.items()]
+
+
+# MODEL keys that are derived by finalize_config or describe the machine, never recorded.
+_DERIVED = {"INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1", "DATA_FORMAT"}
+
+
+def write_bundle(checkpoint, model_cfg: dict, output, description: str) -> dict:
+    """Write the inference variables of ``checkpoint`` as a float16 ``.npz`` with metadata; returns the metadata.
+
+    ``model_cfg``: the ``MODEL`` section the run trained with (from its ``run.json``). A variable whose
+    values overflow float16 is kept in float32.
+    """
+    from src.model.weights import METADATA_KEY, is_training_state, read_weights
+
+    weights = {k: v for k, v in read_weights(checkpoint).items() if not is_training_state(k)}
+    packed = {}
+    for name, value in weights.items():
+        value = np.asarray(value)
+        if value.dtype == np.float32 and np.abs(value).max(initial=0) < _FP16_MAX:
+            value = value.astype(np.float16)
+        packed[name] = value
+    metadata = {"MODEL": {k: v for k, v in model_cfg.items() if k not in _DERIVED}, "description": description,
+                "source": str(checkpoint), "parameters": int(sum(v.size for v in weights.values())),
+                "created": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
+    packed[METADATA_KEY] = np.array(json.dumps(metadata))
+    with atomic_path(output) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **packed)
+    return metadata
+
+
+def _training_record(run_dir: Path) -> dict:
+    """Settings, split, history and wall time of a training run folder (run.json, stats.json, history)."""
+    run = json.loads((run_dir / "run.json").read_text())
+    stats = json.loads((run_dir / "stats.json").read_text()) if (run_dir / "stats.json").is_file() else []
+    starts = [json.loads(line) for line in (run_dir / "run_history.jsonl").read_text().splitlines() if line]
+    split_file = Path(run["train_dir"]) / "split.json"
+    record = {
+        "settings": {k: v for k, v in run.items() if k != "config"}, "config": run["config"],
+        "starts": [{"time": s["time"], "start": s["start"]} for s in starts],
+        "split": json.loads(split_file.read_text()) if split_file.is_file() else None,
+        "history": stats,
+    }
+    finished = run_dir / "finished.json"
+    if finished.is_file() and starts:
+        begin = datetime.strptime(starts[0]["time"], "%Y-%m-%d %H:%M:%S")
+        end = datetime.strptime(json.loads(finished.read_text())["finished"], "%Y-%m-%d %H:%M:%S")
+        record["wall_seconds"] = (end - begin).total_seconds()
+    return record
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.model.bundle", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint prefix, e.g. <run>/phase1/model-best")
+    parser.add_argument("--run_dir", required=True, help="the phase folder that wrote it (run.json, stats.json)")
+    parser.add_argument("--output", required=True, help="models/<name>.npz")
+    parser.add_argument("--description", default="", help="one line shown by infer.py --list-models")
+    args = parser.parse_args(argv)
+    run_dir, output = Path(args.run_dir), Path(args.output)
+    try:
+        record = _training_record(run_dir)
+        metadata = write_bundle(args.checkpoint, record["config"]["MODEL"], output, args.description)
+    except (OSError, KeyError, json.JSONDecodeError, InputError) as exc:
+        print(f"bundle: error: {exc}", file=sys.stderr)
+        return 2
+    record["bundle"] = metadata
+    with atomic_path(output.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    if (run_dir / "curves.png").is_file():
+        shutil.copyfile(run_dir / "curves.png", output.with_name(f"{output.stem}-curves.png"))
+    print(f"{output}: {metadata['parameters']:,} parameters, {os.path.getsize(output) / 1e6:.2f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

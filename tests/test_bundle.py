@@ -1,0 +1,77 @@
+"""src/model/bundle.py: bundled models as float16 .npz with their config, found by name by infer.py."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+import infer
+from misc.io import InputError
+from src.config import config_from_args
+from src.model import bundle
+from src.model.weights import METADATA_KEY, read_npz_metadata, read_weights, save_initial_weights
+
+pytestmark = pytest.mark.slow
+
+# A small fast-mode network different from the defaults in mode, widths and type count, so that loading it
+# without its recorded config would fail.
+TINY = ["MODEL.MODE=fast", "MODEL.PRESET=small", "MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.NR_TYPES=3"]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    cfg = config_from_args(TINY)
+    save_initial_weights(root / "random.npz", cfg, nr_types=3)
+    folder = root / "models"
+    meta = bundle.write_bundle(root / "random.npz", dict(cfg.MODEL), folder / "tiny-test.npz", "a test model")
+    assert meta["MODEL"]["MODE"] == "fast" and "INPUT_SHAPE" not in meta["MODEL"]
+    return folder
+
+
+def test_bundle_is_float16_with_metadata_and_loads_back_as_float32(models_dir, tmp_path):
+    path = models_dir / "tiny-test.npz"
+    original = read_weights(models_dir.parent / "random.npz")
+    with np.load(path) as data:
+        assert METADATA_KEY in data.files
+        assert {data[k].dtype for k in data.files if k != METADATA_KEY} == {np.dtype(np.float16)}
+    loaded = read_weights(path)
+    assert set(loaded) == set(original) and all(v.dtype == np.float32 for v in loaded.values())
+    for name, value in original.items():
+        np.testing.assert_allclose(loaded[name], value, rtol=1e-3, atol=1e-4)
+    meta = read_npz_metadata(path)
+    assert meta["description"] == "a test model" and meta["MODEL"]["NR_TYPES"] == 3
+    assert meta["parameters"] == sum(v.size for v in original.values())
+    overrides = bundle.model_config_overrides(meta)
+    cfg = config_from_args(overrides)
+    assert (cfg.MODEL.MODE, cfg.MODEL.ENCODER_UNITS, cfg.MODEL.INPUT_SHAPE) == ("fast", (1, 1, 1, 1), 256)
+    with pytest.raises(InputError, match="does not know"):
+        bundle.model_config_overrides({"MODEL": {"NO_SUCH": 1}})
+
+
+def test_names_resolve_to_bundled_files_and_unknown_names_list_them(models_dir, tmp_path):
+    assert bundle.resolve_model("tiny-test", models_dir) == str(models_dir / "tiny-test.npz")
+    assert bundle.resolve_model(str(models_dir / "tiny-test.npz"), models_dir).endswith("tiny-test.npz")
+    with pytest.raises(InputError, match=r"no such file, checkpoint or bundled model \(bundled: tiny-test\)"):
+        bundle.resolve_model("no-such-model", models_dir)
+    assert list(bundle.bundled_models(models_dir)) == ["tiny-test"]
+    assert bundle.bundled_models(tmp_path / "none") == {}
+
+
+def test_infer_runs_a_bundled_model_by_name_with_its_recorded_network(models_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bundle, "MODELS_DIR", models_dir)
+    assert infer.main(["--list-models"]) == 0
+    assert "tiny-test: a test model [mode fast, preset small," in capsys.readouterr().out
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    types = tmp_path / "types.json"
+    types.write_text(json.dumps({"1": ["x", [255, 0, 0]], "2": ["y", [0, 255, 0]]}))
+    out = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "a.png"), "--output", str(out), "--model", "tiny-test", "--types", str(types),
+            "--quiet", "--formats", "json"]
+    assert infer.main(argv) == 0
+    assert json.loads((out / "a.json").read_text())["type_info"]["2"][0] == "y"
+    assert infer.main(argv[:4] + ["--model", "nope"]) == 2
+    assert "bundled: tiny-test" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        infer.main(["--input", "x"])  # --output and --model are required unless --list-models
