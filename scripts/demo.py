@@ -2,11 +2,11 @@
 
 1. Evaluation: the paper's Fig. 4 instance maps (``<shared>/data/metrics_sample``) scored with
    ``metrics/compute_stats.py``, printed beside the published Table I.
-2. Inference: ``infer.py`` on CoNSeP test tiles (``<shared>/data/consep256/test``) with the weights given
-   by ``--model`` (``make demo MODEL=path``), then scored against their labels. Without ``--model`` no
-   trained HoVer-Net weights exist on this machine, so the network runs with *untrained* (randomly
-   initialised) weights: every output is produced and readable, but the nuclei are meaningless; the
-   demo says so.
+2. Inference: ``infer.py`` on CoNSeP test crops (``<shared>/data/consep256/test``) with the bundled small
+   model ``small-consep`` (models/README.md), or the weights given by ``--model`` (``make demo MODEL=path``),
+   then scored against their labels and printed beside the paper's CoNSeP numbers (a different model, and
+   crops instead of whole tiles: a sanity check, not a reproduction). ``--model untrained`` runs randomly
+   initialised weights (valid files, meaningless nuclei).
 
 Outputs go to ``output/demo/``; a second run reuses what is complete.
 """
@@ -24,6 +24,9 @@ from misc.io import colour_instances_to_ids, read_image_rgb, save_label_mat
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TABLE_I = {"A": {"dice2": 0.6477, "aji": 0.4790, "pq": 0.6803}, "B": {"dice2": 0.9007, "aji": 0.6414, "pq": 0.6863}}
+# The paper's CoNSeP rows (Table III instance, Table V Fd), for orientation next to the demo's scores.
+PAPER_CONSEP = {"dice": 0.853, "aji": 0.571, "dq": 0.702, "sq": 0.778, "pq": 0.547, "f1_d": 0.748}
+DEFAULT_MODEL = "small-consep"
 
 
 def evaluation_demo(shared: Path, out: Path) -> int:
@@ -45,9 +48,11 @@ def evaluation_demo(shared: Path, out: Path) -> int:
                           "--pred_dir", str(out / "fig4" / "B")])
 
 
-def inference_demo(shared: Path, out: Path, model: Path | None, count: int) -> int:
+def inference_demo(shared: Path, out: Path, model: str, count: int) -> int:
+    from src.model.bundle import bundled_models
+
     test = shared / "data" / "consep256" / "test"
-    tiles = sorted((test / "Images").glob("*.jpg"))[:count]
+    tiles = sorted((test / "Images").glob("*.jpg"))[::max(1, 224 // max(count, 1))][:count]  # spread over tiles
     inputs = out / "tiles"
     truths = out / "labels"
     for folder in (inputs, truths):
@@ -57,43 +62,52 @@ def inference_demo(shared: Path, out: Path, model: Path | None, count: int) -> i
                                                               truths / f"{tile.stem}.mat")):
             if not target.exists():
                 target.symlink_to(source.resolve())
-    print(f"\n== 2. Inference: infer.py on {len(tiles)} CoNSeP test tiles ==")
-    if model is None:
-        model = out / "untrained.npz"
-        if not model.exists():
+    print(f"\n== 2. Inference: infer.py on {len(tiles)} CoNSeP test crops (256x256) ==")
+    if model == DEFAULT_MODEL and model not in bundled_models():
+        print(f"the bundled model {model!r} is missing from models/; running untrained weights instead")
+        model = "untrained"
+    if model == "untrained":
+        path = out / "untrained.npz"
+        if not path.exists():
             from src.config import config_from_args
             from src.model.weights import save_initial_weights
 
             cfg = config_from_args()
-            save_initial_weights(model, cfg, nr_types=cfg.MODEL.NR_TYPES)
-        print("No trained weights were given (make demo MODEL=path/to/weights): running with UNTRAINED, randomly\n"
-              "initialised weights. Every output below is produced and valid, but the nuclei are meaningless.")
-    predictions = out / f"predictions_{model.stem}"  # one folder per model: results never mix
+            save_initial_weights(path, cfg, nr_types=cfg.MODEL.NR_TYPES)
+        print("Running with UNTRAINED, randomly initialised weights: every output below is produced and valid,\n"
+              "but the nuclei are meaningless.")
+        model = str(path)
+    predictions = out / f"predictions_{Path(model).stem}"  # one folder per model: results never mix
     # The CLI exactly as a user runs it.
     command = [sys.executable, str(REPO_ROOT / "infer.py"), "--input", str(inputs), "--output", str(predictions),
-               "--model", str(model)]
+               "--model", model]
     print("$", " ".join(command[1:]), flush=True)
     code = subprocess.run(command).returncode
     if code != 0:
         return code
-    print(f"\nOutputs per tile in {predictions}/: <name>.mat .json .png .geojson, and summary.csv:")
-    print((predictions / "summary.csv").read_text())
-    scores = out / f"scores_{model.stem}.json"
-    for mode in ("instance", "type"):
-        code = compute_stats(["--mode", mode, "--true_dir", str(truths), "--pred_dir", str(predictions)]
-                             + (["--json", str(scores)] if mode == "instance" else []))
+    print(f"\nOutputs per crop in {predictions}/: <name>.mat .json .png .geojson, and summary.csv")
+    scores = {mode: out / f"scores_{Path(model).stem}_{mode}.json" for mode in ("instance", "type")}
+    for mode, path in scores.items():
+        code = compute_stats(["--mode", mode, "--true_dir", str(truths), "--pred_dir", str(predictions),
+                              "--json", str(path)])
         if code != 0:
             return code
-    mean = json.loads(scores.read_text())["mean"]
-    print(f"Mean PQ over the sample: {mean['pq']:.4f}")
+    ours = json.loads(scores["instance"].read_text())["mean"]
+    ours["f1_d"] = json.loads(scores["type"].read_text())["f1_d"]
+    print(f"\n{'':<34}" + "".join(f"{k.upper():>8}" for k in PAPER_CONSEP))
+    print(f"{'this model, ' + str(len(tiles)) + ' test crops':<34}" + "".join(f"{ours[k]:>8.3f}" for k in PAPER_CONSEP))
+    print(f"{'paper (full model, 14 test tiles)':<34}" + "".join(f"{v:>8.3f}" for v in PAPER_CONSEP.values()))
+    print("(a different, much smaller model scored on 256x256 crops: a sanity check, not a reproduction)")
     return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path("../shared"), help="the shared data folder")
-    parser.add_argument("--model", type=Path, default=None, help="trained weights (.npz or checkpoint)")
-    parser.add_argument("--tiles", type=int, default=2, help="CoNSeP test tiles to run (default 2)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"a bundled model's name, weights (.npz or checkpoint) or 'untrained' (default "
+                             f"{DEFAULT_MODEL})")
+    parser.add_argument("--tiles", type=int, default=8, help="CoNSeP test crops to run (default 8)")
     parser.add_argument("--output", type=Path, default=Path("output/demo"), help="where the demo writes")
     args = parser.parse_args(argv)
     if not (args.shared / "data").is_dir():

@@ -342,3 +342,16 @@ def test_round_trip_through_compute_stats(tmp_path):
     stats = json.loads(report.read_text())
     assert stats["f1_d"] == pytest.approx(1.0)
     assert stats["acc"] == pytest.approx(1.0)
+
+
+def test_training_curves_plot_from_stats_records(tmp_path):
+    from misc.viz import plot_training_curves
+
+    records = [{"epoch_num": e, "global_step": 10 * e, "loss_np_ce": 1.0 / e, "loss_hv_mse": 0.5 / e,
+                "overall_cost": 2.0 / e, **({"validation_np_dice": 0.5 + 0.1 * e} if e > 1 else {})}
+               for e in range(1, 4)]
+    path = tmp_path / "curves.png"
+    plot_training_curves(records, path)
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape == (360, 990, 3)  # 11 x 4 inches at 90 dpi
+    assert not list(tmp_path.glob(".*"))  # written atomically, no temporary file left
