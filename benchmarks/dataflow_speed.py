@@ -2,11 +2,13 @@
 
     python -m benchmarks.dataflow_speed                      # real consep256 crops if ../shared is present
     python -m benchmarks.dataflow_speed --synthetic --zmq_workers 0
+    python -m benchmarks.dataflow_speed --format npz --zmq_workers 0     # the compact patch store
 
 1. Makes patches in a temporary folder: ``extract_patches`` on the first ``--images`` crops of ``--source``
    (default ``../shared/data/consep256/train``), or synthetic 540x540 patches of discs with ``--synthetic``
    or when the source is absent.
-2. Times the training mapper (load .npy, geometric + photometric augmentation, targets) in this one
+   ``--format`` picks the patch format (``npy`` published, ``npz`` compact); the mean file size is printed.
+2. Times the training mapper (load the patch, geometric + photometric augmentation, targets) in this one
    process, stage by stage, and reports patches/s/core and the cores needed for a target rate (the
    original model trains at roughly 100-200 patches/s on one H100).
 3. Optionally times the full multi-process path (``get_train_dataflow`` with ZMQ workers) with tensorpack's
@@ -25,14 +27,16 @@ import numpy as np
 
 from dataset.augment import apply_geometry, augment_photometric, centre_crop, sample_geometry
 from dataset.dataflow import PatchDataFlow, TrainingDataPreprocessor, get_train_dataflow, load_patch
+from dataset.patches import save_patch
 from src.config import config_from_args
 from src.targets import gen_targets
 
 __all__ = ["main", "make_patches", "time_mapper"]
 
 
-def make_patches(out_dir: Path, source: Path | None, images: int, cfg, seed: int = 0) -> int:
-    """Fill ``out_dir`` with patches; returns how many. Real crops from ``source`` when given, else synthetic."""
+def make_patches(out_dir: Path, source: Path | None, images: int, cfg, seed: int = 0, fmt: str = "npy") -> int:
+    """Fill ``out_dir`` with ``fmt`` patches; returns how many. Real crops from ``source`` when given, else
+    synthetic."""
     if source is not None:
         import extract_patches  # root CLI module; its library function does the work
 
@@ -46,7 +50,7 @@ def make_patches(out_dir: Path, source: Path | None, images: int, cfg, seed: int
                 label = f"{Path(name).stem}.mat"
                 (subset / "Labels" / label).symlink_to((source / "Labels" / label).resolve())
             summary = extract_patches.extract_dataset(subset, out_dir, "consep", cfg.DATA.PATCH_SIZE,
-                                                      cfg.DATA.PATCH_STEP, progress=False)
+                                                      cfg.DATA.PATCH_STEP, progress=False, fmt=fmt)
         return summary["patches"]
     rng = np.random.default_rng(seed)
     size = cfg.DATA.PATCH_SIZE
@@ -57,8 +61,8 @@ def make_patches(out_dir: Path, source: Path | None, images: int, cfg, seed: int
         for n, (r, c) in enumerate(rng.integers(0, size, (250, 2)), start=1):  # ~ CoNSeP nuclear density
             inst[(rows - r) ** 2 + (cols - c) ** 2 <= rng.integers(5, 12) ** 2] = n
         types = np.where(inst > 0, inst % 4 + 1, 0)
-        image = rng.integers(0, 256, (size, size, 3))
-        np.save(out_dir / f"synthetic_{k:03d}.npy", np.dstack([image, inst, types]).astype(np.int32))
+        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        save_patch(out_dir / f"synthetic_{k:03d}", image, inst, types, fmt)
     return count
 
 
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zmq_workers", type=int, default=2, help="ZMQ workers for TestDataSpeed (0: skip)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=20, help="batches timed by TestDataSpeed")
+    parser.add_argument("--format", choices=("npy", "npz"), default="npy", help="patch format to time")
     parser.add_argument("--config", nargs="*", default=[], help="KEY=VALUE config overrides")
     args = parser.parse_args(argv)
     cfg = config_from_args(args.config)
@@ -128,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     use_real = not args.synthetic and (source / "Images").is_dir()
     with tempfile.TemporaryDirectory(prefix="hovernet-bench-") as tmp:
         patch_dir = Path(tmp)
-        count = make_patches(patch_dir, source if use_real else None, args.images, cfg)
+        count = make_patches(patch_dir, source if use_real else None, args.images, cfg, fmt=args.format)
         kind = f"real patches from {source}" if use_real else "synthetic patches"
-        print(f"{count} {kind} ({cfg.DATA.PATCH_SIZE}x{cfg.DATA.PATCH_SIZE}x5); input "
-              f"{cfg.MODEL.INPUT_SHAPE}, output {cfg.MODEL.OUTPUT_SHAPE}, nr_types {cfg.MODEL.NR_TYPES}")
+        size_mb = sum(p.stat().st_size for p in patch_dir.glob(f"*.{args.format}")) / count / 1e6
+        print(f"{count} {kind} ({cfg.DATA.PATCH_SIZE}x{cfg.DATA.PATCH_SIZE}, .{args.format}, {size_mb:.2f} MB "
+              f"each); input {cfg.MODEL.INPUT_SHAPE}, output {cfg.MODEL.OUTPUT_SHAPE}, nr_types {cfg.MODEL.NR_TYPES}")
 
         stages = time_mapper(patch_dir, cfg, args.n)
         print(f"\nsingle process, training mapper, mean over {args.n} patches:")
