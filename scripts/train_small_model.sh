@@ -18,3 +18,29 @@ CONFIG=(MODEL.MODE=fast MODEL.PRESET=small TRAIN.SCHEDULE=scratch TARGETS.HV_PUB
 # 3. The best checkpoint as an fp16 .npz carrying its config and training record.
 "$PY" -m src.model.bundle --checkpoint "$WORK/run/phase1/model-best" --run_dir "$WORK/run/phase1" \
     --output models/small-consep.npz
+# 4. Scores on the held-out test split (never used for training or selection) and on CPM-15 (another lab and
+#    organ, instance labels only), written into the training record models/small-consep.json.
+for SET in consep256/test cpm15; do
+    OUT="output/small-consep-eval/${SET//\//-}"
+    "$PY" infer.py --input "$SHARED/data/$SET/Images" --output "$OUT" --model models/small-consep.npz \
+        --formats mat --quiet
+    "$PY" metrics/compute_stats.py --mode instance --true_dir "$SHARED/data/$SET/Labels" --pred_dir "$OUT" \
+        --json "$OUT/instance.json"
+done
+"$PY" metrics/compute_stats.py --mode type --true_dir "$SHARED/data/consep256/test/Labels" \
+    --pred_dir output/small-consep-eval/consep256-test --json output/small-consep-eval/consep256-test/type.json
+"$PY" - <<'PY'
+import json
+from pathlib import Path
+
+root = Path("output/small-consep-eval")
+record_path = Path("models/small-consep.json")
+record = json.loads(record_path.read_text())
+record["scores"] = {
+    "consep256_test": {"instance_mean": json.loads((root / "consep256-test/instance.json").read_text())["mean"],
+                       "type": json.loads((root / "consep256-test/type.json").read_text())},
+    "cpm15": {"instance_mean": json.loads((root / "cpm15/instance.json").read_text())["mean"]},
+}
+record_path.write_text(json.dumps(record, indent=1))
+print(json.dumps(record["scores"], indent=1))
+PY
