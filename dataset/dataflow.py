@@ -15,7 +15,8 @@ and nothing touches the global ``random``/``np.random`` state (the published loa
 Datapoint components, in the order of :func:`datapoint_names` (the graph's ``inputs()``):
 
 - ``images``: 270x270x3 float32 RGB in [0, 255] (cfg.MODEL.INPUT_SHAPE);
-- ``np_target``: 80x80 int32 in {0, 1} (cfg.MODEL.OUTPUT_SHAPE);
+- ``np_target``: 80x80 int32 instance ids, 0 background (cfg.MODEL.OUTPUT_SHAPE): the released label
+  channel 0; the graph binarises it for NP and uses the ids as MSGE focus (cfg.LOSS.MSGE_FOCUS);
 - ``hv_target``: 80x80x2 float32 in [-1, 1], channel 0 horizontal (x), channel 1 vertical (y);
 - ``tp_target``: 80x80 int32 type id in [0, nr_types), only when cfg.MODEL.NR_TYPES is not None.
 
@@ -153,7 +154,7 @@ class TrainingDataPreprocessor:
                               min_instance_size=self.min_instance_size,
                               published_offset=self.hv_published_offset)
         out = [image.astype(np.float32),
-               np.asarray(targets["np"], np.int32),
+               np.asarray(targets["inst"], np.int32),  # ids: NP is binarised in the graph
                np.asarray(targets["hv"], np.float32)]
         if self.nr_types is not None:
             out.append(np.asarray(targets["tp"], np.int32))

@@ -6,9 +6,12 @@ Usage (the project is installed in the environment by ``make``, so both forms wo
     python -m metrics.compute_stats --mode type --true_dir T --pred_dir P [--radius 12] [--types 1,2,3,4]
 
 Every ``<name>.mat`` in ``--pred_dir`` is compared with ``<name>.mat`` in ``--true_dir`` (read with
-:func:`misc.io.load_label_mat`: ``inst_map``; for ``type`` also ``inst_centroid`` Nx2 (x, y) and
-``inst_type`` Nx1). ``instance`` scores each image and averages over images; ``type`` pairs centroids
-per image and pools the pairs of all images before scoring, as the paper does. Bad input ends with a
+:func:`misc.io.load_label_mat`: ``instance`` reads ``inst_map``; ``type`` reads only ``inst_centroid``
+Nx2 (x, y) and ``inst_type`` Nx1, so point annotations without ``inst_map`` work, as in the released
+evaluation). ``instance`` scores each image and averages over images; ``type`` pairs centroids per image
+and pools the pairs of all images before scoring, as the paper does. ``--no-exhaustive`` scores truths
+typed only in part (paper Table V, CRCHisto): a truth type -1 or 0 is an untyped nucleus that counts
+for detection only, as the released ``run_nuclei_type_stat(..., exhaustive=False)``. Bad input ends with a
 one-line message on stderr and exit code 2. Nothing runs at import.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metrics.stats import INSTANCE_KEYS, concat_pairings, instance_metrics, pair_types, type_metrics
+from metrics.stats import INSTANCE_KEYS, UNTYPED_TRUTH, concat_pairings, instance_metrics, pair_types, type_metrics
 from misc.io import InputError, atomic_path, load_label_mat
 from src.config import make_config
 
@@ -73,8 +76,11 @@ def match_files(true_dir: Path, pred_dir: Path) -> list[str]:
 
 def _load_pair(true_dir: Path, pred_dir: Path, name: str, with_types: bool) -> tuple[dict, dict]:
     true_path, pred_path = true_dir / f"{name}.mat", pred_dir / f"{name}.mat"
-    true = load_label_mat(true_path, with_types=with_types)
-    pred = load_label_mat(pred_path, with_types=with_types)
+    # type mode needs points only: inst_map is read (and shapes compared) only where both files have one
+    true = load_label_mat(true_path, with_types=with_types, need_inst_map=not with_types)
+    pred = load_label_mat(pred_path, with_types=with_types, need_inst_map=not with_types)
+    if "inst_map" not in true or "inst_map" not in pred:
+        return true, pred
     t_shape, p_shape = true["inst_map"].shape, pred["inst_map"].shape
     if t_shape != p_shape:
         raise InputError(f"{pred_path}: inst_map shape {p_shape} differs from the truth {true_path} {t_shape}")
@@ -101,18 +107,28 @@ def evaluate_instance(true_dir: Path, pred_dir: Path, names: list[str], match_io
 
 
 def evaluate_type(true_dir: Path, pred_dir: Path, names: list[str], radius: float,
-                  type_ids: list[int] | None = None, true_type_merge: dict[int, int] | None = None) -> dict:
+                  type_ids: list[int] | None = None, true_type_merge: dict[int, int] | None = None,
+                  exhaustive: bool = True, strict_types: bool = False) -> dict:
     """Detection/classification scores pooled over images (the ``type`` JSON, see ``--help``).
 
     Centroids are paired per image within ``radius`` pixels, then all pairs are pooled. ``type_ids``
     defaults to the types present in the truth. Keys of ``f1_type`` are type ids as strings.
     ``true_type_merge`` maps the truth's type ids first (CoNSeP's original 7 types -> the paper's 4,
-    spec section 4); a truth type it does not cover is an error.
+    spec section 4); a truth type it does not cover is an error (untyped -1/0 pass through when not
+    ``exhaustive``). ``exhaustive=False``: see :func:`metrics.stats.type_metrics`. ``strict_types``: a
+    predicted type id outside ``type_ids`` is an error; otherwise it counts as "not t" for every scored t.
     """
     pairings = []
     for name in _progress(names, "type"):
         true, pred = _load_pair(true_dir, pred_dir, name, with_types=True)
+        if strict_types and type_ids is not None:
+            outside = sorted(set(pred["inst_type"].tolist()) - set(type_ids))
+            if outside:
+                raise InputError(f"{pred_dir / (name + '.mat')}: predicted type id(s) {outside} are not in "
+                                 f"--types {','.join(map(str, type_ids))} (--strict_types)")
         if true_type_merge is not None:
+            if not exhaustive:  # untyped truths stay untyped
+                true_type_merge = {**{t: t for t in UNTYPED_TRUTH}, **true_type_merge}
             unknown = sorted(set(true["inst_type"].tolist()) - set(true_type_merge))
             if unknown:
                 raise InputError(f"{true_dir / (name + '.mat')}: type id(s) {unknown} are not covered by the "
@@ -121,7 +137,7 @@ def evaluate_type(true_dir: Path, pred_dir: Path, names: list[str], radius: floa
         pairings.append(pair_types(true["inst_centroid"], true["inst_type"],
                                    pred["inst_centroid"], pred["inst_type"], radius))
     pooled = concat_pairings(pairings)
-    scores = type_metrics(pooled, type_ids)
+    scores = type_metrics(pooled, type_ids, exhaustive=exhaustive)
     seen = set(pooled.paired_true.tolist() + pooled.paired_pred.tolist() + pooled.unpaired_true.tolist()
                + pooled.unpaired_pred.tolist())
     absent = [t for t in scores["f1_type"] if t not in seen]
@@ -160,7 +176,18 @@ def _build_parser(default_radius: float) -> argparse.ArgumentParser:
                         help=f"type mode: max centroid distance in pixels for a true/pred pair "
                              f"(default {default_radius:g}, EVAL.RADIUS: 12 at 40x, use 6 at 20x)")
     parser.add_argument("--types", type=_type_list, default=None, metavar="1,2,3,4",
-                        help="type mode: comma-separated type ids to score (default: those in the truth)")
+                        help="type mode: comma-separated type ids to score (default: those in the truth, "
+                             "without -1 and 0 under --no-exhaustive). A predicted type outside the list is "
+                             "not an error: it counts for detection and as a wrong type for the truth it "
+                             "pairs with; add --strict_types to stop with an error instead")
+    parser.add_argument("--strict_types", action="store_true",
+                        help="type mode: a predicted type id outside --types is an error (exit status 2)")
+    parser.add_argument("--exhaustive", action=argparse.BooleanOptionalAction, default=True,
+                        help="type mode: whether every truth nucleus carries a type (default). With "
+                             "--no-exhaustive a truth type -1 or 0 is an untyped nucleus (point sets typed "
+                             "in part, e.g. CRCHisto): it counts for detection (f1_d) but is left out of the "
+                             "accuracy and of every type's false positives, as the released "
+                             "run_nuclei_type_stat(..., exhaustive=False)")
     parser.add_argument("--merge_types", action="store_true",
                         help="type mode: merge the truth's original CoNSeP types 1..7 into the paper's 4 "
                              "(DATA.TYPE_MERGE: 3,4 -> 3 epithelial; 5,6,7 -> 4 spindle) before scoring; not for "
@@ -190,13 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.radius <= 0:
             raise InputError(f"--radius must be positive, got {args.radius:g}")
+        if args.strict_types and args.types is None:
+            raise InputError("--strict_types needs --types (the type ids predictions may use)")
         names = match_files(args.true_dir, args.pred_dir)
         if args.mode == "instance":
             result = evaluate_instance(args.true_dir, args.pred_dir, names, match_iou=float(cfg.EVAL.MATCH_IOU))
             _print_instance(result)
         else:
             merge = dict(cfg.DATA.TYPE_MERGE) if args.merge_types else None
-            result = evaluate_type(args.true_dir, args.pred_dir, names, args.radius, args.types, merge)
+            result = evaluate_type(args.true_dir, args.pred_dir, names, args.radius, args.types, merge,
+                                   exhaustive=args.exhaustive, strict_types=args.strict_types)
             _print_type(result)
         if args.json is not None:
             try:

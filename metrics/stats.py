@@ -35,6 +35,7 @@ __all__ = [
     "relabel_contiguous", "InstanceOverlap", "instance_overlap",
     "dice1", "dice2", "aji", "aji_plus", "pq", "PQResult", "instance_metrics", "INSTANCE_KEYS",
     "pair_coordinates", "TypePairing", "pair_types", "concat_pairings", "f1_type", "type_metrics",
+    "UNTYPED_TRUTH",
 ]
 
 #: Keys of :func:`instance_metrics`, in the order the CLI prints them.
@@ -427,15 +428,30 @@ def concat_pairings(pairings: list[TypePairing]) -> TypePairing:
                          for f in TypePairing._fields))
 
 
-def f1_type(pairing: TypePairing, type_id: int, weights: tuple[float, ...] = (2, 2, 1, 1)) -> float:
+UNTYPED_TRUTH = (-1, 0)  # truth types of an untyped nucleus when the truth is not exhaustively typed
+
+
+def _typed_pairs(pairing: TypePairing, exhaustive: bool) -> np.ndarray:
+    """Bool mask of the pairs whose truth carries a type (all of them when ``exhaustive``)."""
+    if exhaustive:
+        return np.ones(len(pairing.paired_true), bool)
+    return ~np.isin(pairing.paired_true, UNTYPED_TRUTH)
+
+
+def f1_type(pairing: TypePairing, type_id: int, weights: tuple[float, ...] = (2, 2, 1, 1),
+            exhaustive: bool = True) -> float:
     """Per-type F1 ``Fc_t`` (paper Sec. IV-B, published weights (2, 2, 1, 1)), in [0, 1].
 
     ``Fc_t = 2(TPc + TNc) / (2(TPc + TNc) + w0 FPc + w1 FNc + w2 FPd + w3 FNd)`` over the pairs whose
     true or predicted type is ``t`` (TPc: both t; TNc: neither, always 0 there, kept for the formula;
     FPc: only pred t; FNc: only true t), with FPd / FNd the unpaired predictions / truths of type t.
     Returns 1.0 when type t occurs nowhere (0/0; published: NaN).
+
+    ``exhaustive=False`` (truth not exhaustively typed, e.g. CRCHisto): a pair whose truth type is -1
+    or 0 (an untyped nucleus) is left out of FPc, as the released
+    ``run_nuclei_type_stat(..., exhaustive=False)`` subtracts its ``-1`` pairs from FPc.
     """
-    in_t = (pairing.paired_true == type_id) | (pairing.paired_pred == type_id)
+    in_t = ((pairing.paired_true == type_id) | (pairing.paired_pred == type_id)) & _typed_pairs(pairing, exhaustive)
     p_true, p_pred = pairing.paired_true[in_t], pairing.paired_pred[in_t]
     tp_c = int(((p_true == type_id) & (p_pred == type_id)).sum())
     tn_c = int(((p_true != type_id) & (p_pred != type_id)).sum())
@@ -448,7 +464,7 @@ def f1_type(pairing: TypePairing, type_id: int, weights: tuple[float, ...] = (2,
     return 1.0 if denom == 0 else good / denom
 
 
-def type_metrics(pairing: TypePairing, type_ids: list[int] | None = None) -> dict:
+def type_metrics(pairing: TypePairing, type_ids: list[int] | None = None, exhaustive: bool = True) -> dict:
     """Detection and classification scores of a (pooled) pairing (paper Sec. IV-B, Table III).
 
     Returns ``{"f1_d": float, "acc": float, "f1_type": {type id (int): float}}``:
@@ -456,15 +472,25 @@ def type_metrics(pairing: TypePairing, type_ids: list[int] | None = None) -> dic
     ``f1_type`` from :func:`f1_type` for ``type_ids`` (default: the types present in the truth, sorted).
     Empty cases: no truth and no prediction at all gives ``f1_d`` 1.0 and ``acc`` 1.0; no pair while
     something was detected or missed gives ``acc`` 0.0 (published: NaN).
+
+    ``exhaustive=False``: truth types -1 and 0 mark untyped nuclei (point sets typed only in part, paper
+    Table V / CRCHisto). They count for detection (``f1_d``) but not for classification: pairs with an
+    untyped truth leave the ``acc`` denominator and every FPc (the released ``exhaustive=False``), and
+    the default ``type_ids`` leave out -1 and 0.
     """
     n_pair = len(pairing.paired_true)
     n_fp, n_fn = len(pairing.unpaired_pred), len(pairing.unpaired_true)
     nothing = n_pair + n_fp + n_fn == 0
     f1_d = 1.0 if nothing else 2 * n_pair / (2 * n_pair + n_fp + n_fn)
-    if n_pair:
-        acc = int((pairing.paired_true == pairing.paired_pred).sum()) / n_pair
+    typed = _typed_pairs(pairing, exhaustive)
+    n_typed = int(typed.sum())
+    if n_typed:
+        acc = int((pairing.paired_true[typed] == pairing.paired_pred[typed]).sum()) / n_typed
     else:
         acc = 1.0 if nothing else 0.0
     if type_ids is None:
         type_ids = np.unique(np.concatenate([pairing.paired_true, pairing.unpaired_true])).tolist()
-    return {"f1_d": f1_d, "acc": acc, "f1_type": {int(t): f1_type(pairing, int(t)) for t in type_ids}}
+        if not exhaustive:
+            type_ids = [t for t in type_ids if t not in UNTYPED_TRUTH]
+    return {"f1_d": f1_d, "acc": acc,
+            "f1_type": {int(t): f1_type(pairing, int(t), exhaustive=exhaustive) for t in type_ids}}

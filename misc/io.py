@@ -59,10 +59,12 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def load_label_mat(path: str | os.PathLike, with_types: bool = False) -> dict[str, np.ndarray]:
+def load_label_mat(path: str | os.PathLike, with_types: bool = False,
+                   need_inst_map: bool = True) -> dict[str, np.ndarray]:
     """Load a CoNSeP-format label ``.mat``.
 
-    Returns ``inst_map`` (HxW int32, 0 background, ids any non-negative integers) and, when
+    Returns ``inst_map`` (HxW int32, 0 background, ids any non-negative integers; with
+    ``need_inst_map=False`` only if the file has one: point annotations such as CRCHisto have none) and, when
     ``with_types``, ``type_map`` (HxW int32, if present), ``inst_type`` (N int32) and
     ``inst_centroid`` (Nx2 float64, x then y). Raises :class:`InputError` for a missing or corrupt
     file, a missing key, a non-2D or non-integer map, or negative ids.
@@ -74,7 +76,7 @@ def load_label_mat(path: str | os.PathLike, with_types: bool = False) -> dict[st
         mat = scipy.io.loadmat(str(path))
     except Exception as exc:  # scipy raises several unrelated types for corrupt files
         raise InputError(f"{path}: not a readable .mat file ({type(exc).__name__}: {exc})") from exc
-    out = {"inst_map": _integer_map(mat, "inst_map", path)}
+    out = {"inst_map": _integer_map(mat, "inst_map", path)} if need_inst_map or "inst_map" in mat else {}
     if with_types:
         for key in ("inst_type", "inst_centroid"):
             if key not in mat:

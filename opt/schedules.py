@@ -1,20 +1,23 @@
 """Training schedules as data: the published two-phase schedule (spec section 4) and one from scratch.
 
-``published``: phase 1 trains the decoders and heads on top of a frozen ImageNet Preact-ResNet50 encoder;
-phase 2 starts from the phase-1 checkpoint and trains every layer with half the per-GPU batch. Each phase
-runs 50 epochs with Adam at 1e-4, dropping to 1e-5 from epoch 25. ``train.py`` turns a :class:`Phase` into
-tensorpack callbacks; nothing here imports TensorFlow.
+``published``: phase 1 trains the decoders and heads on top of a frozen ImageNet Preact-ResNet50 encoder; phase 2
+starts from the phase-1 checkpoint with the largest global step (``TRAIN.PHASE2_INIT``) and trains every
+layer with half the per-GPU batch. Each phase runs 50 epochs with Adam: 1e-4 for epochs 1-25, 1e-5 for
+epochs 26-50. The released schedule ``(1e-4, [(25, 1e-5)])`` goes to tensorpack's
+``ScheduledHyperParamSetter``, which sets a value *after* the completion of the epoch it names, so the
+drop takes effect from epoch 26 (both the tensorpack the authors used and the current one do this).
+``train.py`` turns a :class:`Phase` into tensorpack callbacks; nothing here imports TensorFlow.
 
 ``scratch``: for training without pretrained weights, where freezing a random encoder makes no sense: one
-phase, every variable trainable, the published optimiser (Adam), loss and augmentation; a larger first
-learning rate (1e-3, then 1e-4 for the last four epochs), because a randomly initialised network has everything
-to learn. This trained the bundled small model (models/README.md).
+phase of 18 epochs, every variable trainable, the published optimiser (Adam), loss and augmentation, and a
+larger learning rate because a randomly initialised network has everything to learn: 1e-3 for epochs 1-15,
+1e-4 for epochs 16-18. This trained the bundled small model (models/README.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Phase", "SCHEDULES", "get_schedule", "get_phase"]
+__all__ = ["Phase", "SCHEDULES", "get_schedule", "get_phase", "lr_for_epoch"]
 
 
 @dataclass(frozen=True)
@@ -22,9 +25,11 @@ class Phase:
     """One training phase.
 
     ``lr_schedule`` is ``((epoch, lr), ...)`` in tensorpack's ``ScheduledHyperParamSetter`` form: the
-    value holds from the start of that (1-based) epoch. ``init`` says where the weights come from:
-    ``'imagenet'`` (an ``.npz`` given with ``--pretrained``, random with a warning if none),
-    ``'previous'`` (a checkpoint of the previous phase) or ``'scratch'`` (random unless ``--pretrained``).
+    value is set after the completion of that epoch (epochs are 1-based; 0 = before the first), i.e. it
+    holds from epoch ``epoch + 1`` on (:func:`lr_for_epoch`). ``init`` says where the weights come from:
+    ``'imagenet'`` (an ``.npz`` given with ``--pretrained``, random with a warning if none), ``'previous'`` (a
+    checkpoint of the previous phase, chosen by ``TRAIN.PHASE2_INIT``: published the last) or ``'scratch'``
+    (random unless ``--pretrained``).
     """
 
     name: str
@@ -37,14 +42,14 @@ class Phase:
 
 PUBLISHED = (
     Phase("phase1", freeze_encoder=True, batch_size_per_gpu=8, epochs=50,
-          lr_schedule=((1, 1.0e-4), (25, 1.0e-5)), init="imagenet"),
+          lr_schedule=((0, 1.0e-4), (25, 1.0e-5)), init="imagenet"),
     Phase("phase2", freeze_encoder=False, batch_size_per_gpu=4, epochs=50,
-          lr_schedule=((1, 1.0e-4), (25, 1.0e-5)), init="previous"),
+          lr_schedule=((0, 1.0e-4), (25, 1.0e-5)), init="previous"),
 )
 
 SCRATCH = (
     Phase("phase1", freeze_encoder=False, batch_size_per_gpu=8, epochs=18,
-          lr_schedule=((1, 1.0e-3), (15, 1.0e-4)), init="scratch"),
+          lr_schedule=((0, 1.0e-3), (15, 1.0e-4)), init="scratch"),
 )
 
 SCHEDULES: dict[str, tuple[Phase, ...]] = {"published": PUBLISHED, "scratch": SCRATCH}
@@ -64,3 +69,14 @@ def get_phase(schedule: str, phase: int) -> Phase:
     if not 1 <= phase <= len(phases):
         raise ValueError(f"schedule {schedule!r} has phases 1..{len(phases)}, not {phase}")
     return phases[phase - 1]
+
+
+def lr_for_epoch(phase: Phase, epoch: int) -> float:
+    """The learning rate in force during (1-based) ``epoch`` of ``phase``: that of the last schedule entry
+    whose epoch is before it, as tensorpack applies it (published: 1e-4 for epochs 1-25, 1e-5 from 26)."""
+    if epoch < 1:
+        raise ValueError(f"epochs are 1-based, got {epoch}")
+    values = [lr for ep, lr in sorted(phase.lr_schedule) if ep < epoch]
+    if not values:
+        raise ValueError(f"phase {phase.name!r} sets no learning rate before epoch {epoch}")
+    return values[-1]

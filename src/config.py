@@ -16,7 +16,8 @@ import pprint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "MODEL_PRESETS", "MSGE_VARIANTS"]
+__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "MODEL_PRESETS", "MSGE_VARIANTS",
+           "MSGE_FOCUS_MODES", "PHASE2_INIT_CHOICES"]
 
 
 class AttrDict(dict):
@@ -77,6 +78,12 @@ class AttrDict(dict):
 
 # The MSGE term's derivative variants (spec section 3): the released code's cross derivatives, or eq. (3).
 MSGE_VARIANTS = ("published", "paper")
+# What weights the MSGE term's pixels (spec section 3): the released training passes the instance-id map
+# (an id-weighted mean over nuclear pixels), or the binary nucleus mask of the paper and the PyTorch release.
+MSGE_FOCUS_MODES = ("published", "binary")
+# Which phase-1 checkpoint phase 2 starts from (spec section 4): the released train.py takes the one with
+# the largest global step ('last'); 'best' is the one with the highest validation NP Dice.
+PHASE2_INIT_CHOICES = ("last", "best")
 
 # Named network sizes, as data: MODEL.PRESET picks one and its values replace the MODEL defaults before any
 # other --config override is applied. 'full' is the published network (54.7M parameters); 'small' divides
@@ -123,12 +130,18 @@ def make_config() -> AttrDict:
         "hv_mse": 2.0, "hv_msge": 1.0, "np_ce": 1.0, "np_dice": 1.0, "tp_ce": 1.0, "tp_dice": 1.0,
     }
     C.LOSS.DICE_EPS = 1e-3
+    # (code) MSGE focus: 'published' weights each nuclear pixel by its instance id, as the released
+    # graph did (its focus was label channel 0, the raw id map whenever types are trained; binarised, so
+    # binary, in a model without types); 'binary' is the paper's mean over nuclear pixels (and the
+    # PyTorch release). np_target carries the ids either way.
+    C.LOSS.MSGE_FOCUS = "published"
 
     # --- training targets (spec section 2) ---
     C.TARGETS.MIN_INSTANCE_SIZE = 30  # instances smaller than this (px, inside the output window) get no HV
-    # The released code's HV grid is np.arange(1, n + 1) - round(com), which puts the zero row/column one
-    # pixel above/left of the rounded centre of mass; False follows spec section 2 (zero on the centre).
-    C.TARGETS.HV_PUBLISHED_OFFSET = False
+    # (code) The released code's HV grid is np.arange(1, n + 1) - round(com), which puts the zero row/column
+    # one pixel above/left of the rounded centre of mass: True (default) reproduces it; False puts the zero
+    # on the rounded centre itself, as the spec's text (section 2) describes.
+    C.TARGETS.HV_PUBLISHED_OFFSET = True
     # Where training targets are computed: 'input' = on the 270x270 augmented input crop, then cropped to 80
     # (the released order: CenterCrop is one of the shape augmentations, applied before GenInstanceHV);
     # 'patch' = on the full 540x540 augmented patch (differs only for nuclei reaching far beyond the output).
@@ -158,6 +171,9 @@ def make_config() -> AttrDict:
     # --- schedule (spec section 4; see opt/ for the phases as data) ---
     C.TRAIN.SCHEDULE = "published"  # name of a schedule in opt.schedules
     C.TRAIN.VALID_BATCH_SIZE = 16
+    # (code) phase 2 starts from phase 1's checkpoint with the largest global step ('last', as the released
+    # train.py); 'best' = phase 1's model-best (highest validation NP Dice). --pretrained overrides both.
+    C.TRAIN.PHASE2_INIT = "last"
 
     # --- post-processing (spec section 5) ---
     C.POSTPROC.NP_THRESHOLD = 0.5
@@ -205,6 +221,10 @@ def finalize_config(C: AttrDict, is_training: bool = False) -> AttrDict:
         C.DATA.PATCH_STEP = geometry.patch_step
     if C.LOSS.MSGE not in MSGE_VARIANTS:
         raise ValueError(f"LOSS.MSGE must be 'published' or 'paper', got {C.LOSS.MSGE!r}")
+    if C.LOSS.MSGE_FOCUS not in MSGE_FOCUS_MODES:
+        raise ValueError(f"LOSS.MSGE_FOCUS must be one of {MSGE_FOCUS_MODES}, got {C.LOSS.MSGE_FOCUS!r}")
+    if C.TRAIN.PHASE2_INIT not in PHASE2_INIT_CHOICES:
+        raise ValueError(f"TRAIN.PHASE2_INIT must be one of {PHASE2_INIT_CHOICES}, got {C.TRAIN.PHASE2_INIT!r}")
     if C.MODEL.NR_TYPES is not None and C.MODEL.NR_TYPES < 2:
         raise ValueError("MODEL.NR_TYPES must be None or >= 2 (background + at least one type)")
     if C.DATA.PATCH_SIZE < C.MODEL.INPUT_SHAPE:

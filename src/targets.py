@@ -3,7 +3,8 @@
 Pure numpy/scipy; never imports TensorFlow, so the dataflow workers stay light.
 
 Behaviour follows the released TensorFlow code (``GenInstanceHV`` in ``src/loader/augs.py`` of
-vqdang/hover_net, with ``BinarizeLabel`` and ``CenterCrop`` after it in ``src/config.py``):
+vqdang/hover_net, with ``CenterCrop`` after it in ``src/config.py``; ``BinarizeLabel`` follows it only
+when no types are trained):
 
 1. every id is made 4-connected: each 4-connected piece of an id becomes its own instance
    (augmentation with nearest interpolation can split a nucleus);
@@ -12,10 +13,13 @@ vqdang/hover_net, with ``BinarizeLabel`` and ``CenterCrop`` after it in ``src/co
 3. HV is computed for each remaining instance from its whole extent in the full patch, so an
    instance cut by the window keeps its true centre of mass; then everything is centre-cropped.
 4. NP and tp are the plain binary / type maps cropped: the small instances dropped from HV stay in
-   both (the released ``BinarizeLabel`` binarises the whole instance channel and the type channel is
-   passed through untouched). Note: with type labels the released graph took NP as ``type > 0``
-   rather than from the instance channel; the two agree whenever every instance pixel has a type
-   (CoNSeP), and the spec defines NP from the instance ids, which is what is used here.
+   both. ``"inst"`` is the cropped instance-id map as given (ids not relabelled), which is what the
+   released label channel 0 holds when types are trained: its ``BinarizeLabel`` runs only without
+   types (and always for validation), so with types the released graph's MSGE focus
+   (``truemap_coded[..., 0]``) is the raw id map, i.e. an id-weighted mean (``LOSS.MSGE_FOCUS``).
+   Note: with type labels the released graph took NP as ``type > 0`` rather than from the instance
+   channel; the two agree whenever every instance pixel has a type (CoNSeP), and the spec defines NP
+   from the instance ids, which is what is used here.
 
 HV definition (per instance): ``x = column - cx``, ``y = row - cy`` where ``(cy, cx)`` is the centre
 of mass rounded half up (``int(c + 0.5)`` as released); negative values are divided by the magnitude
@@ -24,8 +28,9 @@ of the instance's most negative value and positive ones by its largest value, so
 
 Published quirk, kept as an option: the released code builds its coordinate grid from 1
 (``np.arange(1, n + 1) - com``), which puts the zero row / column one pixel above / left of the
-rounded centre of mass. The spec (section 2) and the default here use the centre itself;
-``published_offset=True`` reproduces the released grid.
+rounded centre of mass. ``published_offset=True`` reproduces the released grid and is what training
+uses by default (``TARGETS.HV_PUBLISHED_OFFSET = True``); the functions' own default (False) puts the
+zero on the centre itself, as the spec's text (section 2) describes.
 
 Work is per instance on its bounding box (``scipy.ndimage.find_objects``) or vectorised over all
 foreground pixels with ``np.bincount``; no full-image mask is ever built per instance.
@@ -208,8 +213,10 @@ def gen_targets(inst_map, type_map, crop_shape, *, min_instance_size: int = 30,
         published_offset: see :func:`gen_hv_map`.
 
     Returns:
-        dict with ``"np"``: hxw int32 in {0, 1} (all instance pixels, small ones included, as the
-        released ``BinarizeLabel``); ``"hv"``: hxwx2 float32 in [-1, 1], channel 0 x, channel 1 y;
+        dict with ``"np"``: hxw int32 in {0, 1} (all instance pixels, small ones included);
+        ``"inst"``: hxw int32, the cropped ``inst_map`` with its ids unchanged (the released label
+        channel 0, the MSGE focus of ``LOSS.MSGE_FOCUS='published'``); ``"hv"``: hxwx2 float32 in
+        [-1, 1], channel 0 x, channel 1 y;
         ``"tp"``: hxw int32 type ids, the cropped ``type_map`` unchanged (only when it is not None).
     """
     inst_map = _check_inst_map(inst_map)
@@ -219,6 +226,7 @@ def gen_targets(inst_map, type_map, crop_shape, *, min_instance_size: int = 30,
 
     hv = np.zeros((crop_h, crop_w, 2), dtype=np.float32)
     window = inst_map[row_win, col_win]
+    inst_window = window.astype(np.int32)  # before any compaction: the ids as given
     window_ids = np.unique(window)
     window_ids = window_ids[window_ids > 0]
     if window_ids.size:
@@ -233,7 +241,7 @@ def gen_targets(inst_map, type_map, crop_shape, *, min_instance_size: int = 30,
             _add_instance_hv(hv, inst_map, int(inst_id), slices[int(inst_id) - 1], top, left,
                              min_instance_size, published_offset)
 
-    targets = {"np": (window > 0).astype(np.int32), "hv": hv}
+    targets = {"np": (window > 0).astype(np.int32), "inst": inst_window, "hv": hv}
     if type_map is not None:
         type_map = np.asarray(type_map)
         if type_map.shape != inst_map.shape:

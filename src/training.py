@@ -240,15 +240,31 @@ def make_callbacks(phase: Phase, valid_df, num_towers: int, use_gpu: bool, max_t
     return callbacks
 
 
-def phase_init_checkpoint(out_dir: Path, phase_index: int) -> Path | None:
-    """The checkpoint a phase starts from when its init is 'previous': the previous phase's best, else last."""
+def _last_step_checkpoint(phase_dir: Path) -> Path | None:
+    """``phase_dir/model-<step>`` with the largest global step among its ``.index`` files, else None."""
+    steps = []
+    for index in phase_dir.glob("model-*.index"):
+        step = index.name[len("model-"):-len(".index")]
+        if step.isdigit():
+            steps.append(int(step))
+    return phase_dir / f"model-{max(steps)}" if steps else None
+
+
+def phase_init_checkpoint(out_dir: Path, phase_index: int, init: str = "last") -> Path | None:
+    """The checkpoint a phase starts from when its init is 'previous' (``cfg.TRAIN.PHASE2_INIT``).
+
+    ``init='last'`` (published: the released ``train.py`` loads ``model-<max global_step>``): the previous
+    phase's checkpoint with the largest global step; ``'best'``: its ``model-best`` (highest validation NP
+    Dice). Either falls back to the other when it is missing; None when the previous phase has neither.
+    """
+    if init not in ("last", "best"):
+        raise ValueError(f"TRAIN.PHASE2_INIT must be 'last' or 'best', got {init!r}")
     previous = out_dir / f"phase{phase_index - 1}"
-    best = previous / BEST_CHECKPOINT
-    if (previous / f"{BEST_CHECKPOINT}.index").is_file():
-        return best
-    if (previous / "checkpoint").is_file():
-        return Path(tf.train.latest_checkpoint(str(previous)))
-    return None
+    best = previous / BEST_CHECKPOINT if (previous / f"{BEST_CHECKPOINT}.index").is_file() else None
+    last = _last_step_checkpoint(previous)
+    if last is None and (previous / "checkpoint").is_file() and tf.train.latest_checkpoint(str(previous)):
+        last = Path(tf.train.latest_checkpoint(str(previous)))
+    return (last or best) if init == "last" else (best or last)
 
 
 def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_dir, num_towers: int,
@@ -256,13 +272,13 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
                 batch_size: int | None = None, num_workers=None, overwrite: bool = False) -> Path:
     """Train one phase into ``out_dir/phase<k>``; returns that directory.
 
-    ``pretrained`` (an ImageNet ``.npz`` or a checkpoint) is loaded by variable name, reporting what
-    was and was not loaded; without it a phase whose init is 'previous' starts from the previous
-    phase's best checkpoint, and phase 1 from random weights (with a warning: the published phase 1
-    starts from ImageNet Preact-ResNet50). An interrupted phase, or one finished with fewer epochs than
-    now requested, resumes from its last checkpoint. Weights and data are checked before the phase
-    directory is touched. Raises :class:`TrainingIncomplete` when tensorpack's loop ends before the last
-    epoch; ``finished.json`` is written (atomically) only after all epochs ran.
+    ``pretrained`` (an ImageNet ``.npz`` or a checkpoint) is loaded by variable name, reporting what was and
+    was not loaded; without it a phase whose init is 'previous' starts from the previous phase's checkpoint
+    chosen by ``cfg.TRAIN.PHASE2_INIT`` (published: the last), and phase 1 from random weights (with a
+    warning: the published phase 1 starts from ImageNet Preact-ResNet50). An interrupted phase, or one
+    finished with fewer epochs than now requested, resumes from its last checkpoint. Weights and data are
+    checked before the phase directory is touched. Raises :class:`TrainingIncomplete` when tensorpack's loop
+    ends before the last epoch; ``finished.json`` is written (atomically) only after all epochs ran.
     """
     out_dir = Path(out_dir)
     phase_dir = out_dir / f"phase{phase_index}"
@@ -274,7 +290,7 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
     # Weights and data first: a bad --pretrained or patch folder fails before anything is written.
     init_path = pretrained
     if init_path is None and phase.init == "previous":
-        init_path = phase_init_checkpoint(out_dir, phase_index)
+        init_path = phase_init_checkpoint(out_dir, phase_index, cfg.TRAIN.PHASE2_INIT)
         if init_path is None:
             raise InputError(f"phase {phase_index} starts from phase {phase_index - 1}, but "
                              f"{out_dir / f'phase{phase_index - 1}'} has no checkpoint; train that phase "

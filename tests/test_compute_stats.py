@@ -251,3 +251,76 @@ def test_type_mode_merges_original_consep_types_of_the_truth(tmp_path, capsys):
     save_label_mat(true_dir / "x.mat", blank, inst_type=[9, 6], inst_centroid=[[10, 10], [40, 40]])
     code, _, err = _run(capsys, *args, "--merge_types")
     assert code == 2 and "[9]" in err and "x.mat" in err
+
+
+def _points_mat(path, types, xy):
+    """A point-annotation truth (CRCHisto style): inst_type and inst_centroid only, no inst_map."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"inst_type": np.array(types, np.int32).reshape(-1, 1),
+                            "inst_centroid": np.array(xy, np.float64).reshape(-1, 2)})
+
+
+def _partly_typed_folders(tmp_path):
+    """Hand case, two images; -1 and 0 mark untyped truth nuclei. Pairs (truth type, pred type):
+    A: (1, 1), (2, 1), (-1, 2), (-1, 1); missed truth type 1; false positive type 2.
+    B: (0, 2), (2, 2); missed truth type 2."""
+    true_dir, pred_dir = tmp_path / "true", tmp_path / "pred"
+    _points_mat(true_dir / "A.mat", [1, 2, -1, -1, 1], [[10, 10], [50, 10], [90, 10], [130, 10], [170, 10]])
+    blank = np.zeros((8, 8), np.int32)  # predictions come from infer.py and have an inst_map
+    save_label_mat(pred_dir / "A.mat", blank, inst_type=[1, 1, 2, 1, 2],
+                   inst_centroid=[[11, 10], [50, 12], [90, 11], [131, 10], [300, 300]])
+    _points_mat(true_dir / "B.mat", [0, 2, 2], [[210, 10], [250, 10], [400, 400]])
+    save_label_mat(pred_dir / "B.mat", blank, inst_type=[2, 2], inst_centroid=[[210, 10], [250, 11]])
+    return true_dir, pred_dir
+
+
+def test_type_mode_point_truth_not_exhaustive_equals_released(tmp_path, capsys):
+    true_dir, pred_dir = _partly_typed_folders(tmp_path)
+    out_json = tmp_path / "s.json"
+    code, out, err = _run(capsys, "--mode", "type", "--true_dir", true_dir, "--pred_dir", pred_dir,
+                          "--no-exhaustive", "--json", out_json)
+    assert code == 0, err
+    got = json.loads(out_json.read_text())
+    assert set(got) == {"f1_d", "acc", "f1_type"}  # the type JSON schema is unchanged
+    # Worked by hand with the released run_nuclei_type_stat(..., exhaustive=False) (truth 0 read as -1):
+    # 6 pairs, 1 FP, 2 FN -> Fd = 2*6 / (2*6 + 1 + 2) = 0.8.
+    # acc: agree 2 of 6, and the 3 pairs with an untyped truth leave the wrong side: 2 / (2 + (4 - 3)).
+    # type 1: pairs (1,1) (2,1) (-1,1): TPc 1, FPc 2 - 1 ignored = 1, FNc 0; FPd 0, FNd 1 -> 2 / (2 + 2*1 + 1).
+    # type 2: pairs (2,1) (-1,2) (0,2) (2,2): TPc 1, FPc 2 - 2 = 0, FNc 1; FPd 1, FNd 1 -> 2 / (2 + 2 + 1 + 1).
+    assert got["f1_d"] == pytest.approx(0.8, abs=1e-6)
+    assert got["acc"] == pytest.approx(2 / 3, abs=1e-6)
+    assert got["f1_type"] == {"1": pytest.approx(2 / 5, abs=1e-6), "2": pytest.approx(2 / 6, abs=1e-6)}
+
+    # The same points scored as exhaustive: -1 and 0 are types of their own, every pair is classified.
+    code, out, err = _run(capsys, "--mode", "type", "--true_dir", true_dir, "--pred_dir", pred_dir,
+                          "--types", "1,2", "--json", out_json)
+    assert code == 0, err
+    got = json.loads(out_json.read_text())
+    assert got["f1_d"] == pytest.approx(0.8, abs=1e-6)  # detection does not depend on the flag
+    assert got["acc"] == pytest.approx(2 / 6, abs=1e-6)
+    # type 1: FPc 2 -> 2 / (2 + 4 + 1); type 2: FPc 2, FNc 1 -> 2 / (2 + 4 + 2 + 1 + 1)
+    assert got["f1_type"] == {"1": pytest.approx(2 / 7, abs=1e-6), "2": pytest.approx(2 / 10, abs=1e-6)}
+
+
+def test_type_mode_strict_types(tmp_path, capsys):
+    true_dir, pred_dir = _partly_typed_folders(tmp_path)
+    args = ["--mode", "type", "--true_dir", true_dir, "--pred_dir", pred_dir, "--no-exhaustive"]
+    code, out, err = _run(capsys, *args, "--types", "1")  # type 2 predictions: no error unless asked
+    assert code == 0, err
+    code, out, err = _run(capsys, *args, "--types", "1", "--strict_types")
+    assert code == 2 and "A.mat" in err and "[2]" in err and "--strict_types" in err
+    code, out, err = _run(capsys, *args, "--strict_types")
+    assert code == 2 and "needs --types" in err
+
+
+def test_point_truth_cannot_be_scored_in_instance_mode(tmp_path, capsys):
+    true_dir, pred_dir = _partly_typed_folders(tmp_path)
+    code, out, err = _run(capsys, "--mode", "instance", "--true_dir", true_dir, "--pred_dir", pred_dir)
+    assert code == 2 and "inst_map" in err
+
+
+def test_help_describes_exhaustive_and_strict_types(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-exhaustive" in text and "untyped" in text and "--strict_types" in text

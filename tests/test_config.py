@@ -1,7 +1,7 @@
 """src/config.py: published defaults, derived geometry, overrides, freezing."""
 import pytest
 
-from opt.schedules import get_phase, get_schedule
+from opt.schedules import get_phase, get_schedule, lr_for_epoch
 from src.config import config_from_args, make_config
 
 
@@ -10,6 +10,13 @@ def test_published_defaults_and_derived_geometry():
     assert (cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE) == (270, 80)
     assert cfg.MODEL.DENSE_UNITS == (8, 4)  # (code), not the paper text's (4, 8)
     assert cfg.LOSS.MSGE == "published"
+    # released-code defaults (issue 8), each with its alternative
+    assert cfg.TARGETS.HV_PUBLISHED_OFFSET is True
+    assert cfg.LOSS.MSGE_FOCUS == "published" and cfg.TRAIN.PHASE2_INIT == "last"
+    assert config_from_args(["LOSS.MSGE_FOCUS=binary", "TRAIN.PHASE2_INIT=best",
+                             "TARGETS.HV_PUBLISHED_OFFSET=False"]).LOSS.MSGE_FOCUS == "binary"
+    with pytest.raises(ValueError, match="MSGE_FOCUS"):
+        config_from_args(["LOSS.MSGE_FOCUS=ids"])
     assert cfg.LOSS.WEIGHTS["hv_mse"] == 2.0
     assert (cfg.POSTPROC.NP_THRESHOLD, cfg.POSTPROC.MARKER_THRESHOLD, cfg.POSTPROC.SOBEL_KSIZE) == (0.5, 0.4, 21)
 
@@ -54,7 +61,9 @@ def test_published_schedule():
     phase1, phase2 = get_schedule("published")
     assert (phase1.freeze_encoder, phase1.batch_size_per_gpu, phase1.epochs) == (True, 8, 50)
     assert (phase2.freeze_encoder, phase2.batch_size_per_gpu, phase2.epochs) == (False, 4, 50)
-    assert phase1.lr_schedule == phase2.lr_schedule == ((1, 1e-4), (25, 1e-5))
+    assert phase1.lr_schedule == phase2.lr_schedule == ((0, 1e-4), (25, 1e-5))
+    # tensorpack sets a value after the epoch it names: 1e-4 in epochs 1-25, 1e-5 from epoch 26
+    assert [lr_for_epoch(phase1, e) for e in (1, 25, 26, 50)] == [1e-4, 1e-4, 1e-5, 1e-5]
     assert get_phase("published", 2) is phase2
     with pytest.raises(ValueError):
         get_phase("published", 3)
@@ -86,4 +95,17 @@ def test_patch_geometry_follows_the_mode_unless_given():
 def test_scratch_schedule_is_one_trainable_phase():
     (phase,) = get_schedule("scratch")
     assert not phase.freeze_encoder and phase.init == "scratch" and phase.batch_size_per_gpu == 8
-    assert phase.lr_schedule[0] == (1, 1.0e-3)
+    assert [lr_for_epoch(phase, e) for e in (1, 15, 16, 18)] == [1.0e-3, 1.0e-3, 1.0e-4, 1.0e-4]
+
+
+def test_schedule_matches_tensorpack_scheduled_hyperparam_setter():
+    """lr_for_epoch agrees with what tensorpack's ScheduledHyperParamSetter has set before each epoch."""
+    from tensorpack.callbacks import ScheduledHyperParamSetter
+
+    phase = get_phase("published", 1)
+    setter = ScheduledHyperParamSetter("learning_rate", list(phase.lr_schedule))
+    value = None
+    for epoch in range(1, phase.epochs + 1):
+        # before epoch e, the values of points 0 .. e-1 (completed epochs) have been set, in order
+        value = setter._get_value_to_set_at_point(epoch - 1) or value
+        assert value == lr_for_epoch(phase, epoch), epoch

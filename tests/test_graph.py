@@ -247,3 +247,63 @@ def test_optimizer_reads_learning_rate_variable():
 def test_fast_mode_not_implemented():
     with pytest.raises(NotImplementedError, match="fast"):
         HoVerNet(nr_types=5, cfg=config_from_args(["MODEL.MODE=fast"]))
+
+
+# Published geometry with every width shrunk (as in tests/test_training.py): fast to build and run.
+TINY = ["MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,8,16)", "MODEL.BOTTLENECK_CHANNELS=32",
+        "MODEL.DECODER_CHANNELS=(8,8,8)", "MODEL.DENSE_BOTTLENECK=8", "MODEL.DENSE_GROWTH=4",
+        "MODEL.DATA_FORMAT=NHWC"]
+
+
+def _np_msge(true_hv, pred_hv, focus):
+    """numpy reference of the released loss_msge (published cross derivatives), N x H x W x 2 maps."""
+    from scipy.ndimage import correlate
+
+    from src.model.losses import sobel_hv_kernels
+
+    k_h, k_v = sobel_hv_kernels(5)
+    total = 0.0
+    for t, p, f in zip(true_hv, pred_hv, focus, strict=True):
+        d = p.astype(np.float64) - t
+        err = (correlate(d[..., 1], k_h, mode="constant") ** 2 + correlate(d[..., 0], k_v, mode="constant") ** 2)
+        total += np.sum(f * err)
+    return total / (2 * np.sum(focus) + 1e-8)
+
+
+@pytest.mark.parametrize("focus_mode", ["published", "binary"])
+def test_np_target_ids_binarised_for_np_and_focus_per_config(focus_mode):
+    graph, model, _ = _build(5, is_training=True, overrides=TINY + [f"LOSS.MSGE_FOCUS={focus_mode}"])
+    rng = np.random.default_rng(1)
+    ids = np.zeros((1, 80, 80), np.int32)
+    ids[0, 10:30, 10:30] = 3
+    ids[0, 40:70, 35:60] = 12
+    feed = {"images:0": rng.uniform(0, 255, (1, 270, 270, 3)).astype(np.float32),
+            "hv_target:0": rng.uniform(-1, 1, (1, 80, 80, 2)).astype(np.float32),
+            "tp_target:0": (ids > 0).astype(np.int32) * 2}
+    fetch = ["hv:0", f"{LOSS_TENSOR_PREFIX}hv_msge:0", f"{LOSS_TENSOR_PREFIX}np_ce:0",
+             f"{LOSS_TENSOR_PREFIX}np_dice:0", f"{NP_DICE_NAME}:0"]
+    with graph.as_default(), tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer())
+        hv, msge_ids, *np_ids = sess.run(fetch, {**feed, "np_target:0": ids})
+        _, msge_bin, *np_bin = sess.run(fetch, {**feed, "np_target:0": (ids > 0).astype(np.int32)})
+    np.testing.assert_allclose(np_ids, np_bin, rtol=1e-6)  # NP terms see only ids > 0
+    binary = _np_msge(feed["hv_target:0"], hv, (ids > 0).astype(np.float64))
+    weighted = _np_msge(feed["hv_target:0"], hv, ids.astype(np.float64))
+    assert msge_bin == pytest.approx(binary, rel=1e-4)  # a 0/1 target is the binary focus in either mode
+    assert msge_ids == pytest.approx(weighted if focus_mode == "published" else binary, rel=1e-4)
+    assert abs(weighted - binary) > 1e-3 * binary  # the example tells the two apart
+
+
+def test_msge_focus_binary_without_types_as_released():
+    """Without types the released BinarizeLabel made label channel 0 binary: the focus is binary."""
+    graph, _, _ = _build(None, is_training=True, overrides=TINY)
+    rng = np.random.default_rng(2)
+    ids = np.zeros((1, 80, 80), np.int32)
+    ids[0, 5:25, 50:75] = 9
+    ids[0, 40:60, 10:40] = 2
+    feed = {"images:0": rng.uniform(0, 255, (1, 270, 270, 3)).astype(np.float32),
+            "hv_target:0": rng.uniform(-1, 1, (1, 80, 80, 2)).astype(np.float32), "np_target:0": ids}
+    with graph.as_default(), tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer())
+        hv, msge = sess.run(["hv:0", f"{LOSS_TENSOR_PREFIX}hv_msge:0"], feed)
+    assert msge == pytest.approx(_np_msge(feed["hv_target:0"], hv, (ids > 0).astype(np.float64)), rel=1e-4)

@@ -13,6 +13,7 @@ from src.model.losses import (
     hard_dice_terms,
     hv_gradients,
     mse_loss,
+    msge_focus,
     msge_loss,
     sobel_hv_kernels,
 )
@@ -104,6 +105,37 @@ def test_msge_normalisation_and_variants():
     assert paper > 0.01 and published < 1e-10  # the focus avoids the top/bottom border rows
     with pytest.raises(ValueError):
         msge_loss(true[None], pred[None], focus[None], variant="sobel")
+
+
+def test_msge_focus_published_is_id_weighted_mean():
+    """Released focus = label channel 0 = the instance-id map: an id-weighted mean over nuclear pixels."""
+    true = _x_ramp_map()
+    pred = np.zeros_like(true)
+    ids = np.zeros((8, 8), np.int32)
+    ids[0:3, 0:2] = 1  # on the left border, where the zero padding makes the gradient error large
+    ids[3:6, 3:6] = 4  # inside, where the ramp's gradient error is a constant
+    published_focus = np.asarray(msge_focus(ids[None], "published"))[0]
+    binary_focus = np.asarray(msge_focus(ids[None], "binary"))[0]
+    np.testing.assert_array_equal(published_focus, ids.astype(np.float32))
+    np.testing.assert_array_equal(binary_focus, (ids > 0).astype(np.float32))
+    for variant in ("published", "paper"):
+        err = np.sum((_np_gradients(pred, variant) - _np_gradients(true, variant)) ** 2, axis=-1)
+        # numpy reference of the released loss_msge: focus stacked over both channels
+        want_published = np.sum(ids * err) / (2 * ids.sum() + 1e-8)  # ids.sum() = 6 * 1 + 9 * 4 = 42
+        want_binary = np.sum((ids > 0) * err) / (2 * 15 + 1e-8)
+        got_published = _value(msge_loss(true[None], pred[None], published_focus[None], variant=variant))
+        got_binary = _value(msge_loss(true[None], pred[None], binary_focus[None], variant=variant))
+        assert got_published == pytest.approx(want_published, rel=1e-5)
+        assert got_binary == pytest.approx(want_binary, rel=1e-5)
+    # 'paper' (x map, horizontal kernel): id 4 weighs 4x, so the interior error dominates the mean
+    k_h, _ = sobel_hv_kernels(5)
+    interior = (np.sum(k_h * np.arange(-2, 3)[None, :]) / 8) ** 2  # ramp slope 1/8 times sum(j * k_h)
+    err = np.sum((_np_gradients(pred, "paper") - _np_gradients(true, "paper")) ** 2, axis=-1)
+    np.testing.assert_allclose(err[3:6, 3:6], interior, rtol=1e-5)
+    assert _value(msge_loss(true[None], pred[None], published_focus[None], "paper")) != pytest.approx(
+        _value(msge_loss(true[None], pred[None], binary_focus[None], "paper")), rel=1e-3)
+    with pytest.raises(ValueError, match="focus"):
+        msge_focus(ids[None], "weighted")
 
 
 def test_perfect_prediction_gives_zero():

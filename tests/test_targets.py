@@ -213,6 +213,18 @@ def test_small_instances_inside_window_dropped_from_hv_only():
     np.testing.assert_array_equal(targets["np"], (win_ids > 0).astype(np.int32))  # small ones stay in NP
     np.testing.assert_array_equal(targets["tp"], type_map[window])  # and in tp
     assert gen_targets(inst_map, None, 20, min_instance_size=20)["hv"][win_ids == 3].any()
+    # "inst": the window's ids as given (released label channel 0, the published MSGE focus)
+    np.testing.assert_array_equal(targets["inst"], win_ids)
+    assert targets["inst"].dtype == np.int32
+
+
+def test_inst_target_keeps_given_ids_even_when_split_or_sparse():
+    inst_map = np.zeros((12, 12), np.int64)
+    inst_map[2:5, 2:5] = 7
+    inst_map[7:10, 7:10] = 7  # one id in two pieces: two instances for HV, one id for the focus
+    inst_map[2:4, 8:10] = 10**9  # sparse ids are compacted internally, not in "inst"
+    targets = gen_targets(inst_map, None, 12)
+    np.testing.assert_array_equal(targets["inst"], inst_map.astype(np.int32))
 
 
 def test_crop_shape_int_or_tuple_dtypes_and_keys():
@@ -227,5 +239,5 @@ def test_crop_shape_int_or_tuple_dtypes_and_keys():
     assert as_int["hv"].dtype == np.float32 and as_int["hv"].shape == (40, 40, 2)
     assert as_int["tp"].dtype == np.int32 and as_int["tp"].shape == (40, 40)
     no_type = gen_targets(inst_map, None, (30, 44))
-    assert set(no_type) == {"np", "hv"}
+    assert set(no_type) == {"np", "inst", "hv"}
     assert no_type["np"].shape == (30, 44) and no_type["hv"].shape == (30, 44, 2)

@@ -34,6 +34,7 @@ from src.training import (
     RUN_HISTORY,
     PooledDice,
     inspect_run_dir,
+    phase_init_checkpoint,
     prepare_run_dir,
     select_trainer,
 )
@@ -229,11 +230,31 @@ def test_train_two_cpu_towers_checkpoint_resume_and_phase2(patch_dir, tmp_path, 
     assert [(h["start"], h["epochs"]) for h in history] == [("new", 1), ("resume", 2), ("resume", 3)]
     assert json.loads((phase1 / "run.json").read_text())["epochs"] == 1  # the first settings are kept
 
-    # Phase 2 starts from phase 1's best checkpoint, on one CPU tower.
+    # Phase 2 starts from phase 1's last checkpoint (largest global step, as released), on one CPU tower.
     assert train.main(["--phase", "2", "--epochs", "1", *_args(patch_dir, out)]) == 0
     run2 = json.loads((out / "phase2" / "run.json").read_text())
-    assert run2["init"].endswith(f"phase1/{BEST_CHECKPOINT}") and run2["batch_size_per_tower"] == 1
+    assert run2["init"].endswith("phase1/model-6") and run2["batch_size_per_tower"] == 1
     assert (out / "phase2" / FINISHED_MARKER).is_file()
+
+
+def test_phase2_init_last_or_best(tmp_path):
+    phase1 = tmp_path / "phase1"
+    phase1.mkdir()
+    assert phase_init_checkpoint(tmp_path, 2) is None
+    for name in ("model-40", "model-120", "model-80", f"{BEST_CHECKPOINT}"):
+        (phase1 / f"{name}.index").write_text("")
+    (phase1 / "model-9x.index").write_text("")  # not a step: ignored
+    assert phase_init_checkpoint(tmp_path, 2) == phase1 / "model-120"  # largest step, not newest name
+    assert phase_init_checkpoint(tmp_path, 2, "last") == phase1 / "model-120"
+    assert phase_init_checkpoint(tmp_path, 2, "best") == phase1 / BEST_CHECKPOINT
+    for name in ("model-40", "model-120", "model-80"):
+        (phase1 / f"{name}.index").unlink()
+    assert phase_init_checkpoint(tmp_path, 2, "last") == phase1 / BEST_CHECKPOINT  # falls back
+    with pytest.raises(ValueError, match="PHASE2_INIT"):
+        phase_init_checkpoint(tmp_path, 2, "first")
+    assert config_from_args().TRAIN.PHASE2_INIT == "last"
+    with pytest.raises(ValueError, match="PHASE2_INIT"):
+        config_from_args(["TRAIN.PHASE2_INIT=first"])
 
 
 def test_train_bad_input(tmp_path, capsys):

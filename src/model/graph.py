@@ -29,7 +29,7 @@ from tensorpack.tfutils.tower import get_current_tower_context
 
 from opt.schedules import get_schedule
 from src.geometry import CONV0_KSIZE, DENSE_BOTTLENECK_KSIZE, Geometry, derive_geometry
-from src.model.losses import get_loss, hard_dice_terms
+from src.model.losses import get_loss, hard_dice_terms, msge_focus
 
 log = logging.getLogger(__name__)
 tf1 = tf.compat.v1
@@ -220,13 +220,15 @@ class HoVerNet(ModelDesc):
             two-branch np + hv model (no type labels).
         freeze: stop gradients into the encoder (phase 1 of the published schedule).
         cfg: a finalised config (``src.config.config_from_args``). Read: ``MODEL``
-            (architecture, data format, geometry), ``LOSS`` (term weights, MSGE variant, Dice eps) and
-            ``TRAIN.SCHEDULE`` (initial learning rate).
+            (architecture, data format, geometry), ``LOSS`` (term weights, MSGE variant and focus, Dice
+            eps) and ``TRAIN.SCHEDULE`` (initial learning rate).
 
     Inputs (``inputs()``): ``images`` float32 N x in x in x 3 RGB 0..255; ``np_target`` int32
-    N x out x out (1 nucleus, 0 background); ``hv_target`` float32 N x out x out x 2 (channel 0 x,
-    channel 1 y, in [-1, 1]); ``tp_target`` int32 N x out x out (type id, 0 background) when
-    ``nr_types`` is not None.
+    N x out x out instance ids (> 0 nucleus, 0 background; a 0/1 map is valid): NP is ``np_target > 0``
+    and ``LOSS.MSGE_FOCUS`` decides whether the MSGE focus is the ids (published; binary in a model
+    without types, as released) or binary;
+    ``hv_target`` float32 N x out x out x 2 (channel 0 x, channel 1 y, in [-1, 1]); ``tp_target`` int32
+    N x out x out (type id, 0 background) when ``nr_types`` is not None.
 
     Outputs (named tensors, NHWC): ``np_prob`` N x out x out x 2 softmax (channel 1 = nucleus);
     ``hv`` N x out x out x 2 linear; ``tp_prob`` N x out x out x nr_types softmax. With targets:
@@ -309,7 +311,8 @@ class HoVerNet(ModelDesc):
     def _loss_terms(self, outputs, np_target, hv_target, tp_target) -> dict[str, tf.Tensor]:
         """Each weighted term of ``cfg.LOSS.WEIGHTS`` as a named scalar tensor 'loss_<term>' (eq. 1)."""
         loss_cfg = self.cfg.LOSS
-        probs = {"np": (tf.one_hot(np_target, 2), outputs["np_prob"])}
+        # np_target carries instance ids (the released label channel 0): binary for NP, ids for the focus
+        probs = {"np": (tf.one_hot(tf.cast(np_target > 0, tf.int32), 2), outputs["np_prob"])}
         if self.nr_types is not None:
             probs["tp"] = (tf.one_hot(tp_target, self.nr_types), outputs["tp_prob"])
         terms = {}
@@ -321,7 +324,9 @@ class HoVerNet(ModelDesc):
             if branch == "hv" and kind == "mse":
                 value = fn(hv_target, outputs["hv"])
             elif branch == "hv" and kind == "msge":
-                value = fn(hv_target, outputs["hv"], np_target, variant=loss_cfg.MSGE)
+                # without types the released BinarizeLabel made channel 0 (the focus) binary
+                focus_mode = loss_cfg.MSGE_FOCUS if self.nr_types is not None else "binary"
+                value = fn(hv_target, outputs["hv"], msge_focus(np_target, focus_mode), variant=loss_cfg.MSGE)
             elif branch in probs and kind == "ce":
                 value = fn(*probs[branch])
             elif branch in probs and kind == "dice":

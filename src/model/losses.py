@@ -11,19 +11,20 @@ Published-code facts followed here (vqdang/hover_net, ``src/model/graph.py`` and
   classes and averaged over pixels.
 * Dice is pooled over the whole batch per class (not per image) and summed over classes, with
   smoothing ``1e-3`` on numerator and denominator.
-* MSGE stacks the focus mask over both gradient channels, so the normaliser counts each nuclear pixel
+* MSGE stacks the focus over both gradient channels, so the normaliser counts each nuclear pixel
   twice: ``sum(focus * d^2) / (2 * sum(focus) + 1e-8)``; gradients come from a 5x5 kernel with zero
-  padding (``'SAME'`` cross-correlation).
+  padding (``'SAME'`` cross-correlation). With types trained, the released focus is the raw
+  instance-id map (label channel 0 is binarised only without types), see :func:`msge_focus`.
 """
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from src.config import MSGE_VARIANTS
+from src.config import MSGE_FOCUS_MODES, MSGE_VARIANTS
 
-__all__ = ["sobel_hv_kernels", "hv_gradients", "mse_loss", "msge_loss", "ce_loss", "dice_loss",
-           "hard_dice_terms", "LOSSES", "get_loss", "MSGE_VARIANTS"]
+__all__ = ["sobel_hv_kernels", "hv_gradients", "mse_loss", "msge_loss", "msge_focus", "ce_loss", "dice_loss",
+           "hard_dice_terms", "LOSSES", "get_loss", "MSGE_VARIANTS", "MSGE_FOCUS_MODES"]
 
 
 
@@ -86,7 +87,8 @@ def msge_loss(true_hv: tf.Tensor, pred_hv: tf.Tensor, focus: tf.Tensor, variant:
 
     Args:
         true_hv, pred_hv: N x H x W x 2 float32 HV maps in [-1, 1], channel 0 x, channel 1 y.
-        focus: N x H x W, 1 on nuclear pixels (the true NP map), 0 elsewhere; any numeric dtype.
+        focus: N x H x W non-negative pixel weights, 0 elsewhere; any numeric dtype. 1 on nuclear
+            pixels gives the paper's mean; :func:`msge_focus` builds it from the id target.
         variant: see :func:`hv_gradients`.
         eps: added to the normaliser (published 1e-8) so an image without nuclei gives 0.
 
@@ -98,6 +100,27 @@ def msge_loss(true_hv: tf.Tensor, pred_hv: tf.Tensor, focus: tf.Tensor, variant:
     focus2 = tf.stack([focus, focus], axis=-1)
     diff = hv_gradients(pred_hv, variant) - hv_gradients(true_hv, variant)
     return tf.reduce_sum(focus2 * diff * diff) / (tf.reduce_sum(focus2) + eps)
+
+
+def msge_focus(inst_target: tf.Tensor, mode: str = "published") -> tf.Tensor:
+    """The MSGE focus (pixel weights) from the instance-id target (``cfg.LOSS.MSGE_FOCUS``).
+
+    Args:
+        inst_target: N x H x W non-negative integer instance ids, 0 background (``np_target``; a binary
+            0/1 map is a valid id map).
+        mode: ``'published'`` - the ids themselves, as the released graph's ``focus = truemap_coded[..., 0]``
+            (label channel 0 is the raw id map when types are trained), so :func:`msge_loss` becomes a mean
+            over nuclear pixels weighted by instance id; ``'binary'`` - 1 on nuclear pixels (paper eq. 3,
+            the PyTorch release).
+
+    Returns:
+        N x H x W float32 weights, 0 on background.
+    """
+    if mode not in MSGE_FOCUS_MODES:
+        raise ValueError(f"unknown MSGE focus {mode!r}; known: {MSGE_FOCUS_MODES}")
+    if mode == "binary":
+        return tf.cast(inst_target > 0, tf.float32)
+    return tf.cast(inst_target, tf.float32)
 
 
 def ce_loss(true_onehot: tf.Tensor, pred_prob: tf.Tensor, eps: float = 1.0e-7) -> tf.Tensor:
