@@ -11,6 +11,7 @@ import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext
 
 from src.config import config_from_args
+from src.geometry import derive_geometry
 from src.model.graph import (
     COST_NAME,
     DECODER_SCOPES,
@@ -18,11 +19,9 @@ from src.model.graph import (
     INFERENCE_INPUTS,
     LOSS_TENSOR_PREFIX,
     NP_DICE_NAME,
-    ORIGINAL_GEOMETRY,
     HoVerNet,
     check_inference_tensors,
     inference_output_names,
-    network_geometry,
 )
 
 tf1 = tf.compat.v1
@@ -95,11 +94,14 @@ def frozen_nchw():
 
 
 def test_geometry():
-    assert ORIGINAL_GEOMETRY.group_sizes == (264, 132, 66, 33)
-    assert (ORIGINAL_GEOMETRY.crop_group0, ORIGINAL_GEOMETRY.crop_group1) == (184, 72)
-    assert ORIGINAL_GEOMETRY.output_shape == 80
+    original = derive_geometry("original")
+    assert original.group_sizes == (264, 132, 66, 33)
+    assert (original.crop_group0, original.crop_group1, original.output_shape) == (184, 72, 80)
+    fast = derive_geometry("fast")
+    assert fast.group_sizes == (256, 128, 64, 32)
+    assert (fast.crop_group0, fast.crop_group1, fast.output_shape) == (92, 36, 164)
     with pytest.raises(ValueError):
-        network_geometry(272)  # group3 would not up-sample onto group2
+        derive_geometry("original", input_shape=272)  # group3 would not up-sample onto group2
 
 
 def test_parameter_counts(train5):
@@ -244,9 +246,17 @@ def test_optimizer_reads_learning_rate_variable():
             assert sess.run(lr[0]) == pytest.approx(1e-4)
 
 
-def test_fast_mode_not_implemented():
-    with pytest.raises(NotImplementedError, match="fast"):
-        HoVerNet(nr_types=5, cfg=config_from_args(["MODEL.MODE=fast"]))
+def test_fast_mode_maps_256_to_164():
+    graph = tf.Graph()
+    with graph.as_default(), TowerContext("", is_training=False):
+        model = HoVerNet(nr_types=5, cfg=config_from_args(TINY + ["MODEL.MODE=fast"]))
+        outputs = model.build_outputs(tf1.placeholder(tf.float32, [None, 256, 256, 3]))
+    assert {k: v.shape.as_list() for k, v in outputs.items()} == {
+        "np_prob": [None, 164, 164, 2], "hv": [None, 164, 164, 2], "tp_prob": [None, 164, 164, 5]}
+    with graph.as_default():
+        kernels = {v.op.name: v.shape.as_list() for v in tf1.trainable_variables()}
+    assert kernels["np/u3/conva/W"][:2] == [3, 3] and kernels["np/u1/conva/W"][:2] == [3, 3]
+    assert kernels["np/u2/dense/blk/0/conv2/W"][:2] == [3, 3] and kernels["conv0/W"][:2] == [7, 7]
 
 
 # Published geometry with every width shrunk (as in tests/test_training.py): fast to build and run.
