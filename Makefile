@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SHARED ?= ../shared
 MODEL ?=
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-xla.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
