@@ -6,19 +6,23 @@ PY := $(VENV)/bin/python
 SHARED ?= ../shared
 MODEL ?=
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-xla.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-.PHONY: venv test lint demo
+.PHONY: venv test test-xla lint demo
 venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not xla"
+
+# The XLA export / TF-free runner tests: minutes of XLA compilation on 2 cores, so not part of `make test`.
+test-xla: $(VENV)/.installed
+	$(PY) -m pytest -q -m xla
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -25,15 +25,20 @@ Run ``python -m benchmarks.dataflow_speed`` for throughput.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import numpy as np
 from tensorpack.dataflow import BatchData, MapData, MultiProcessMapDataZMQ, RNGDataFlow
 
-from dataset.augment import AugParams, apply_geometry, augment_photometric, centre_crop, sample_geometry
-from dataset.patches import PATCH_CHANNELS, check_patch, list_patches, load_patch
+# the numpy side (patch files, the training mapper) lives in dataset.patches, without TensorFlow; re-exported
+from dataset.patches import (
+    PATCH_CHANNELS,
+    TrainingDataPreprocessor,
+    check_patch,
+    datapoint_names,
+    list_patches,
+    load_patch,
+)
 from misc.io import InputError
-from src.targets import gen_targets
 
 __all__ = [
     "PatchDataFlow", "TrainingDataPreprocessor", "load_patch", "datapoint_names", "resolve_num_workers",
@@ -41,12 +46,6 @@ __all__ = [
 ]
 
 _SEED_RANGE = 2**31 - 1
-
-
-def datapoint_names(nr_types: int | None) -> list[str]:
-    """Names of the mapped datapoint's components, in order; they match the model's input names."""
-    names = ["images", "np_target", "hv_target"]
-    return names + ["tp_target"] if nr_types is not None else names
 
 
 def resolve_num_workers(num_workers: int | str | None, cfg=None) -> int:
@@ -92,73 +91,6 @@ class PatchDataFlow(RNGDataFlow):
         order = self.rng.permutation(len(self.paths)) if self.shuffle else range(len(self.paths))
         for index in order:
             yield [self.paths[index], int(self.rng.randint(_SEED_RANGE))]
-
-
-class TrainingDataPreprocessor:
-    """Maps ``[path, seed]`` to ``[images, np_target, hv_target(, tp_target)]`` (see the module docstring).
-
-    Training (``is_training=True``): geometric augmentation of the whole patch (image and labels together),
-    centre crop of both to the input size, photometric augmentation of the image, then
-    ``gen_targets(instance, type, output_size)`` on the cropped input-size labels, which crops its
-    result to the output size. Computing targets on the input-size crop is the published order
-    (``imgaug.CenterCrop(270)`` is a shape augmentor applied to image and labels before ``GenInstanceHV``);
-    it gives the targets of the whole patch unless a nucleus reaches 95 px beyond the 80x80 output window.
-    ``cfg.TARGETS.FROM = 'patch'`` computes them on the whole augmented patch instead.
-
-    Validation (``is_training=False``): centre crop only, then the same targets; the seed is ignored.
-
-    Args:
-        cfg: finalised config; reads MODEL.INPUT_SHAPE, MODEL.OUTPUT_SHAPE, MODEL.NR_TYPES,
-            TARGETS.MIN_INSTANCE_SIZE, TARGETS.HV_PUBLISHED_OFFSET, TARGETS.FROM (``'input'``, published, or
-            ``'patch'``; anything else raises ValueError) and AUG.
-        is_training: augment (True) or centre-crop only (False).
-
-    Holds plain values only, so it pickles and runs the same in any worker process.
-    """
-
-    def __init__(self, cfg, is_training: bool = True):
-        targets_from = cfg.TARGETS.FROM
-        if targets_from not in ("input", "patch"):
-            raise ValueError(f"TARGETS.FROM must be 'input' or 'patch', got {targets_from!r}")
-        self.input_shape = int(cfg.MODEL.INPUT_SHAPE)
-        self.output_shape = int(cfg.MODEL.OUTPUT_SHAPE)
-        self.nr_types = cfg.MODEL.NR_TYPES
-        self.min_instance_size = int(cfg.TARGETS.MIN_INSTANCE_SIZE)
-        self.hv_published_offset = bool(cfg.TARGETS.HV_PUBLISHED_OFFSET)
-        self.aug = AugParams.from_config(cfg)
-        self.is_training = is_training
-        self.targets_from = targets_from
-
-    def __call__(self, datapoint: Sequence) -> list[np.ndarray]:
-        path, seed = datapoint[0], datapoint[1]
-        image, labels = load_patch(path, self.input_shape)
-        return self.process(image, labels, np.random.RandomState(seed))
-
-    def process(self, image: np.ndarray, labels: np.ndarray, rng: np.random.RandomState | None) -> list[np.ndarray]:
-        """The mapping on arrays: ``image`` HxWx3 uint8 RGB, ``labels`` HxWx2 int32 (instance, type), H, W >=
-        the input size; ``rng`` drives the training augmentation (unused for validation)."""
-        if self.is_training:
-            image, labels = apply_geometry(image, labels, sample_geometry(rng, image.shape[:2], self.aug))
-        image = centre_crop(image, self.input_shape)
-        if self.targets_from == "input":
-            labels = centre_crop(labels, self.input_shape)
-        if self.is_training:
-            image = augment_photometric(np.ascontiguousarray(image), rng, self.aug)
-
-        inst_map = np.ascontiguousarray(labels[..., 0])
-        type_map = np.ascontiguousarray(labels[..., 1]) if self.nr_types is not None else None
-        if type_map is not None and type_map.size and type_map.max() >= self.nr_types:
-            raise InputError(f"patch holds type id {int(type_map.max())} but MODEL.NR_TYPES is {self.nr_types}; "
-                             "merge CoNSeP's 7 types into 4 with extract_patches.py --merge_types")
-        targets = gen_targets(inst_map, type_map, (self.output_shape, self.output_shape),
-                              min_instance_size=self.min_instance_size,
-                              published_offset=self.hv_published_offset)
-        out = [image.astype(np.float32),
-               np.asarray(targets["inst"], np.int32),  # ids: NP is binarised in the graph
-               np.asarray(targets["hv"], np.float32)]
-        if self.nr_types is not None:
-            out.append(np.asarray(targets["tp"], np.int32))
-        return out
 
 
 def _mapped(source, mapper, workers: int, buffer_size: int, strict: bool):

@@ -1,5 +1,7 @@
-"""Training patches on disk: the published ``.npy`` layout and the compact ``.npz`` store, and the split of a
-data set into training and held-out images by source tile.
+"""Training patches: the published ``.npy`` layout and the compact ``.npz`` store on disk, the split of a data
+set into training and held-out images by source tile, and the mapping of one patch to network inputs
+(:class:`TrainingDataPreprocessor`), all without TensorFlow: ``dataset.dataflow`` wraps them in tensorpack
+dataflows, ``xla_runner`` uses them directly.
 
 Two formats, told apart by suffix, read by :func:`load_patch` into the same arrays:
 
@@ -11,7 +13,7 @@ Two formats, told apart by suffix, read by :func:`load_patch` into the same arra
     65535) and ``type`` HxW uint8: the same content in about a tenth of the space before compression,
     and typically 0.2-0.5 MB per 540x540 patch after it (numbers for consep256 in the README).
 
-No TensorFlow or tensorpack here, so the TF-free runner reads patches through this module too.
+No TensorFlow or tensorpack here.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dataset.augment import AugParams, apply_geometry, augment_photometric, centre_crop, sample_geometry
 from misc.io import InputError
+from src.targets import gen_targets
 
 __all__ = ["PATCH_FORMATS", "PATCH_CHANNELS", "save_patch", "load_patch", "patch_shape", "check_patch", "list_patches",
-           "source_name", "split_by_source"]
+           "source_name", "split_by_source", "datapoint_names", "TrainingDataPreprocessor"]
 
 PATCH_FORMATS = ("npy", "npz")  # published single int32 array; compact compressed store
 PATCH_CHANNELS = 5  # R, G, B, instance id, type id
@@ -168,3 +172,76 @@ def split_by_source(names: Sequence[str], holdout: int) -> tuple[list[str], list
     held = {sources[int(step * k + step / 2)] for k in range(holdout)}
     kept = [n for n in names if source_name(n) not in held]
     return kept, [n for n in names if source_name(n) in held]
+
+
+def datapoint_names(nr_types: int | None) -> list[str]:
+    """Names of the mapped datapoint's components, in order; they match the model's input names."""
+    names = ["images", "np_target", "hv_target"]
+    return names + ["tp_target"] if nr_types is not None else names
+
+
+class TrainingDataPreprocessor:
+    """Maps ``[path, seed]`` to ``[images, np_target, hv_target(, tp_target)]`` (see the module docstring).
+
+    Training (``is_training=True``): geometric augmentation of the whole patch (image and labels together),
+    centre crop of both to the input size, photometric augmentation of the image, then
+    ``gen_targets(instance, type, output_size)`` on the cropped input-size labels, which crops its
+    result to the output size. Computing targets on the input-size crop is the published order
+    (``imgaug.CenterCrop(270)`` is a shape augmentor applied to image and labels before ``GenInstanceHV``);
+    it gives the targets of the whole patch unless a nucleus reaches 95 px beyond the 80x80 output window.
+    ``cfg.TARGETS.FROM = 'patch'`` computes them on the whole augmented patch instead.
+
+    Validation (``is_training=False``): centre crop only, then the same targets; the seed is ignored.
+
+    Args:
+        cfg: finalised config; reads MODEL.INPUT_SHAPE, MODEL.OUTPUT_SHAPE, MODEL.NR_TYPES,
+            TARGETS.MIN_INSTANCE_SIZE, TARGETS.HV_PUBLISHED_OFFSET, TARGETS.FROM (``'input'``, published, or
+            ``'patch'``; anything else raises ValueError) and AUG.
+        is_training: augment (True) or centre-crop only (False).
+
+    Holds plain values only, so it pickles and runs the same in any worker process.
+    """
+
+    def __init__(self, cfg, is_training: bool = True):
+        targets_from = cfg.TARGETS.FROM
+        if targets_from not in ("input", "patch"):
+            raise ValueError(f"TARGETS.FROM must be 'input' or 'patch', got {targets_from!r}")
+        self.input_shape = int(cfg.MODEL.INPUT_SHAPE)
+        self.output_shape = int(cfg.MODEL.OUTPUT_SHAPE)
+        self.nr_types = cfg.MODEL.NR_TYPES
+        self.min_instance_size = int(cfg.TARGETS.MIN_INSTANCE_SIZE)
+        self.hv_published_offset = bool(cfg.TARGETS.HV_PUBLISHED_OFFSET)
+        self.aug = AugParams.from_config(cfg)
+        self.is_training = is_training
+        self.targets_from = targets_from
+
+    def __call__(self, datapoint: Sequence) -> list[np.ndarray]:
+        path, seed = datapoint[0], datapoint[1]
+        image, labels = load_patch(path, self.input_shape)
+        return self.process(image, labels, np.random.RandomState(seed))
+
+    def process(self, image: np.ndarray, labels: np.ndarray, rng: np.random.RandomState | None) -> list[np.ndarray]:
+        """The mapping on arrays: ``image`` HxWx3 uint8 RGB, ``labels`` HxWx2 int32 (instance, type), H, W >=
+        the input size; ``rng`` drives the training augmentation (unused for validation)."""
+        if self.is_training:
+            image, labels = apply_geometry(image, labels, sample_geometry(rng, image.shape[:2], self.aug))
+        image = centre_crop(image, self.input_shape)
+        if self.targets_from == "input":
+            labels = centre_crop(labels, self.input_shape)
+        if self.is_training:
+            image = augment_photometric(np.ascontiguousarray(image), rng, self.aug)
+
+        inst_map = np.ascontiguousarray(labels[..., 0])
+        type_map = np.ascontiguousarray(labels[..., 1]) if self.nr_types is not None else None
+        if type_map is not None and type_map.size and type_map.max() >= self.nr_types:
+            raise InputError(f"patch holds type id {int(type_map.max())} but MODEL.NR_TYPES is {self.nr_types}; "
+                             "merge CoNSeP's 7 types into 4 with extract_patches.py --merge_types")
+        targets = gen_targets(inst_map, type_map, (self.output_shape, self.output_shape),
+                              min_instance_size=self.min_instance_size,
+                              published_offset=self.hv_published_offset)
+        out = [image.astype(np.float32),
+               np.asarray(targets["inst"], np.int32),  # ids: NP is binarised in the graph
+               np.asarray(targets["hv"], np.float32)]
+        if self.nr_types is not None:
+            out.append(np.asarray(targets["tp"], np.int32))
+        return out

@@ -1,0 +1,126 @@
+"""The TensorFlow-free runner (xla_runner/): training steps, exact resume, and no TensorFlow anywhere.
+
+Uses the shrunk network exported once per session (conftest ``xla_artifacts``).
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.xla]  # opt-in: `make test-xla` (compiles XLA; minutes on 2 cores)
+
+ROOT = Path(__file__).resolve().parents[1]
+CROP = ROOT / ".." / "shared" / "data" / "consep256" / "test" / "Images" / "test_1_000.jpg"
+
+
+def _patches(folder: Path, count: int, seed: int, size: int = 290) -> Path:
+    """``count`` HxWx5 int32 patches (RGB, instance id, type id) of dark discs on a light background."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    for k in range(count):
+        inst = np.zeros((size, size), np.int32)
+        types = np.zeros_like(inst)
+        for i in range(1, 40):
+            cy, cx = rng.integers(70, size - 70, 2)
+            disc = ((yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(5, 10) ** 2) & (inst == 0)
+            inst[disc], types[disc] = i, rng.integers(1, 5)
+        image = rng.integers(170, 240, (size, size, 3)).astype(np.int32)
+        image[inst > 0] = (90, 40, 140)
+        np.save(folder / f"p{k}.npy", np.concatenate([image, inst[..., None], types[..., None]], -1))
+    return folder
+
+
+def test_learning_rate_follows_the_schedule_by_epoch():
+    from xla_runner.train import epoch_datapoints, learning_rate
+
+    schedule = ((1, 1.0e-4), (25, 1.0e-5))
+    assert [learning_rate(schedule, e) for e in (1, 24, 25, 50)] == [1.0e-4, 1.0e-4, 1.0e-5, 1.0e-5]
+    order, seeds = epoch_datapoints(5, 7, seed=0, epoch=3)
+    assert sorted(order[:5]) == [0, 1, 2, 3, 4] and len(order) == 7  # whole passes, then the next one
+    again = epoch_datapoints(5, 7, seed=0, epoch=3)
+    np.testing.assert_array_equal(order, again[0])
+    np.testing.assert_array_equal(seeds, again[1])
+
+
+def test_training_steps_lower_the_loss(xla_artifacts):
+    from dataset.patches import TrainingDataPreprocessor, list_patches
+    from xla_runner.artifacts import Artifacts, initial_state
+    from xla_runner.train import StepRunner
+
+    artifacts = Artifacts(xla_artifacts)
+    entry = artifacts.find("train_step", phase=2)
+    runner = StepRunner(artifacts, entry, initial_state(entry, seed=0)[0])
+    pre = TrainingDataPreprocessor(artifacts.cfg, is_training=False)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        points = [pre([p, 0]) for p in list_patches(_patches(Path(tmp), 2, seed=0))]
+    batch = [np.stack(c) for c in zip(*points, strict=True)]
+    costs = [runner.step(batch, 1e-3)["overall_cost"] for _ in range(4)]
+    assert costs[-1] < costs[0] and all(np.isfinite(costs)), costs
+
+
+def test_train_resumes_exactly_after_a_kill(xla_artifacts, tmp_path):
+    from xla_runner.artifacts import Artifacts, initial_state, read_npz, save_npz
+    from xla_runner.train import train_phase
+
+    artifacts = Artifacts(xla_artifacts)
+    train_dir = _patches(tmp_path / "train", 3, seed=1)
+    valid_dir = _patches(tmp_path / "valid", 2, seed=2)
+    save_npz(tmp_path / "init.npz", initial_state(artifacts.find("train_step", phase=2), seed=4)[0])
+    kwargs = {"pretrained": tmp_path / "init.npz", "epochs": 2, "steps_per_epoch": 1, "seed": 7}
+
+    whole = train_phase(artifacts, 2, train_dir, valid_dir, tmp_path / "whole", **kwargs)
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_phase(artifacts, 2, train_dir, valid_dir, tmp_path / "killed", on_epoch_end=kill, **kwargs)
+    killed = tmp_path / "killed" / "phase2"
+    assert json.loads((killed / "checkpoint.json").read_text())["epoch"] == 1
+    assert not (killed / "finished.json").exists()
+    resumed = train_phase(artifacts, 2, train_dir, valid_dir, tmp_path / "killed", **kwargs)
+
+    final, again = read_npz(whole / "model-epoch2.npz"), read_npz(resumed / "model-epoch2.npz")
+    assert sorted(final) == sorted(again)
+    for name in final:
+        np.testing.assert_array_equal(final[name], again[name], err_msg=name)
+    stats, stats_again = (json.loads((d / "stats.json").read_text()) for d in (whole, resumed))
+    drop = ("epoch_seconds", "patches_per_second")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in stats] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in stats_again]
+    assert [r["epoch_num"] for r in stats] == [1, 2] and 0.0 <= stats[-1]["validation_np_dice"] <= 1.0
+    for name in ("model-best.npz", "curves.png", "finished.json"):
+        assert (resumed / name).is_file()
+    assert "conv0/W/Adam" in final  # the checkpoint carries Adam's state
+
+
+def test_runner_never_imports_tensorflow(xla_artifacts, tmp_path):
+    """`python -m xla_runner infer` end to end, then the train and bench modules imported: no tensorflow."""
+    from xla_runner.artifacts import Artifacts, initial_state, save_npz
+
+    save_npz(tmp_path / "w.npz", initial_state(Artifacts(xla_artifacts).find("forward", 2))[0])
+    code = (
+        "import sys\n"
+        "from xla_runner.__main__ import main\n"
+        f"rc = main(['infer', '--artifacts', {str(xla_artifacts)!r}, '--model', {str(tmp_path / 'w.npz')!r}, "
+        f"'--input', {str(CROP)!r}, '--output', {str(tmp_path / 'out')!r}, '--quiet'])\n"
+        "import xla_runner.train, xla_runner.bench  # noqa\n"
+        "banned = ('tensorflow', 'tensorpack', 'keras', 'tf_keras')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in banned)\n"
+        "print('RC', rc, 'LOADED', loaded)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert "RC 0 LOADED []" in result.stdout, result.stdout + result.stderr[-3000:]
+    for suffix in (".mat", ".json", ".png", ".geojson"):
+        assert (tmp_path / "out" / f"test_1_000{suffix}").is_file()
+    assert (tmp_path / "out" / "summary.csv").is_file()
