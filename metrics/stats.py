@@ -455,7 +455,7 @@ def type_metrics(pairing: TypePairing, type_ids: list[int] | None = None) -> dic
     ``f1_d = 2TP / (2TP + FP + FN)`` over detections; ``acc`` = fraction of pairs whose types agree;
     ``f1_type`` from :func:`f1_type` for ``type_ids`` (default: the types present in the truth, sorted).
     Empty cases: no truth and no prediction at all gives ``f1_d`` 1.0 and ``acc`` 1.0; no pair while
-    something was detected or missed gives ``acc`` 0.0 (published: NaN).
+    something was detected or missed leaves ``acc`` undefined: NaN (as published), not 0.
     """
     n_pair = len(pairing.paired_true)
     n_fp, n_fn = len(pairing.unpaired_pred), len(pairing.unpaired_true)
@@ -464,7 +464,7 @@ def type_metrics(pairing: TypePairing, type_ids: list[int] | None = None) -> dic
     if n_pair:
         acc = int((pairing.paired_true == pairing.paired_pred).sum()) / n_pair
     else:
-        acc = 1.0 if nothing else 0.0
+        acc = 1.0 if nothing else float("nan")  # an accuracy over no pairs is undefined
     if type_ids is None:
         type_ids = np.unique(np.concatenate([pairing.paired_true, pairing.unpaired_true])).tolist()
     return {"f1_d": f1_d, "acc": acc, "f1_type": {int(t): f1_type(pairing, int(t)) for t in type_ids}}
