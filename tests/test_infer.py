@@ -130,3 +130,16 @@ def test_type_file_must_name_every_type_of_the_model(weights_npz, images, tmp_pa
                        "--types", str(types)])
     assert code == 2 and "[3, 4]" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_weights_is_named_so(images, tmp_path, capsys):
+    """Issue 13.7: no allow_pickle advice for a file that is not weights."""
+    bogus = tmp_path / "model.npz"
+    bogus.write_bytes(b"\x80\x04not weights")
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(bogus)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a weights file (.npz of arrays or a checkpoint)" in err and "pickle" not in err
+    other = tmp_path / "model.h5"
+    other.write_bytes(b"HDF")
+    assert infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(other)]) == 2
+    assert "not a weights file" in capsys.readouterr().err

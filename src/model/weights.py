@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zipfile
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -33,9 +34,10 @@ tf1 = tf.compat.v1
 
 __all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "resolve_checkpoint",
            "is_training_state", "match_weights", "graph_variable_shapes", "CheckedSessionInit",
-           "make_session_init", "DEFAULT_IGNORE", "initial_weights", "save_initial_weights"]
+           "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "initial_weights", "save_initial_weights"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
+NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one message for any other file
 
 # Variables that only hold training state: optimizer slots and counters, tensorpack's moving-average
 # summaries ('EMA/...'), the step counter and the learning rate.
@@ -84,6 +86,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> str:
             raise FileNotFoundError(f"{directory} has no 'checkpoint' file naming a checkpoint")
         return latest
     prefix = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
+    if os.path.isfile(path) and not os.path.isfile(prefix + ".index"):
+        raise ValueError(f"{path}: {NOT_WEIGHTS}")
     if not os.path.isfile(prefix + ".index"):
         raise FileNotFoundError(f"no checkpoint at {path} (expected {prefix}.index)")
     return prefix
@@ -93,11 +97,25 @@ def _is_npz(path) -> bool:
     return os.fspath(path).endswith(".npz")
 
 
+def _read_npz(path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``; ValueError ``NOT_WEIGHTS`` for anything else (a pickle, a corrupt zip).
+
+    numpy's own message for object arrays suggests loading with allow_pickle, which would run code from the
+    file; weights are plain arrays, so that advice is never passed on.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {_clean(k): data[k] for k in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{os.fspath(path)}: {NOT_WEIGHTS}") from exc
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All arrays of a ``.npz`` or a checkpoint, keyed by variable name without ':0'."""
     if _is_npz(path):
-        with np.load(path) as data:
-            return {_clean(k): data[k] for k in data.files}
+        return _read_npz(path)
     reader = tf1.train.load_checkpoint(resolve_checkpoint(path))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
