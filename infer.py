@@ -8,7 +8,8 @@ Per input image <name> it writes, into --output:
   <name>.mat      CoNSeP label format: inst_map (HxW, 0 background, ids 1..N), type_map, inst_type (Nx1),
                   inst_centroid (Nx2, x then y); read by metrics/compute_stats.py like a ground truth
   <name>.json     one record per nucleus: id, bbox [[row_min, col_min], [row_max, col_max]], centroid [x, y],
-                  contour [[x, y], ...], type, type_name, type_prob; plus the type names and colours
+                  contour [[x, y], ...], type, type_name, type_prob; plus the type names and colours and
+                  image_shape [height, width] of the input image
   <name>.png      the image with every nucleus contour drawn in its type's colour
   <name>.geojson  a FeatureCollection with one polygon per nucleus, classified by type (QuPath: File > Import
                   objects)
@@ -76,6 +77,11 @@ def main(argv=None) -> int:
     from src.config import config_from_args
     from src.pipeline import check_output_dir, collect_inputs, postproc_kwargs, run_inference
 
+    if args.gpu:  # like train.py: asking for a GPU that is not there must not pass silently
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            logging.warning("--gpu %s: no GPU visible; running on the CPU", args.gpu)
     try:
         cfg = config_from_args(args.config)
         files = collect_inputs(args.input)
@@ -100,8 +106,8 @@ def main(argv=None) -> int:
         progress=not args.quiet)
     print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
           f"{len(report.failed)} skipped -> {args.output}")
-    for path, reason in report.failed.items():
-        print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
+    for path, reason in report.failed.items():  # the reasons of InputError name the file already
+        print(f"infer.py: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
     return 0 if report.ok else 1
 
 

@@ -237,8 +237,7 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
         try:
             future.result()
         except (InputError, ValueError, OSError) as exc:
-            report.failed[str(file)] = f"{type(exc).__name__}: {exc}"
-            log.error("%s: skipped (%s)", file, exc)
+            report.failed[str(file)] = f"{type(exc).__name__}: {exc}"  # the caller reports it, once
 
     # One worker: post-processing/writing of image k runs while the forward pass of image k+1 runs.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -253,7 +252,6 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
                 collect(pending)
                 pending = None
                 report.failed[str(file)] = str(exc)
-                log.error("skipped: %s", exc)
                 bar.update(1)
                 continue
             collect(pending)

@@ -78,7 +78,7 @@ def test_infer_end_to_end_then_resume(weights_npz, images, tmp_path, capsys):
     assert "0 image(s) written, 2 already complete" in capsys.readouterr().out
 
 
-def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path, capsys):
+def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path, capsys, caplog):
     cv2.imwrite(str(images / "gray.png"), np.zeros((20, 20), np.uint8))
     (images / "corrupt.tif").write_bytes(b"II*\x00 not really a tiff")
     code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(weights_npz),
@@ -86,6 +86,8 @@ def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path,
     err = capsys.readouterr().err
     assert code == 1
     assert "gray.png" in err and "grayscale" in err and "corrupt.tif" in err
+    # issue 13.13: each reason once, naming the path once
+    assert (err + caplog.text).count("grayscale") == 1 and (err + caplog.text).count("gray.png") == 1
     assert (tmp_path / "out" / "small.mat").is_file()
 
 
@@ -143,3 +145,21 @@ def test_a_file_that_is_not_weights_is_named_so(images, tmp_path, capsys):
     other.write_bytes(b"HDF")
     assert infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(other)]) == 2
     assert "not a weights file" in capsys.readouterr().err
+
+
+def test_help_documents_every_json_key(capsys):
+    """Issue 13.15: image_shape is in the JSON, so in --help (and the README) too."""
+    with pytest.raises(SystemExit):
+        infer.parse_args(["--help"])
+    assert "image_shape" in capsys.readouterr().out
+
+
+def test_gpu_asked_but_none_visible_warns(images, tmp_path, monkeypatch, caplog):
+    """Issue 13.10: --gpu 0 on a machine without a GPU runs on the CPU, but says so."""
+    import tensorflow as tf
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(tmp_path / "x.npz"),
+                "--gpu", "0"])
+    assert "no GPU visible" in caplog.text
