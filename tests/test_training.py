@@ -336,3 +336,12 @@ def test_interrupt_during_validation_resumes_without_repeating_an_epoch(patch_di
     stats = json.loads((phase1 / "stats.json").read_text())
     assert [s["epoch_num"] for s in stats] == [1, 2, 3]
     assert [s["global_step"] for s in stats] == [2, 4, 6]
+
+
+def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """Issue 13.8: MODEL.ENCODER_CHANNELS=abc was a raw TypeError after phase1/ was made."""
+    out = tmp_path / "run"
+    code = train.main(["--data_dir", str(tmp_path), "--out_dir", str(out), "--config", "MODEL.ENCODER_CHANNELS=abc"])
+    err = capsys.readouterr().err
+    assert code == 2 and "MODEL.ENCODER_CHANNELS" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
