@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.readers import READERS, extract_windows, get_reader, merge_types
-from misc.io import InputError, move_aside
+from misc.io import InputError, check_writable, move_aside
 from src.config import make_config
 
 __all__ = ["main", "build_parser", "extract_dataset", "sample_patches"]
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = make_config()
     try:
+        check_writable(args.output_dir, "--output_dir")
         summary = extract_dataset(args.input_dir, args.output_dir, args.kind, args.patch_size, args.step,
                                   type_merge=dict(cfg.DATA.TYPE_MERGE) if args.merge_types else None,
                                   overwrite=args.overwrite)

@@ -18,7 +18,9 @@ and summary.csv for the run (image, height, width, nuclei, nuclei per type, seco
 Re-running the same command skips images whose outputs are complete (writes are atomic), so a killed run
 resumes; --overwrite redoes them. Unreadable, grayscale, 16-bit or empty images are reported and skipped, and
 the exit status is then 1. Exit status 2: the run could not start (bad arguments, model or type file, an
-output folder holding the input images or another model's results; run_info.json there records which).
+output folder holding the input images or another model's results; run_info.json there records which; a
+full disk). Ctrl-C stops with one line saying how many images are done, exit status 130; rerunning the
+same command resumes.
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ import sys
 from pathlib import Path
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from misc.io import InputError
+from misc.io import DiskFullError, InputError, check_writable
 from misc.outputs import FORMATS, check_formats
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,7 +79,7 @@ def main(argv=None) -> int:
 
     from misc.outputs import default_type_info, load_type_info
     from src.config import config_from_args
-    from src.pipeline import check_output_dir, collect_inputs, postproc_kwargs, run_inference
+    from src.pipeline import InferenceReport, check_output_dir, collect_inputs, postproc_kwargs, run_inference
 
     if args.gpu:  # like train.py: asking for a GPU that is not there must not pass silently
         import tensorflow as tf
@@ -83,6 +87,7 @@ def main(argv=None) -> int:
         if not tf.config.list_physical_devices("GPU"):
             logging.warning("--gpu %s: no GPU visible; running on the CPU", args.gpu)
     try:
+        check_writable(args.output, "--output")
         cfg = config_from_args(args.config)
         files = collect_inputs(args.input)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
@@ -99,11 +104,20 @@ def main(argv=None) -> int:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
 
-    report = run_inference(
-        files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
-        batch_size=args.batch_size or cfg.INFER.BATCH_SIZE, input_shape=cfg.MODEL.INPUT_SHAPE,
-        output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=run_info["postproc"], run_info=run_info,
-        progress=not args.quiet)
+    report = InferenceReport()
+    try:
+        run_inference(
+            files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
+            batch_size=args.batch_size or cfg.INFER.BATCH_SIZE, input_shape=cfg.MODEL.INPUT_SHAPE,
+            output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=run_info["postproc"], run_info=run_info,
+            progress=not args.quiet, report=report)
+    except KeyboardInterrupt:
+        print(f"infer.py: interrupted; {len(report.done)} image(s) done, rerun the same command to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except DiskFullError as exc:  # stop: every further write would fail; the image in progress left no file
+        print(f"infer.py: error: {exc.strerror}", file=sys.stderr)
+        return 2
     print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
           f"{len(report.failed)} skipped -> {args.output}")
     for path, reason in report.failed.items():  # the reasons of InputError name the file already

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from metrics.stats import INSTANCE_KEYS, concat_pairings, instance_metrics, pair_types, type_metrics
-from misc.io import InputError, atomic_path, load_label_mat
+from misc.io import InputError, atomic_path, check_writable, load_label_mat
 from src.config import make_config
 
 __all__ = ["main", "evaluate_instance", "evaluate_type", "match_files"]
@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = make_config()
     args = _build_parser(float(cfg.EVAL.RADIUS)).parse_args(argv)
     try:
+        if args.json is not None:
+            check_writable(args.json.parent, "--json")
         if args.radius <= 0:
             raise InputError(f"--radius must be positive, got {args.radius:g}")
         names = match_files(args.true_dir, args.pred_dir)

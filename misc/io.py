@@ -7,6 +7,7 @@ numpy/scipy/OpenCV only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -17,8 +18,8 @@ import numpy as np
 import scipy.io
 
 __all__ = [
-    "InputError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat", "atomic_path",
-    "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES",
+    "InputError", "DiskFullError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat",
+    "atomic_path", "check_writable", "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -29,6 +30,10 @@ os.umask(_UMASK)
 
 class InputError(ValueError):
     """Bad user input (missing, unreadable or malformed file); the message is one printable line."""
+
+
+class DiskFullError(OSError):
+    """No space left writing a result (``ENOSPC``): the run must stop, not skip image after image."""
 
 
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -122,6 +127,28 @@ def check_integer_map(array, path, what: str = "instance map") -> np.ndarray:
     return array.astype(np.int32)
 
 
+def check_writable(folder: str | os.PathLike, flag: str) -> None:
+    """Raise :class:`InputError` (one line naming ``flag`` and ``folder``) unless ``folder`` can be written.
+
+    Checked before any slow work (loading a model, reading a data set), so a typo or a read-only disk
+    fails at once. ``folder`` need not exist: the nearest existing ancestor must be a folder in which a
+    file can be created (probed with a temporary file, which also catches read-only mounts and root's
+    limits that permission bits do not show). Nothing is left behind.
+    """
+    folder = Path(os.path.abspath(folder))
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {folder}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+    except OSError as exc:
+        raise InputError(f"{flag} {folder}: cannot write in {existing} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def move_aside(path: str | os.PathLike) -> Path:
     """Rename ``path`` to a free sibling ``<name>.old-<YYYYmmdd-HHMMSS>[-N]`` and return it.
 
@@ -156,9 +183,11 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
+            raise DiskFullError(errno.ENOSPC, f"disk full writing {path}") from exc
         raise
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from misc.io import IMAGE_SUFFIXES, InputError, atomic_path, load_label_mat, read_image_rgb
+from misc.io import IMAGE_SUFFIXES, DiskFullError, InputError, atomic_path, load_label_mat, read_image_rgb
 from misc.outputs import FORMATS, output_paths, outputs_complete, write_outputs
 from src.inference import predict_tile
 from src.postproc import process
@@ -182,14 +182,16 @@ def _write_summary(path: Path, rows: dict[str, dict]) -> None:
 def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarray], np.ndarray], type_info: dict,
                   *, formats=FORMATS, overwrite: bool = False, batch_size: int = 16, input_shape: int = 270,
                   output_shape: int = 80, postproc_kwargs: dict | None = None, run_info: dict | None = None,
-                  progress: bool = True) -> InferenceReport:
+                  progress: bool = True, report: InferenceReport | None = None) -> InferenceReport:
     """Run the whole per-image job over ``files`` into ``out_dir``; never raises for one bad image.
 
     Images whose outputs in ``formats`` all exist are skipped unless ``overwrite`` (writes are atomic,
     so an existing file is a complete one). ``summary.csv`` (image, size, nuclei per type, seconds)
     is rewritten after every image, so it is current even if the run is killed. ``run_info`` (JSON-able:
     model, settings) is recorded in ``run_info.json``; :func:`check_output_dir` runs first and raises
-    :class:`InputError` for an output folder that would overwrite inputs or mix runs.
+    :class:`InputError` for an output folder that would overwrite inputs or mix runs. ``report`` (filled in
+    place) lets a caller count what was done when the run is interrupted or stopped by a full disk
+    (:class:`misc.io.DiskFullError`, raised: every later image would fail the same way).
     """
     out_dir = Path(out_dir)
     files = list(files)
@@ -198,7 +200,7 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
     if run_info is not None:
         with atomic_path(out_dir / RUN_INFO_NAME) as tmp:
             tmp.write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")
-    report = InferenceReport()
+    report = report if report is not None else InferenceReport()
     summary_path = out_dir / SUMMARY_NAME
     summary = _read_summary(summary_path)
     postproc_kwargs = dict(postproc_kwargs or {})
@@ -236,6 +238,8 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
         file, future = item
         try:
             future.result()
+        except DiskFullError:
+            raise  # every later image would fail the same way: stop the run
         except (InputError, ValueError, OSError) as exc:
             report.failed[str(file)] = f"{type(exc).__name__}: {exc}"  # the caller reports it, once
 

@@ -163,3 +163,49 @@ def test_gpu_asked_but_none_visible_warns(images, tmp_path, monkeypatch, caplog)
     infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(tmp_path / "x.npz"),
                 "--gpu", "0"])
     assert "no GPU visible" in caplog.text
+
+
+class _FakePredictor:
+    """Stands in for HoVerNetPredictor (no graph): np+hv maps of nothing, or a failure on call ``fail_at``."""
+
+    def __init__(self, model_path, cfg, fail_at=None, error=KeyboardInterrupt):
+        self.nr_types, self.calls, self.fail_at, self.error = 5, 0, fail_at, error
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.error
+        maps = np.zeros((len(batch), 80, 80, 8), np.float32)
+        maps[..., 3] = 1.0
+        return maps
+
+
+def test_ctrl_c_is_one_line_and_exit_130(images, tmp_path, monkeypatch, capsys):
+    """Issue 13.9: Ctrl-C prints 'interrupted; N images done, rerun to resume' and exits 130, no traceback."""
+    import src.predictor
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", lambda path, cfg: _FakePredictor(path, cfg, fail_at=2))
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", "m.npz", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err.strip() == "infer.py: interrupted; 1 image(s) done, rerun the same command to resume"
+
+
+def test_disk_full_stops_with_exit_2(images, tmp_path, monkeypatch, capsys):
+    """Issue 13.5: 'disk full writing PATH', exit 2, no partial file."""
+    import errno
+
+    import scipy.io
+
+    import src.predictor
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _FakePredictor)
+    monkeypatch.setattr(scipy.io, "savemat", full)
+    out = tmp_path / "out"
+    code = infer.main(["--input", str(images), "--output", str(out), "--model", "m.npz", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "disk full writing" in err and ".mat" in err
+    assert not list(out.glob(".*part*"))

@@ -233,8 +233,8 @@ def test_interrupted_writes_leave_no_file(tmp_path, scene, monkeypatch):
     assert not (tmp_path / "a.mat").exists()
     monkeypatch.undo()
 
-    monkeypatch.setattr(cv2, "imwrite", lambda filename, img: False)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(cv2, "imencode", lambda ext, img: (False, None))  # the overlay is encoded, then written
+    with pytest.raises(ValueError):
         write_outputs(tmp_path, "b", image, inst_map, info, type_info, formats=("png",))
     assert not (tmp_path / "b.png").exists()
     monkeypatch.undo()

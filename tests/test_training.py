@@ -345,3 +345,14 @@ def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "MODEL.ENCODER_CHANNELS" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(patch_dir, tmp_path, monkeypatch, capsys):
+    """Issue 13.9: no traceback; one line and exit status 130."""
+    def interrupted(config, trainer):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "launch_train_with_config", interrupted)
+    assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == ("train.py: interrupted; rerun the same command to resume from the "
+                                               "last checkpoint")
