@@ -32,6 +32,7 @@ from tensorpack.dataflow import BatchData, MapData, MultiProcessMapDataZMQ, RNGD
 
 from dataset.augment import AugParams, apply_geometry, augment_photometric, centre_crop, sample_geometry
 from misc.io import InputError
+from misc.proc import DieWithParent
 from src.targets import gen_targets
 
 __all__ = [
@@ -222,7 +223,8 @@ def _mapped(source, mapper, workers: int, buffer_size: int, strict: bool):
     """
     if workers == 0:
         return MapData(source, mapper)
-    return MultiProcessMapDataZMQ(source, num_proc=workers, map_func=mapper,
+    # Workers die with the main process even when it is SIGKILLed (tensorpack would need python-prctl).
+    return MultiProcessMapDataZMQ(source, num_proc=workers, map_func=DieWithParent(mapper),
                                   buffer_size=min(buffer_size, len(source)), strict=strict)
 
 
