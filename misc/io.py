@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ import scipy.io
 
 __all__ = [
     "InputError", "DiskFullError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat",
-    "atomic_path", "check_writable", "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES",
+    "atomic_path", "check_writable", "pid_alive", "remove_stale_partials", "remove_stale_temporaries",
+    "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -149,6 +152,43 @@ def check_writable(folder: str | os.PathLike, flag: str) -> None:
     os.unlink(probe)
 
 
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_TEMPORARY = re.compile(r"^\..*\.(\d+)-[^.]+\.part(\.[^.]*)?$")  # atomic_path's names: .<stem>.<pid>-<rand>.part<ext>
+
+
+def remove_stale_partials(folder: str | os.PathLike, pattern: re.Pattern) -> list[Path]:
+    """Remove the entries of ``folder`` whose name matches ``pattern`` (group 1: a writer's pid) and whose
+    writer is no longer running: files and folders a killed run left half-written. Returns them."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove :func:`atomic_path` temporary files in ``folder`` left by killed processes; returns them."""
+    return remove_stale_partials(folder, _TEMPORARY)
+
+
 def move_aside(path: str | os.PathLike) -> Path:
     """Rename ``path`` to a free sibling ``<name>.old-<YYYYmmdd-HHMMSS>[-N]`` and return it.
 
@@ -176,7 +216,8 @@ def atomic_path(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    # The writer's pid in the name tells a later run whether the file is stale (see remove_stale_temporaries).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}-", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(fd)
     # mkstemp creates the file 0600; give the result the permissions a plain open() would have.
     os.chmod(tmp, 0o666 & ~_UMASK)

@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from misc.io import IMAGE_SUFFIXES, DiskFullError, InputError, atomic_path, load_label_mat, read_image_rgb
+from misc.io import (
+    IMAGE_SUFFIXES,
+    DiskFullError,
+    InputError,
+    atomic_path,
+    load_label_mat,
+    read_image_rgb,
+    remove_stale_temporaries,
+)
 from misc.outputs import FORMATS, output_paths, outputs_complete, write_outputs
 from src.inference import predict_tile
 from src.postproc import process
@@ -197,6 +205,9 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
     files = list(files)
     check_output_dir(out_dir, files, formats, run_info, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out_dir)
+    if stale:
+        log.warning("removed %d temporary file(s) left by an interrupted run in %s", len(stale), out_dir)
     if run_info is not None:
         with atomic_path(out_dir / RUN_INFO_NAME) as tmp:
             tmp.write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")

@@ -166,3 +166,26 @@ def test_cli_on_two_real_consep256_crops(tmp_path):
     patch = np.load(files[0])
     assert patch.shape == (540, 540, 5) and patch.dtype == np.int32
     assert patch[..., :3].max() <= 255 and set(np.unique(patch[..., 4])) <= {0, 1, 2, 3, 4}
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_partial_folder_of_a_killed_run_is_removed_and_reported(tmp_path, capsys):
+    """Issue 13.4: a SIGKILLed run left <out>.partial-<pid>; the next run removes it and says so."""
+    root = _write(tmp_path / "data", {"img": _tile(100, 100)})
+    out = tmp_path / "out"
+    stale = tmp_path / f"out.partial-{_dead_pid()}"
+    stale.mkdir()
+    (stale / "img_0000_0000.npy").write_bytes(b"half")
+    alive = tmp_path / "out.partial-1"  # pid 1 is alive: another run's folder is never touched
+    alive.mkdir()
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(out)]) == 0
+    assert not stale.exists() and alive.exists()
+    assert f"removed {stale}" in capsys.readouterr().err

@@ -183,3 +183,23 @@ def test_every_cli_refuses_an_unwritable_output_with_exit_2(cli, tmp_path, capsy
     assert argv[0](argv[1]) == 2
     err = capsys.readouterr().err
     assert str(out) in err and "cannot write" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    """Issue 13.4: temporary files carry their writer's pid; those of dead processes are removed."""
+    import subprocess
+    import sys
+
+    from misc.io import atomic_path, remove_stale_temporaries
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with atomic_path(tmp_path / "a.png") as tmp:
+        assert f".{os.getpid()}-" in tmp.name
+        mine = tmp
+        mine.write_bytes(b"in progress")
+        stale = tmp_path / mine.name.replace(f".{os.getpid()}-", f".{child.pid}-")
+        stale.write_bytes(b"left by a killed run")
+        assert remove_stale_temporaries(tmp_path) == [stale]
+        assert mine.exists() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
