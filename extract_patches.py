@@ -13,8 +13,8 @@ The set is written atomically as a whole: patches go to a sibling ``<output_dir>
 which is renamed to ``<output_dir>`` only once every image has succeeded, so an existing ``<output_dir>``
 always holds one complete run. On any failure (or interruption) the partial folder is removed and
 ``<output_dir>`` is left as it was; a partial folder that a killed run (SIGKILL) could not remove is removed,
-with a message, by the next run writing beside it. A non-empty output folder is refused unless ``--overwrite``, which moves
-the old folder aside to ``<output_dir>.old-<timestamp>`` (kept, not deleted: remove it yourself) when the
+with a message, by the next run writing beside it. A non-empty output folder is refused unless ``--overwrite``,
+which moves the old folder aside to ``<output_dir>.old-<timestamp>`` (kept, not deleted: remove it yourself) when the
 new set is complete, so patches of two runs never mix.
 """
 from __future__ import annotations

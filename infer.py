@@ -79,6 +79,7 @@ def main(argv=None) -> int:
 
     from misc.outputs import default_type_info, load_type_info
     from src.config import config_from_args
+    from src.model.weights import weights_digest
     from src.pipeline import InferenceReport, check_output_dir, collect_inputs, postproc_kwargs, run_inference
 
     if args.gpu:  # like train.py: asking for a GPU that is not there must not pass silently
@@ -91,7 +92,9 @@ def main(argv=None) -> int:
         cfg = config_from_args(args.config)
         files = collect_inputs(args.input)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
-        run_info = {"model": str(Path(args.model).resolve()), "postproc": postproc_kwargs(cfg)}
+        # The weights by content: new weights at the same path (model-best after more training) are another model.
+        run_info = {"weights": weights_digest(args.model), "model_path": str(Path(args.model).resolve()),
+                    "postproc": postproc_kwargs(cfg)}
         check_output_dir(args.output, files, args.formats, run_info, args.overwrite)
         from src.predictor import HoVerNetPredictor
 
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
         if uncovered:
             raise InputError(f"type ids {uncovered} of the model have no name/colour in "
                              f"{args.types or 'the default types'}")
-    except (InputError, KeyError, ValueError) as exc:
+    except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
 

@@ -43,6 +43,7 @@ __all__ = ["collect_inputs", "split_channels", "postproc_kwargs", "InferenceRepo
 
 SUMMARY_NAME = "summary.csv"
 RUN_INFO_NAME = "run_info.json"  # which model and settings made the outputs in a folder
+_RUN_INFO_NOTES = ("model_path",)  # recorded for the reader, not compared: weights are compared by content
 
 
 def collect_inputs(spec: str) -> list[Path]:
@@ -95,7 +96,8 @@ def check_output_dir(out_dir, files: Iterable[Path], formats=FORMATS, run_info: 
     recorded = out_dir / RUN_INFO_NAME
     if run_info is not None and recorded.is_file() and not overwrite:
         previous = json.loads(recorded.read_text())
-        changed = sorted(k for k in set(previous) | set(run_info) if previous.get(k) != run_info.get(k))
+        changed = sorted(k for k in set(previous) | set(run_info)
+                         if k not in _RUN_INFO_NOTES and previous.get(k) != run_info.get(k))
         if changed:
             raise InputError(f"{out_dir} holds outputs made with other settings ({', '.join(changed)} differ: "
                              f"{ {k: previous.get(k) for k in changed} }); choose another --output or pass "

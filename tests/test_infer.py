@@ -209,3 +209,24 @@ def test_disk_full_stops_with_exit_2(images, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "disk full writing" in err and ".mat" in err
     assert not list(out.glob(".*part*"))
+
+
+def test_results_of_changed_weights_at_the_same_path_are_not_reused(images, tmp_path, monkeypatch, capsys):
+    """Issue 13.1: run_info.json identifies the weights by content: new weights at the old path are refused."""
+    import src.predictor
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _FakePredictor)
+    model, out = tmp_path / "model.npz", tmp_path / "out"
+    np.savez(model, w=np.zeros(3, np.float32))
+    argv = ["--input", str(images), "--output", str(out), "--model", str(model), "--quiet", "--formats", "mat"]
+    assert infer.main(argv) == 0
+    np.savez(model, w=np.ones(3, np.float32))  # e.g. model-best after more training
+    capsys.readouterr()
+    assert infer.main(argv) == 2
+    assert "weights" in capsys.readouterr().err
+    moved = tmp_path / "moved.npz"  # the same weights elsewhere are the same model
+    model.rename(moved)
+    assert infer.main([*argv[:4], "--overwrite", *argv[4:]]) == 2  # the model path no longer exists
+    assert infer.main([*argv[:5], str(moved), *argv[6:], "--overwrite"]) == 0
+    model.write_bytes(moved.read_bytes())
+    assert infer.main(argv) == 0 and "0 image(s) written, 2 already complete" in capsys.readouterr().out

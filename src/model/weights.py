@@ -18,6 +18,7 @@ published phase-2 start did (``SaverRestore(..., ignore=['learning_rate'])``, vq
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -34,7 +35,8 @@ tf1 = tf.compat.v1
 
 __all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "resolve_checkpoint",
            "is_training_state", "match_weights", "graph_variable_shapes", "CheckedSessionInit",
-           "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "initial_weights", "save_initial_weights"]
+           "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "weights_digest", "initial_weights",
+           "save_initial_weights"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
 NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one message for any other file
@@ -91,6 +93,24 @@ def resolve_checkpoint(path: str | os.PathLike) -> str:
     if not os.path.isfile(prefix + ".index"):
         raise FileNotFoundError(f"no checkpoint at {path} (expected {prefix}.index)")
     return prefix
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` identifying the weights in ``path`` by content, not by name (FileNotFoundError if none).
+
+    An ``.npz`` is hashed whole (about a second for HoVer-Net's 150 MB). A checkpoint's ``.index`` is
+    hashed: it records every tensor's name, shape, offset and CRC32C checksum, so it changes whenever a
+    variable does, and it is a few hundred kB. ``runs/x/phase2/model-best`` after more training thus gets
+    a new digest, while the same weights copied elsewhere keep theirs.
+    """
+    file = os.fspath(path) if _is_npz(path) else resolve_checkpoint(path) + ".index"
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no weights file {file}")
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _is_npz(path) -> bool:
