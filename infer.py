@@ -44,9 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="one image, a folder of images, or a quoted glob; PNG, JPEG or TIFF, 8-bit RGB/RGBA")
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--model", required=True,
-                        help="weights: a checkpoint written by train.py (e.g. runs/x/phase2/model-best) or an .npz "
-                             "of variable name -> array (tensorpack varmanip format); every network variable must "
-                             "load, or the run stops and lists what was missing or unexpected")
+                        help="weights: a checkpoint written by train.py (e.g. runs/x/phase2/model-best), a run folder "
+                             "(runs/x: the model-best of its last phase) or phase folder (its model-best), or an "
+                             ".npz of variable name -> array (tensorpack varmanip format). The network is built "
+                             "with the training config recorded beside a checkpoint (run.json), so training "
+                             "--config overrides need not be repeated. Every network variable must load, or the "
+                             "run stops and lists what was missing or unexpected")
     parser.add_argument("--gpu", default=None,
                         help="GPU id to use (sets CUDA_VISIBLE_DEVICES); '' forces the CPU; default: whatever "
                              "TensorFlow sees")
@@ -59,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"comma-separated outputs to write, from {','.join(FORMATS)} (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. POSTPROC.MIN_SIZE=10 (see src/config.py)")
+                        help="config overrides, e.g. POSTPROC.MIN_SIZE=10 (see src/config.py); they win over the "
+                             "training config recorded beside a checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
 
     from misc.outputs import default_type_info, load_type_info
-    from src.config import config_from_args
+    from src.model.model_config import model_config, resolve_model_path
     from src.model.weights import weights_digest
     from src.pipeline import InferenceReport, check_output_dir, collect_inputs, postproc_kwargs, run_inference
 
@@ -89,7 +93,10 @@ def main(argv=None) -> int:
             logging.warning("--gpu %s: no GPU visible; running on the CPU", args.gpu)
     try:
         check_writable(args.output, "--output")
-        cfg = config_from_args(args.config)
+        # A run or phase folder means its model-best; the network is built with the training config recorded
+        # beside a checkpoint (run.json), so training --config overrides need not be repeated.
+        args.model = str(resolve_model_path(args.model))
+        cfg = model_config(args.model, args.config)
         files = collect_inputs(args.input)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
         # The weights by content: new weights at the same path (model-best after more training) are another model.
