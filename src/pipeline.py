@@ -243,6 +243,19 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
         report.done.append(file.stem)
 
     bar = tqdm(total=len(todo), unit="image", desc="HoVer-Net", disable=not progress or not todo)
+
+    def window_progress(file: Path):
+        """A second bar for an image of more than one batch of windows, advanced after every batch."""
+        state = {}
+
+        def update(done: int, total: int) -> None:
+            if "bar" not in state:
+                state["bar"] = tqdm(total=total, unit="window", desc=f"  {file.name} windows", leave=False,
+                                    disable=not progress or total <= batch_size)
+            state["bar"].update(done - state["bar"].n)
+            if done >= total:
+                state["bar"].close()
+        return update
     pending: tuple[Path, Future] | None = None
 
     def collect(item: tuple[Path, Future] | None) -> None:
@@ -263,7 +276,7 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
                 image = read_image_rgb(file)
                 start = time.perf_counter()
                 maps = predict_tile(image, predict_fn, batch_size=batch_size, input_shape=input_shape,
-                                    output_shape=output_shape)
+                                    output_shape=output_shape, progress=window_progress(file))
                 forward_s = time.perf_counter() - start
             except InputError as exc:
                 collect(pending)

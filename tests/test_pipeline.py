@@ -273,3 +273,13 @@ def test_overlay_written_by_python_so_disk_errors_carry_errno(tmp_path, monkeypa
     with pytest.raises(DiskFullError, match="disk full writing"):
         save_overlay(tmp_path / "o.png", np.zeros((8, 8, 3), np.uint8), {}, default_type_info())
     assert not list(tmp_path.iterdir())
+
+
+def test_progress_advances_per_batch_of_windows_on_large_images(tiles, tmp_path, capsys):
+    """Issue 13.17: an image of many windows shows a second bar moving per batch, not minutes of nothing."""
+    folder, _ = tiles
+    run_inference([folder / "a.png"], tmp_path / "out", fake_predict, default_type_info(), batch_size=2,
+                  progress=True, formats=("mat",))
+    err = capsys.readouterr().err
+    assert "a.png windows" in err and "/9 [" in err  # 200x170 -> 3x3 windows of 80, 5 batches
+    assert "1/1" in err  # the image bar
