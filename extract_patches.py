@@ -17,8 +17,9 @@ image (see :func:`dataset.readers.extract_windows`).
 The set is written atomically as a whole: patches go to a sibling ``<output_dir>.partial-<pid>`` folder,
 which is renamed to ``<output_dir>`` only once every image has succeeded, so an existing ``<output_dir>``
 always holds one complete run. On any failure (or interruption) the partial folder is removed and
-``<output_dir>`` is left as it was. A non-empty output folder is refused unless ``--overwrite``, which moves
-the old folder aside to ``<output_dir>.old-<timestamp>`` (kept, not deleted: remove it yourself) when the
+``<output_dir>`` is left as it was; a partial folder that a killed run (SIGKILL) could not remove is removed,
+with a message, by the next run writing beside it. A non-empty output folder is refused unless ``--overwrite``,
+which moves the old folder aside to ``<output_dir>.old-<timestamp>`` (kept, not deleted: remove it yourself) when the
 new set is complete, so patches of two runs never mix.
 
 ``--holdout K --holdout_dir DIR`` holds out the crops of K source tiles (the image name without its trailing
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -39,7 +41,7 @@ from tqdm import tqdm
 
 from dataset.patches import PATCH_FORMATS, save_patch, split_by_source
 from dataset.readers import READERS, extract_windows, get_reader, merge_types
-from misc.io import InputError, move_aside
+from misc.io import InputError, check_writable, move_aside, remove_stale_partials
 from src.config import config_from_args
 
 __all__ = ["main", "build_parser", "extract_dataset", "sample_patches"]
@@ -143,6 +145,10 @@ def extract_dataset(input_dir, output_dir, kind: str, patch_size: int, step: int
     partial = output_dir.with_name(f"{output_dir.name}.partial-{os.getpid()}")
     if partial.exists():  # left by a killed run that had this process id; never a live one
         shutil.rmtree(partial)
+    # Partial folders of killed runs (SIGKILL skips every cleanup) hold GBs; running processes' are kept.
+    ours = re.compile(rf"^{re.escape(output_dir.name)}\.partial-(\d+)$")
+    for stale in remove_stale_partials(output_dir.parent, ours):
+        print(f"removed {stale}, left by an interrupted run", file=sys.stderr)
     partial.mkdir()
     summary = {"images": 0, "patches": 0, "bytes": 0, "max_type_before_merge": 0, "previous": None}
     try:
@@ -183,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         step = args.step or cfg.DATA.PATCH_STEP
         type_merge = dict(cfg.DATA.TYPE_MERGE) if args.merge_types else None
         splits = [(args.output_dir, None)]
+        check_writable(args.output_dir, "--output_dir")
         if args.holdout:
             kept, held = split_by_source(get_reader(args.kind, args.input_dir).names, args.holdout)
             splits = [(args.output_dir, kept), (args.holdout_dir, held)]
+            check_writable(args.holdout_dir, "--holdout_dir")
         summaries = []
         for output_dir, names in splits:
             summaries.append(extract_dataset(args.input_dir, output_dir, args.kind, patch_size, step,

@@ -11,7 +11,8 @@ same command after an interruption resumes from the last checkpoint, and so does
 phase for more --epochs than it ran; a phase finished with the requested epochs is skipped (all of them
 finished: the run is refused). --overwrite starts every requested phase afresh, moving any earlier
 directory aside to <dir>.old-<time> (never deleting it). run.json keeps a phase's first settings and
-run_history.jsonl one line per start. A run that stops before its last epoch exits with status 1.
+run_history.jsonl one line per start. A run that stops before its last epoch exits with status 1; Ctrl-C
+stops it with one line and status 130 (rerun the same command to resume).
 
 --gpu: left out, one tower on whatever TensorFlow sees (GPU 0 if any, else the CPU); --gpu '' forces
 the CPU; --gpu 0,1 trains one synchronous tower on each listed GPU (set as CUDA_VISIBLE_DEVICES).
@@ -24,7 +25,7 @@ import os
 import sys
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from misc.io import InputError
+from misc.io import InputError, check_writable
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,6 +78,7 @@ def main(argv=None) -> int:
     from src.training import TrainingIncomplete, train
 
     try:
+        check_writable(args.out_dir, "--out_dir")
         cfg = config_from_args(args.config, is_training=True)
         import tensorflow as tf
 
@@ -93,6 +95,9 @@ def main(argv=None) -> int:
     except TrainingIncomplete as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("train.py: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report a Ctrl-C
     return 0
 
 

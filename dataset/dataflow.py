@@ -39,6 +39,7 @@ from dataset.patches import (
     load_patch,
 )
 from misc.io import InputError
+from misc.proc import DieWithParent
 
 __all__ = [
     "PatchDataFlow", "TrainingDataPreprocessor", "load_patch", "datapoint_names", "resolve_num_workers",
@@ -100,7 +101,8 @@ def _mapped(source, mapper, workers: int, buffer_size: int, strict: bool):
     """
     if workers == 0:
         return MapData(source, mapper)
-    return MultiProcessMapDataZMQ(source, num_proc=workers, map_func=mapper,
+    # Workers die with the main process even when it is SIGKILLed (tensorpack would need python-prctl).
+    return MultiProcessMapDataZMQ(source, num_proc=workers, map_func=DieWithParent(mapper),
                                   buffer_size=min(buffer_size, len(source)), strict=strict)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from metrics.stats import INSTANCE_KEYS, UNTYPED_TRUTH, concat_pairings, instance_metrics, pair_types, type_metrics
-from misc.io import InputError, atomic_path, load_label_mat
+from misc.io import InputError, atomic_path, check_writable, load_label_mat
 from src.config import make_config
 
 __all__ = ["main", "evaluate_instance", "evaluate_type", "match_files"]
@@ -40,7 +40,8 @@ JSON written by --json:
   type:     {"f1_d": f, "acc": f, "f1_type": {"<type id>": f, ...}}
 dice is the binary DICE1; mean is the average over images. f1_d is the detection F1, acc the type
 accuracy of the paired nuclei, f1_type the per-type F1 with weights (2, 2, 1, 1). All values in [0, 1];
-an empty comparison (nothing in truth nor prediction) scores 1.0.
+an empty comparison (nothing in truth nor prediction) scores 1.0. acc is NaN (n/a in the table) when no
+predicted nucleus pairs with a true one: an accuracy over no pairs is undefined.
 exit codes: 0 done, 2 bad input (message on stderr)."""
 
 
@@ -144,6 +145,9 @@ def evaluate_type(true_dir: Path, pred_dir: Path, names: list[str], radius: floa
     if absent:
         print(f"warning: type(s) {absent} occur in neither truth nor prediction; their F1 is reported as 1.0",
               file=sys.stderr)
+    if np.isnan(scores["acc"]):
+        print(f"warning: no predicted nucleus lies within {radius:g} px of a true one (no matched pairs); the type "
+              "accuracy is undefined (NaN in the JSON, n/a in the table)", file=sys.stderr)
     return {"f1_d": float(scores["f1_d"]), "acc": float(scores["acc"]),
             "f1_type": {str(t): float(v) for t, v in scores["f1_type"].items()}}
 
@@ -205,7 +209,7 @@ def _print_instance(result: dict) -> None:
 
 def _print_type(result: dict) -> None:
     print(f"{'f1_d':<12}{result['f1_d']:.5f}")
-    print(f"{'acc':<12}{result['acc']:.5f}")
+    print(f"{'acc':<12}{'n/a' if np.isnan(result['acc']) else format(result['acc'], '.5f')}")
     for type_id, value in result["f1_type"].items():
         print(f"{'f1_type ' + type_id:<12}{value:.5f}")
 
@@ -215,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = make_config()
     args = _build_parser(float(cfg.EVAL.RADIUS)).parse_args(argv)
     try:
+        if args.json is not None:
+            check_writable(args.json.parent, "--json")
         if args.radius <= 0:
             raise InputError(f"--radius must be positive, got {args.radius:g}")
         if args.strict_types and args.types is None:

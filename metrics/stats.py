@@ -471,7 +471,7 @@ def type_metrics(pairing: TypePairing, type_ids: list[int] | None = None, exhaus
     ``f1_d = 2TP / (2TP + FP + FN)`` over detections; ``acc`` = fraction of pairs whose types agree;
     ``f1_type`` from :func:`f1_type` for ``type_ids`` (default: the types present in the truth, sorted).
     Empty cases: no truth and no prediction at all gives ``f1_d`` 1.0 and ``acc`` 1.0; no pair while
-    something was detected or missed gives ``acc`` 0.0 (published: NaN).
+    something was detected or missed leaves ``acc`` undefined: NaN (as published), not 0.
 
     ``exhaustive=False``: truth types -1 and 0 mark untyped nuclei (point sets typed only in part, paper
     Table V / CRCHisto). They count for detection (``f1_d``) but not for classification: pairs with an
@@ -487,7 +487,7 @@ def type_metrics(pairing: TypePairing, type_ids: list[int] | None = None, exhaus
     if n_typed:
         acc = int((pairing.paired_true[typed] == pairing.paired_pred[typed]).sum()) / n_typed
     else:
-        acc = 1.0 if nothing else 0.0
+        acc = 1.0 if nothing else float("nan")  # an accuracy over no pairs is undefined
     if type_ids is None:
         type_ids = np.unique(np.concatenate([pairing.paired_true, pairing.unpaired_true])).tolist()
         if not exhaustive:

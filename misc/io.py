@@ -7,7 +7,10 @@ numpy/scipy/OpenCV only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +20,8 @@ import numpy as np
 import scipy.io
 
 __all__ = [
-    "InputError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat", "atomic_path",
+    "InputError", "DiskFullError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat",
+    "atomic_path", "check_writable", "pid_alive", "remove_stale_partials", "remove_stale_temporaries",
     "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES",
 ]
 
@@ -29,6 +33,10 @@ os.umask(_UMASK)
 
 class InputError(ValueError):
     """Bad user input (missing, unreadable or malformed file); the message is one printable line."""
+
+
+class DiskFullError(OSError):
+    """No space left writing a result (``ENOSPC``): the run must stop, not skip image after image."""
 
 
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -124,6 +132,65 @@ def check_integer_map(array, path, what: str = "instance map") -> np.ndarray:
     return array.astype(np.int32)
 
 
+def check_writable(folder: str | os.PathLike, flag: str) -> None:
+    """Raise :class:`InputError` (one line naming ``flag`` and ``folder``) unless ``folder`` can be written.
+
+    Checked before any slow work (loading a model, reading a data set), so a typo or a read-only disk
+    fails at once. ``folder`` need not exist: the nearest existing ancestor must be a folder in which a
+    file can be created (probed with a temporary file, which also catches read-only mounts and root's
+    limits that permission bits do not show). Nothing is left behind.
+    """
+    folder = Path(os.path.abspath(folder))
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {folder}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+    except OSError as exc:
+        raise InputError(f"{flag} {folder}: cannot write in {existing} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_TEMPORARY = re.compile(r"^\..*\.(\d+)-[^.]+\.part(\.[^.]*)?$")  # atomic_path's names: .<stem>.<pid>-<rand>.part<ext>
+
+
+def remove_stale_partials(folder: str | os.PathLike, pattern: re.Pattern) -> list[Path]:
+    """Remove the entries of ``folder`` whose name matches ``pattern`` (group 1: a writer's pid) and whose
+    writer is no longer running: files and folders a killed run left half-written. Returns them."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove :func:`atomic_path` temporary files in ``folder`` left by killed processes; returns them."""
+    return remove_stale_partials(folder, _TEMPORARY)
+
+
 def move_aside(path: str | os.PathLike) -> Path:
     """Rename ``path`` to a free sibling ``<name>.old-<YYYYmmdd-HHMMSS>[-N]`` and return it.
 
@@ -151,16 +218,19 @@ def atomic_path(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    # The writer's pid in the name tells a later run whether the file is stale (see remove_stale_temporaries).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}-", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(fd)
     # mkstemp creates the file 0600; give the result the permissions a plain open() would have.
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
+            raise DiskFullError(errno.ENOSPC, f"disk full writing {path}") from exc
         raise
 
 

@@ -176,11 +176,48 @@ def _signed_area(points: np.ndarray) -> float:
     return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
 
 
+def _drop_spikes(points: np.ndarray) -> np.ndarray:
+    """Remove repeated points and vertices where the ring turns straight back (OpenCV traces a 1-pixel-wide
+    part out and back along the same pixels, e.g. ``[19, 33], [19, 54], [19, 46]`` along an image edge)."""
+    points = list(map(tuple, points))
+    changed = True
+    while changed and len(points) >= 3:
+        changed = False
+        for i in range(len(points)):
+            a, b, c = points[i - 1], points[i], points[(i + 1) % len(points)]
+            cross = (b[0] - a[0]) * (c[1] - b[1]) - (b[1] - a[1]) * (c[0] - b[0])
+            dot = (b[0] - a[0]) * (c[0] - b[0]) + (b[1] - a[1]) * (c[1] - b[1])
+            if a == b or (cross == 0 and dot <= 0):  # a duplicate, or a spike (collinear reversal)
+                del points[i]
+                changed = True
+                break
+    return np.array(points, dtype=np.int64).reshape(-1, 2)
+
+
+def _largest_loop(points: np.ndarray) -> np.ndarray:
+    """Split a ring that passes a vertex twice (parts joined by one diagonal pixel step: a figure-8, invalid
+    as a simple feature) into its loops and keep the one of largest area."""
+    while True:
+        seen = {}
+        for j, point in enumerate(map(tuple, points)):
+            if point in seen:
+                i = seen[point]
+                loops = [points[i:j], np.concatenate([points[j:], points[:i]])]
+                points = max(loops, key=lambda loop: abs(_signed_area(loop)) if len(loop) >= 3 else -1.0)
+                points = _drop_spikes(points)
+                break
+            seen[point] = j
+        else:
+            return points
+
+
 def geojson_ring(contour, bbox=None) -> list[list[int]]:
     """A closed GeoJSON linear ring (RFC 7946 section 3.1.6) from a Kx2 (x, y) contour.
 
-    The first position is repeated at the end. A contour that encloses no area (1-3 points, or all
-    on a line, as OpenCV gives for 1-pixel or 1-pixel-wide nuclei) becomes the rectangle of pixel
+    The first position is repeated at the end. The ring is a valid OGC simple feature: spikes where OpenCV
+    traces a 1-pixel-wide part out and back are removed, and of a contour touching itself at a vertex
+    (parts joined by a diagonal pixel step) the loop of largest area is kept. A contour that encloses no area
+    (1-3 points, or all on a line, as OpenCV gives for 1-pixel or 1-pixel-wide nuclei) becomes the rectangle of pixel
     edges around its points (or around ``bbox`` [[rmin, cmin], [rmax, cmax]] if it is empty), so every
     ring has >= 4 positions and a non-zero area. Rings wind counterclockwise in the (x, y) frame, as
     RFC 7946 recommends for exterior rings (clockwise on screen, where y points down).
@@ -188,7 +225,10 @@ def geojson_ring(contour, bbox=None) -> list[list[int]]:
     points = np.asarray(contour, dtype=np.int64).reshape(-1, 2)
     if len(points) > 1 and np.array_equal(points[0], points[-1]):
         points = points[:-1]
+    original = points
+    points = _largest_loop(_drop_spikes(points))  # OGC simple features: no spikes, no self-touching
     if len(points) < 3 or _signed_area(points) == 0:
+        points = original  # nothing with an area is left: the pixel-edge box below
         if len(points):
             (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0) + 1
         elif bbox is not None:

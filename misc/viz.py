@@ -112,9 +112,12 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, inst_info: Mapping,
     """
     path = Path(path)
     overlay = visualize_instances(image, inst_info, type_info, line_thickness)
+    # Encoded in memory and written by Python: cv2.imwrite only returns False on a full disk, without errno.
+    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{path}: OpenCV cannot encode an image as {path.suffix!r}")
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"{path}: OpenCV could not write the overlay image")
+        tmp.write_bytes(encoded.tobytes())
     return path
 
 

@@ -14,10 +14,12 @@ import ast
 import logging
 import pprint
 
+from src.geometry import MODES, derive_geometry
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "MODEL_PRESETS", "MSGE_VARIANTS",
-           "MSGE_FOCUS_MODES", "PHASE2_INIT_CHOICES"]
+__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "validate_config", "MODEL_PRESETS",
+           "MSGE_VARIANTS", "MSGE_FOCUS_MODES", "PHASE2_INIT_CHOICES"]
 
 
 class AttrDict(dict):
@@ -102,6 +104,104 @@ MODEL_PRESETS = {
         "DENSE_BOTTLENECK": 16,
     },
 }
+
+
+# --- value rules: one line per key, checked by finalize_config (keys without a rule are not checked) ---
+def _int(lo: int = 0) -> tuple:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"an integer >= {lo}"
+
+
+def _num(lo: float = 0.0, hi: float = float("inf"), lo_open: bool = False) -> tuple:
+    def ok(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and (lo < v if lo_open else lo <= v) \
+            and v <= hi
+    return ok, f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+
+
+def _ints(n: int, lo: int = 1) -> tuple:
+    return (lambda v: isinstance(v, (tuple, list)) and len(v) == n and all(_int(lo)[0](x) for x in v),
+            f"{n} integers >= {lo}, e.g. {tuple(range(lo, lo + n))}")
+
+
+def _pair(lo: float = float("-inf")) -> tuple:
+    return (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_num(lo)[0](x) for x in v)
+            and v[0] <= v[1], f"(low, high) numbers >= {lo:g}, low <= high")
+
+
+def _odd(lo: int = 1) -> tuple:
+    return (lambda v: _int(lo)[0](v) and v % 2 == 1), f"an odd integer >= {lo}"
+
+
+def _one_of(*values) -> tuple:
+    return (lambda v: isinstance(v, str) and v in values), f"one of {list(values)}"
+
+
+def _map(key_ok, value_ok, what: str) -> tuple:
+    return (lambda v: isinstance(v, dict) and all(key_ok(k) and value_ok(x) for k, x in v.items())), what
+
+
+_BOOL = ((lambda v: isinstance(v, bool)), "True or False")
+_RULES = {
+    "MODEL.MODE": _one_of(*MODES),
+    "MODEL.PRESET": _one_of(*MODEL_PRESETS),
+    "MODEL.CONV0_CHANNELS": _int(1),
+    "MODEL.NR_TYPES": ((lambda v: v is None or _int(2)[0](v)), "None or an integer >= 2"),
+    "MODEL.DATA_FORMAT": _one_of("auto", "NCHW", "NHWC"),
+    "MODEL.ENCODER_UNITS": _ints(4),
+    "MODEL.ENCODER_CHANNELS": _ints(4),
+    "MODEL.ENCODER_STRIDES": _ints(4),
+    "MODEL.BOTTLENECK_CHANNELS": _int(1),
+    "MODEL.DECODER_CHANNELS": _ints(3),
+    "MODEL.DENSE_UNITS": _ints(2),
+    "MODEL.DENSE_GROWTH": _int(1),
+    "MODEL.DENSE_BOTTLENECK": _int(1),
+    "MODEL.DENSE_SPLIT": _int(1),
+    "LOSS.MSGE": _one_of(*MSGE_VARIANTS),
+    "LOSS.MSGE_FOCUS": _one_of(*MSGE_FOCUS_MODES),
+    "LOSS.WEIGHTS": _map(lambda k: isinstance(k, str), _num()[0], "a dict of term name -> weight >= 0"),
+    "LOSS.DICE_EPS": _num(0, lo_open=True),
+    "TARGETS.MIN_INSTANCE_SIZE": _int(0),
+    "TARGETS.HV_PUBLISHED_OFFSET": _BOOL,
+    "TARGETS.FROM": _one_of("input", "patch"),
+    "DATA.PATCH_SIZE": ((lambda v: v is None or _int(1)[0](v)), "None (derived) or an integer >= 1"),
+    "DATA.PATCH_STEP": ((lambda v: v is None or _int(1)[0](v)), "None (derived) or an integer >= 1"),
+    "DATA.TYPE_MERGE": _map(_int(0)[0], _int(0)[0], "a dict of type id -> type id (integers >= 0)"),
+    "DATA.TYPE_NAMES": _map(_int(0)[0], lambda x: isinstance(x, str), "a dict of type id -> name"),
+    "DATA.NUM_WORKERS": ((lambda v: v == "auto" or _int(0)[0](v)), "'auto' or an integer >= 0"),
+    "AUG.SHEAR_DEG": _num(),
+    "AUG.SCALE": _pair(0),
+    "AUG.ROTATE_DEG": _num(0, 180),
+    "AUG.TRANSLATE_FRAC": _num(0, 1),
+    "AUG.FLIP": _BOOL,
+    "AUG.BLUR_NOISE_PROB": _num(0, 1),
+    "AUG.BLUR_KSIZE": ((lambda v: _ints(2)[0](v) and all(k % 2 for k in v) and v[0] <= v[1]),
+                       "(low, high) odd kernel sizes, low <= high"),
+    "AUG.NOISE_SIGMA": _num(),
+    "AUG.HUE": _pair(),
+    "AUG.SATURATION": _num(),
+    "AUG.BRIGHTNESS": _num(),
+    "AUG.CONTRAST": _pair(0),
+    "TRAIN.SCHEDULE": ((lambda v: isinstance(v, str) and bool(v)), "a schedule name (opt/schedules.py)"),
+    "TRAIN.VALID_BATCH_SIZE": _int(1),
+    "TRAIN.PHASE2_INIT": _one_of(*PHASE2_INIT_CHOICES),
+    "POSTPROC.NP_THRESHOLD": _num(0, 1),
+    "POSTPROC.MARKER_THRESHOLD": _num(0, 1),
+    "POSTPROC.SOBEL_KSIZE": _odd(1),
+    "POSTPROC.MIN_SIZE": _int(0),
+    "POSTPROC.ENERGY_BLUR": _odd(1),
+    "POSTPROC.MARKER_OPENING": _int(1),
+    "INFER.BATCH_SIZE": _int(1),
+    "EVAL.MATCH_IOU": _num(0, 1, lo_open=True),
+    "EVAL.RADIUS": _num(0, lo_open=True),
+}
+
+
+def validate_config(C: AttrDict) -> None:
+    """Check every key that has a rule in ``_RULES``; ValueError naming the first bad key, in one line."""
+    for key, (ok, what) in _RULES.items():
+        section, leaf = key.split(".")
+        if section in C and leaf in C[section] and not ok(C[section][leaf]):
+            raise ValueError(f"config {key}={C[section][leaf]!r}: expected {what}")
 
 
 def make_config() -> AttrDict:
@@ -207,9 +307,8 @@ def finalize_config(C: AttrDict, is_training: bool = False) -> AttrDict:
     Derived: ``MODEL.INPUT_SHAPE``, ``MODEL.OUTPUT_SHAPE``, ``MODEL.CROP_GROUP0``, ``MODEL.CROP_GROUP1``
     (src/geometry.py) and, where left ``None``, ``DATA.PATCH_SIZE`` / ``DATA.PATCH_STEP``.
     """
-    from src.geometry import derive_geometry
-
     C.freeze(False)
+    validate_config(C)
     geometry = derive_geometry(C.MODEL.MODE, tuple(C.MODEL.DENSE_UNITS), tuple(C.MODEL.ENCODER_STRIDES))
     C.MODEL.INPUT_SHAPE = geometry.input_shape
     C.MODEL.OUTPUT_SHAPE = geometry.output_shape
@@ -219,14 +318,6 @@ def finalize_config(C: AttrDict, is_training: bool = False) -> AttrDict:
         C.DATA.PATCH_SIZE = geometry.patch_size
     if C.DATA.PATCH_STEP is None:
         C.DATA.PATCH_STEP = geometry.patch_step
-    if C.LOSS.MSGE not in MSGE_VARIANTS:
-        raise ValueError(f"LOSS.MSGE must be 'published' or 'paper', got {C.LOSS.MSGE!r}")
-    if C.LOSS.MSGE_FOCUS not in MSGE_FOCUS_MODES:
-        raise ValueError(f"LOSS.MSGE_FOCUS must be one of {MSGE_FOCUS_MODES}, got {C.LOSS.MSGE_FOCUS!r}")
-    if C.TRAIN.PHASE2_INIT not in PHASE2_INIT_CHOICES:
-        raise ValueError(f"TRAIN.PHASE2_INIT must be one of {PHASE2_INIT_CHOICES}, got {C.TRAIN.PHASE2_INIT!r}")
-    if C.MODEL.NR_TYPES is not None and C.MODEL.NR_TYPES < 2:
-        raise ValueError("MODEL.NR_TYPES must be None or >= 2 (background + at least one type)")
     if C.DATA.PATCH_SIZE < C.MODEL.INPUT_SHAPE:
         raise ValueError(f"DATA.PATCH_SIZE {C.DATA.PATCH_SIZE} is smaller than the input {C.MODEL.INPUT_SHAPE}")
     if is_training:

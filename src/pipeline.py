@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from misc.io import IMAGE_SUFFIXES, InputError, atomic_path, load_label_mat, read_image_rgb
+from misc.io import (
+    IMAGE_SUFFIXES,
+    DiskFullError,
+    InputError,
+    atomic_path,
+    load_label_mat,
+    read_image_rgb,
+    remove_stale_temporaries,
+)
 from misc.outputs import FORMATS, output_paths, outputs_complete, write_outputs
 from src.inference import predict_tile
 from src.postproc import process
@@ -35,6 +43,7 @@ __all__ = ["collect_inputs", "split_channels", "postproc_kwargs", "InferenceRepo
 
 SUMMARY_NAME = "summary.csv"
 RUN_INFO_NAME = "run_info.json"  # which model and settings made the outputs in a folder
+_RUN_INFO_NOTES = ("model_path",)  # recorded for the reader, not compared: weights are compared by content
 
 
 def collect_inputs(spec: str) -> list[Path]:
@@ -87,7 +96,8 @@ def check_output_dir(out_dir, files: Iterable[Path], formats=FORMATS, run_info: 
     recorded = out_dir / RUN_INFO_NAME
     if run_info is not None and recorded.is_file() and not overwrite:
         previous = json.loads(recorded.read_text())
-        changed = sorted(k for k in set(previous) | set(run_info) if previous.get(k) != run_info.get(k))
+        changed = sorted(k for k in set(previous) | set(run_info)
+                         if k not in _RUN_INFO_NOTES and previous.get(k) != run_info.get(k))
         if changed:
             raise InputError(f"{out_dir} holds outputs made with other settings ({', '.join(changed)} differ: "
                              f"{ {k: previous.get(k) for k in changed} }); choose another --output or pass "
@@ -182,23 +192,28 @@ def _write_summary(path: Path, rows: dict[str, dict]) -> None:
 def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarray], np.ndarray], type_info: dict,
                   *, formats=FORMATS, overwrite: bool = False, batch_size: int = 16, input_shape: int = 270,
                   output_shape: int = 80, postproc_kwargs: dict | None = None, run_info: dict | None = None,
-                  progress: bool = True) -> InferenceReport:
+                  progress: bool = True, report: InferenceReport | None = None) -> InferenceReport:
     """Run the whole per-image job over ``files`` into ``out_dir``; never raises for one bad image.
 
     Images whose outputs in ``formats`` all exist are skipped unless ``overwrite`` (writes are atomic,
     so an existing file is a complete one). ``summary.csv`` (image, size, nuclei per type, seconds)
     is rewritten after every image, so it is current even if the run is killed. ``run_info`` (JSON-able:
     model, settings) is recorded in ``run_info.json``; :func:`check_output_dir` runs first and raises
-    :class:`InputError` for an output folder that would overwrite inputs or mix runs.
+    :class:`InputError` for an output folder that would overwrite inputs or mix runs. ``report`` (filled in
+    place) lets a caller count what was done when the run is interrupted or stopped by a full disk
+    (:class:`misc.io.DiskFullError`, raised: every later image would fail the same way).
     """
     out_dir = Path(out_dir)
     files = list(files)
     check_output_dir(out_dir, files, formats, run_info, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out_dir)
+    if stale:
+        log.warning("removed %d temporary file(s) left by an interrupted run in %s", len(stale), out_dir)
     if run_info is not None:
         with atomic_path(out_dir / RUN_INFO_NAME) as tmp:
             tmp.write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")
-    report = InferenceReport()
+    report = report if report is not None else InferenceReport()
     summary_path = out_dir / SUMMARY_NAME
     summary = _read_summary(summary_path)
     postproc_kwargs = dict(postproc_kwargs or {})
@@ -228,6 +243,19 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
         report.done.append(file.stem)
 
     bar = tqdm(total=len(todo), unit="image", desc="HoVer-Net", disable=not progress or not todo)
+
+    def window_progress(file: Path):
+        """A second bar for an image of more than one batch of windows, advanced after every batch."""
+        state = {}
+
+        def update(done: int, total: int) -> None:
+            if "bar" not in state:
+                state["bar"] = tqdm(total=total, unit="window", desc=f"  {file.name} windows", leave=False,
+                                    disable=not progress or total <= batch_size)
+            state["bar"].update(done - state["bar"].n)
+            if done >= total:
+                state["bar"].close()
+        return update
     pending: tuple[Path, Future] | None = None
 
     def collect(item: tuple[Path, Future] | None) -> None:
@@ -236,9 +264,10 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
         file, future = item
         try:
             future.result()
+        except DiskFullError:
+            raise  # every later image would fail the same way: stop the run
         except (InputError, ValueError, OSError) as exc:
-            report.failed[str(file)] = f"{type(exc).__name__}: {exc}"
-            log.error("%s: skipped (%s)", file, exc)
+            report.failed[str(file)] = f"{type(exc).__name__}: {exc}"  # the caller reports it, once
 
     # One worker: post-processing/writing of image k runs while the forward pass of image k+1 runs.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -247,13 +276,12 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
                 image = read_image_rgb(file)
                 start = time.perf_counter()
                 maps = predict_tile(image, predict_fn, batch_size=batch_size, input_shape=input_shape,
-                                    output_shape=output_shape)
+                                    output_shape=output_shape, progress=window_progress(file))
                 forward_s = time.perf_counter() - start
             except InputError as exc:
                 collect(pending)
                 pending = None
                 report.failed[str(file)] = str(exc)
-                log.error("skipped: %s", exc)
                 bar.update(1)
                 continue
             collect(pending)

@@ -17,7 +17,7 @@ from tensorpack.predict import OfflinePredictor, PredictConfig
 
 from misc.io import InputError
 from src.model.graph import INFERENCE_INPUTS, HoVerNet, inference_output_names
-from src.model.weights import WeightsMismatchError, make_session_init, read_weight_shapes
+from src.model.weights import NOT_WEIGHTS, WeightsMismatchError, make_session_init, read_weight_shapes
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ class HoVerNetPredictor:
         model_path = os.fspath(model_path)
         try:
             shapes = read_weight_shapes(model_path)
-        except (FileNotFoundError, OSError, ValueError) as exc:
-            raise InputError(f"--model {model_path}: cannot read weights ({exc})") from exc
-        except Exception as exc:  # TensorFlow raises its own error types for corrupt checkpoints
-            raise InputError(f"--model {model_path}: not a readable checkpoint or .npz ({exc})") from exc
+        except FileNotFoundError as exc:
+            raise InputError(f"--model {model_path}: {exc}") from exc
+        except Exception as exc:  # also TensorFlow's own error types for corrupt checkpoints
+            raise InputError(f"--model {model_path}: {NOT_WEIGHTS}") from exc
         self.nr_types = detect_nr_types(shapes)
         self.input_shape = cfg.MODEL.INPUT_SHAPE
         self.output_names = inference_output_names(self.nr_types)

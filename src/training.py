@@ -17,7 +17,6 @@ from pathlib import Path
 
 import tensorflow as tf
 from tensorpack import (
-    AutoResumeTrainConfig,
     DataParallelInferenceRunner,
     InferenceRunner,
     MaxSaver,
@@ -26,9 +25,11 @@ from tensorpack import (
     ScheduledHyperParamSetter,
     SimpleTrainer,
     SyncMultiGPUTrainerReplicated,
+    TrainConfig,
     launch_train_with_config,
 )
 from tensorpack.callbacks import Callback, Inferencer
+from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.utils import logger as tp_logger
 
 from dataset.dataflow import get_train_dataflow, get_valid_dataflow
@@ -41,8 +42,8 @@ from src.model.weights import make_session_init
 log = logging.getLogger(__name__)
 
 __all__ = ["RunState", "inspect_run_dir", "prepare_run_dir", "select_trainer", "make_callbacks", "train_phase",
-           "train", "TrainingIncomplete", "PooledDice", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER",
-           "RUN_HISTORY"]
+           "train", "resume_point", "TrainingIncomplete", "PooledDice", "VALID_STAT", "BEST_CHECKPOINT",
+           "FINISHED_MARKER", "RUN_HISTORY"]
 
 # The validation statistic and the name of its best checkpoint.
 VALID_STAT = f"validation_{NP_DICE_NAME}"
@@ -103,6 +104,39 @@ def _last_epoch(path: Path) -> int | None:
     except json.JSONDecodeError:
         return None
     return records[-1]["epoch_num"] if records else None
+
+
+def resume_point(path: str | os.PathLike, steps_per_epoch: int) -> tuple[Path | None, int]:
+    """(checkpoint prefix to restore or None, first epoch to run) for resuming the phase in ``path``.
+
+    tensorpack saves an epoch's checkpoint (ModelSaver) before validation and before stats.json gets the
+    epoch's record (monitors trigger last), so a run killed in between holds a checkpoint one epoch ahead of
+    stats.json. Restoring that one while counting epochs from stats.json (tensorpack's
+    AutoResumeTrainConfig) ran that epoch twice. We restore the checkpoint saved at the global step of the
+    last recorded epoch (ModelSaver keeps the two latest, so it is there), so the step counter, the epoch
+    number and stats.json agree; without any recorded epoch the phase starts again from its init. Only if
+    that checkpoint is gone is the latest one used, its epoch derived from its step.
+    """
+    path = Path(path)
+    records = _stats_records(path)
+    epoch, step = (records[-1]["epoch_num"], records[-1]["global_step"]) if records else (0, 0)
+    if (path / f"model-{step}.index").is_file():
+        return path / f"model-{step}", epoch + 1
+    if epoch == 0:
+        return None, 1
+    latest = tf.train.latest_checkpoint(str(path))
+    if latest is None:
+        raise InputError(f"{path}: stats.json records epoch {epoch} but no checkpoint is left to resume from")
+    latest_step = int(latest.rsplit("-", 1)[1])
+    log.warning("%s: no checkpoint at the step of epoch %d (%d); resuming from %s", path, epoch, step, latest)
+    return Path(latest), latest_step // steps_per_epoch + 1
+
+
+def _stats_records(path: Path) -> list:
+    try:
+        return json.loads((path / "stats.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
 
 
 def _finished_epochs(path: Path, last_epoch: int | None) -> int | None:
@@ -317,11 +351,15 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
 
     model = HoVerNet(nr_types=cfg.MODEL.NR_TYPES, freeze=phase.freeze_encoder, cfg=cfg)
     kwargs = {}
+    if state.kind == "resume":
+        checkpoint, kwargs["starting_epoch"] = resume_point(phase_dir, steps_per_epoch)
+        if checkpoint is not None:  # the whole training state, as tensorpack's own resume restores it
+            session_init = SaverRestore(str(checkpoint))
+            log.info("restoring %s; next epoch %d", checkpoint, kwargs["starting_epoch"])
     if session_init is not None:
         kwargs["session_init"] = session_init
-    train_config = AutoResumeTrainConfig(
-        always_resume=True, model=model, data=QueueInput(train_df),
-        callbacks=make_callbacks(phase, valid_df, num_towers, use_gpu),
+    train_config = TrainConfig(
+        model=model, data=QueueInput(train_df), callbacks=make_callbacks(phase, valid_df, num_towers, use_gpu),
         steps_per_epoch=steps_per_epoch, max_epoch=max_epoch, **kwargs)
     if train_config.starting_epoch > max_epoch:
         log.info("%s already ran %d epochs", phase_dir, max_epoch)

@@ -9,7 +9,8 @@ import infer
 from misc.io import InputError
 from src.config import config_from_args
 from src.model import bundle
-from src.model.weights import METADATA_KEY, read_npz_metadata, read_weights, save_initial_weights
+from src.model.model_config import METADATA_KEY, model_config, read_npz_metadata
+from src.model.weights import read_weights, save_initial_weights
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +43,9 @@ def test_bundle_is_float16_with_metadata_and_loads_back_as_float32(models_dir, t
     meta = read_npz_metadata(path)
     assert meta["description"] == "a test model" and meta["MODEL"]["NR_TYPES"] == 3
     assert meta["parameters"] == sum(v.size for v in original.values())
-    overrides = bundle.model_config_overrides(meta)
-    cfg = config_from_args(overrides)
+    cfg = model_config(path)  # the network recorded inside the file: mode, preset, widths, types
     assert (cfg.MODEL.MODE, cfg.MODEL.ENCODER_UNITS, cfg.MODEL.INPUT_SHAPE) == ("fast", (1, 1, 1, 1), 256)
-    with pytest.raises(InputError, match="does not know"):
-        bundle.model_config_overrides({"MODEL": {"NO_SUCH": 1}})
+    assert model_config(path, ["MODEL.NR_TYPES=4"]).MODEL.NR_TYPES == 4  # --config still wins
 
 
 def test_names_resolve_to_bundled_files_and_unknown_names_list_them(models_dir, tmp_path):

@@ -324,3 +324,19 @@ def test_help_describes_exhaustive_and_strict_types(capsys):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--no-exhaustive" in text and "untyped" in text and "--strict_types" in text
+
+
+def test_type_accuracy_without_pairs_is_undefined(tmp_path, capsys):
+    """Issue 13.12: with no matched pair the type accuracy is undefined, not 0."""
+    true_dir, pred_dir = tmp_path / "true", tmp_path / "pred"
+    blank = np.zeros((8, 8), np.int32)
+    save_label_mat(true_dir / "x.mat", blank, inst_type=[1], inst_centroid=[[0, 0]])
+    save_label_mat(pred_dir / "x.mat", blank, inst_type=[1], inst_centroid=[[100, 100]])
+    out_json = tmp_path / "type.json"
+    code, out, err = _run(capsys, "--mode", "type", "--true_dir", true_dir, "--pred_dir", pred_dir,
+                          "--json", out_json)
+    assert code == 0, err
+    assert np.isnan(json.loads(out_json.read_text())["acc"])
+    assert "NaN" in out_json.read_text()
+    assert "acc         n/a" in out and "0.00000" not in out.split("acc")[1].splitlines()[0]
+    assert "no matched pair" in err

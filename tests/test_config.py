@@ -109,3 +109,32 @@ def test_schedule_matches_tensorpack_scheduled_hyperparam_setter():
         # before epoch e, the values of points 0 .. e-1 (completed epochs) have been set, in order
         value = setter._get_value_to_set_at_point(epoch - 1) or value
         assert value == lr_for_epoch(phase, epoch), epoch
+
+
+@pytest.mark.parametrize("override, key", [
+    ("MODEL.ENCODER_CHANNELS=abc", "MODEL.ENCODER_CHANNELS"),
+    ("MODEL.ENCODER_CHANNELS=(64,128,256)", "MODEL.ENCODER_CHANNELS"),
+    ("MODEL.DENSE_GROWTH=0", "MODEL.DENSE_GROWTH"),
+    ("MODEL.DENSE_SPLIT=2.5", "MODEL.DENSE_SPLIT"),
+    ("MODEL.NR_TYPES=True", "MODEL.NR_TYPES"),
+    ("LOSS.WEIGHTS={'np_ce':'x'}", "LOSS.WEIGHTS"),
+    ("AUG.BLUR_KSIZE=(2,4)", "AUG.BLUR_KSIZE"),
+    ("AUG.BLUR_NOISE_PROB=1.5", "AUG.BLUR_NOISE_PROB"),
+    ("DATA.NUM_WORKERS=-1", "DATA.NUM_WORKERS"),
+    ("POSTPROC.NP_THRESHOLD=high", "POSTPROC.NP_THRESHOLD"),
+    ("POSTPROC.SOBEL_KSIZE=4", "POSTPROC.SOBEL_KSIZE"),
+    ("INFER.BATCH_SIZE=0", "INFER.BATCH_SIZE"),
+    ("EVAL.MATCH_IOU=0", "EVAL.MATCH_IOU"),
+    ("TARGETS.HV_PUBLISHED_OFFSET=1", "TARGETS.HV_PUBLISHED_OFFSET"),
+])
+def test_every_value_is_checked_in_one_line_naming_the_key(override, key):
+    """Issue 13.8: a bad value is a ValueError naming the key, raised by finalize_config."""
+    with pytest.raises(ValueError) as info:
+        config_from_args([override])
+    message = str(info.value)
+    assert message.startswith(f"config {key}=") and "\n" not in message
+
+
+def test_published_and_fast_configs_pass_validation():
+    config_from_args()
+    config_from_args(["MODEL.MODE=fast", "MODEL.NR_TYPES=None", "DATA.NUM_WORKERS=0", "AUG.SCALE=(1,1)"])

@@ -421,3 +421,7 @@ def test_train_dataflow_with_two_zmq_workers(patch_dir):
     images = np.concatenate([b[0] for b in batches])
     # six augmented draws, all different (no worker repeats another's random stream)
     assert len({img.tobytes() for img in images}) == 6
+    # issue 13.3: the workers' map function arms PR_SET_PDEATHSIG (tests/test_proc.py kills a parent)
+    from misc.proc import DieWithParent
+
+    assert isinstance(flow.ds.map_func, DieWithParent)

@@ -191,3 +191,26 @@ def test_cli_compact_patches_with_holdout_and_fast_geometry(tmp_path, capsys):
         extract_patches.main(args)  # --holdout without --holdout_dir
     assert extract_patches.main(args[:4] + ["--holdout", "3", "--holdout_dir", str(tmp_path / "y")]) == 2
     assert "cannot hold out 3 of 3 source tiles" in capsys.readouterr().err
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_partial_folder_of_a_killed_run_is_removed_and_reported(tmp_path, capsys):
+    """Issue 13.4: a SIGKILLed run left <out>.partial-<pid>; the next run removes it and says so."""
+    root = _write(tmp_path / "data", {"img": _tile(100, 100)})
+    out = tmp_path / "out"
+    stale = tmp_path / f"out.partial-{_dead_pid()}"
+    stale.mkdir()
+    (stale / "img_0000_0000.npy").write_bytes(b"half")
+    alive = tmp_path / "out.partial-1"  # pid 1 is alive: another run's folder is never touched
+    alive.mkdir()
+    assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(out)]) == 0
+    assert not stale.exists() and alive.exists()
+    assert f"removed {stale}" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_infer_end_to_end_then_resume(weights_npz, images, tmp_path, capsys):
     assert "0 image(s) written, 2 already complete" in capsys.readouterr().out
 
 
-def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path, capsys):
+def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path, capsys, caplog):
     cv2.imwrite(str(images / "gray.png"), np.zeros((20, 20), np.uint8))
     (images / "corrupt.tif").write_bytes(b"II*\x00 not really a tiff")
     code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(weights_npz),
@@ -86,6 +86,8 @@ def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path,
     err = capsys.readouterr().err
     assert code == 1
     assert "gray.png" in err and "grayscale" in err and "corrupt.tif" in err
+    # issue 13.13: each reason once, naming the path once
+    assert (err + caplog.text).count("grayscale") == 1 and (err + caplog.text).count("gray.png") == 1
     assert (tmp_path / "out" / "small.mat").is_file()
 
 
@@ -130,3 +132,101 @@ def test_type_file_must_name_every_type_of_the_model(weights_npz, images, tmp_pa
                        "--types", str(types)])
     assert code == 2 and "[3, 4]" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_weights_is_named_so(images, tmp_path, capsys):
+    """Issue 13.7: no allow_pickle advice for a file that is not weights."""
+    bogus = tmp_path / "model.npz"
+    bogus.write_bytes(b"\x80\x04not weights")
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(bogus)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a weights file (.npz of arrays or a checkpoint)" in err and "pickle" not in err
+    other = tmp_path / "model.h5"
+    other.write_bytes(b"HDF")
+    assert infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(other)]) == 2
+    assert "not a weights file" in capsys.readouterr().err
+
+
+def test_help_documents_every_json_key(capsys):
+    """Issue 13.15: image_shape is in the JSON, so in --help (and the README) too."""
+    with pytest.raises(SystemExit):
+        infer.parse_args(["--help"])
+    assert "image_shape" in capsys.readouterr().out
+
+
+def test_gpu_asked_but_none_visible_warns(images, tmp_path, monkeypatch, caplog):
+    """Issue 13.10: --gpu 0 on a machine without a GPU runs on the CPU, but says so."""
+    import tensorflow as tf
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(tmp_path / "x.npz"),
+                "--gpu", "0"])
+    assert "no GPU visible" in caplog.text
+
+
+class _FakePredictor:
+    """Stands in for HoVerNetPredictor (no graph): np+hv maps of nothing, or a failure on call ``fail_at``."""
+
+    def __init__(self, model_path, cfg, fail_at=None, error=KeyboardInterrupt):
+        self.nr_types, self.calls, self.fail_at, self.error = 5, 0, fail_at, error
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.error
+        maps = np.zeros((len(batch), 80, 80, 8), np.float32)
+        maps[..., 3] = 1.0
+        return maps
+
+
+def test_ctrl_c_is_one_line_and_exit_130(images, tmp_path, monkeypatch, capsys):
+    """Issue 13.9: Ctrl-C prints 'interrupted; N images done, rerun to resume' and exits 130, no traceback."""
+    import src.predictor
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", lambda path, cfg: _FakePredictor(path, cfg, fail_at=2))
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", "m.npz", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err.strip() == "infer.py: interrupted; 1 image(s) done, rerun the same command to resume"
+
+
+def test_disk_full_stops_with_exit_2(images, tmp_path, monkeypatch, capsys):
+    """Issue 13.5: 'disk full writing PATH', exit 2, no partial file."""
+    import errno
+
+    import scipy.io
+
+    import src.predictor
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _FakePredictor)
+    monkeypatch.setattr(scipy.io, "savemat", full)
+    out = tmp_path / "out"
+    code = infer.main(["--input", str(images), "--output", str(out), "--model", "m.npz", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "disk full writing" in err and ".mat" in err
+    assert not list(out.glob(".*part*"))
+
+
+def test_results_of_changed_weights_at_the_same_path_are_not_reused(images, tmp_path, monkeypatch, capsys):
+    """Issue 13.1: run_info.json identifies the weights by content: new weights at the old path are refused."""
+    import src.predictor
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _FakePredictor)
+    model, out = tmp_path / "model.npz", tmp_path / "out"
+    np.savez(model, w=np.zeros(3, np.float32))
+    argv = ["--input", str(images), "--output", str(out), "--model", str(model), "--quiet", "--formats", "mat"]
+    assert infer.main(argv) == 0
+    np.savez(model, w=np.ones(3, np.float32))  # e.g. model-best after more training
+    capsys.readouterr()
+    assert infer.main(argv) == 2
+    assert "weights" in capsys.readouterr().err
+    moved = tmp_path / "moved.npz"  # the same weights elsewhere are the same model
+    model.rename(moved)
+    assert infer.main([*argv[:4], "--overwrite", *argv[4:]]) == 2  # the model path no longer exists
+    assert infer.main([*argv[:5], str(moved), *argv[6:], "--overwrite"]) == 0
+    model.write_bytes(moved.read_bytes())
+    assert infer.main(argv) == 0 and "0 image(s) written, 2 already complete" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """misc/io.py: image and label reading with clear errors, atomic writes, colour-coded maps."""
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -137,3 +138,68 @@ def test_move_aside_keeps_every_earlier_backup(tmp_path):
     (first / "a").write_text("2")
     backup2 = move_aside(first)  # same second: a numbered name, never into the earlier backup
     assert backup2 != backup1 and (backup2 / "a").read_text() == "2" and (backup1 / "a").read_text() == "1"
+
+
+UNWRITABLE = Path("/sys/hovernet_tf_test/out")  # root may not create files in sysfs either
+
+
+def _unwritable():
+    try:
+        UNWRITABLE.parent.mkdir()
+    except OSError:
+        return UNWRITABLE
+    UNWRITABLE.parent.rmdir()
+    pytest.skip("needs sysfs, a folder nobody may write into")
+
+
+def test_check_writable_names_the_path(tmp_path):
+    """Issue 13.6: one line naming the path instead of a PermissionError traceback later."""
+    from misc.io import check_writable
+
+    check_writable(tmp_path / "new" / "deeper", "--output")  # creatable: fine, and nothing is created
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="--output .*file.* is not a folder"):
+        check_writable(tmp_path / "file" / "out", "--output")
+    with pytest.raises(InputError, match=f"--output {UNWRITABLE}: cannot write"):
+        check_writable(_unwritable(), "--output")
+
+
+@pytest.mark.parametrize("cli", ["infer", "train", "extract_patches", "compute_stats"])
+def test_every_cli_refuses_an_unwritable_output_with_exit_2(cli, tmp_path, capsys):
+    import extract_patches
+    import infer
+    import train
+    from metrics import compute_stats
+
+    out = _unwritable()
+    argv = {
+        "infer": (infer.main, ["--input", str(tmp_path), "--output", str(out), "--model", "m.npz"]),
+        "train": (train.main, ["--data_dir", str(tmp_path), "--out_dir", str(out)]),
+        "extract_patches": (extract_patches.main, ["--input_dir", str(tmp_path), "--output_dir", str(out)]),
+        "compute_stats": (compute_stats.main, ["--mode", "instance", "--true_dir", str(tmp_path), "--pred_dir",
+                                               str(tmp_path), "--json", str(out / "s.json")]),
+    }[cli]
+    assert argv[0](argv[1]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "cannot write" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    """Issue 13.4: temporary files carry their writer's pid; those of dead processes are removed."""
+    import subprocess
+    import sys
+
+    from misc.io import atomic_path, remove_stale_temporaries
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with atomic_path(tmp_path / "a.png") as tmp:
+        assert f".{os.getpid()}-" in tmp.name
+        mine = tmp
+        mine.write_bytes(b"in progress")
+        stale = tmp_path / mine.name.replace(f".{os.getpid()}-", f".{child.pid}-")
+        stale.write_bytes(b"left by a killed run")
+        assert remove_stale_temporaries(tmp_path) == [stale]
+        assert mine.exists() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

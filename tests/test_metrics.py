@@ -422,7 +422,8 @@ def test_type_metrics_empty_cases():
     empty = concat_pairings([])
     assert type_metrics(empty) == {"f1_d": 1.0, "acc": 1.0, "f1_type": {}}
     only_missed = TypePairing(np.zeros(0, int), np.zeros(0, int), np.array([1, 1]), np.zeros(0, int))
-    assert type_metrics(only_missed) == {"f1_d": 0.0, "acc": 0.0, "f1_type": {1: 0.0}}
+    scores = type_metrics(only_missed)  # no pair: accuracy undefined (issue 13.12)
+    assert scores["f1_d"] == 0.0 and np.isnan(scores["acc"]) and scores["f1_type"] == {1: 0.0}
 
 
 def test_sparse_table_path_equals_dense(monkeypatch):
@@ -442,3 +443,12 @@ def test_fast_equals_reference_on_benchmark_tile_crop():
     got, ref = instance_metrics(true, pred), _reference_metrics(true, pred)
     for key in ALL_KEYS:
         assert abs(got[key] - ref[key]) < 1e-9, key
+
+
+def test_type_accuracy_of_no_pairs_is_nan():
+    """Issue 13.12: detections or misses but no pair: accuracy undefined (NaN), as published."""
+    from metrics.stats import pair_types, type_metrics
+
+    pairing = pair_types(np.array([[0.0, 0.0]]), np.array([1]), np.array([[100.0, 100.0]]), np.array([1]), 12)
+    scores = type_metrics(pairing)
+    assert scores["f1_d"] == 0.0 and np.isnan(scores["acc"])

@@ -233,8 +233,8 @@ def test_interrupted_writes_leave_no_file(tmp_path, scene, monkeypatch):
     assert not (tmp_path / "a.mat").exists()
     monkeypatch.undo()
 
-    monkeypatch.setattr(cv2, "imwrite", lambda filename, img: False)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(cv2, "imencode", lambda ext, img: (False, None))  # the overlay is encoded, then written
+    with pytest.raises(ValueError):
         write_outputs(tmp_path, "b", image, inst_map, info, type_info, formats=("png",))
     assert not (tmp_path / "b.png").exists()
     monkeypatch.undo()
@@ -355,3 +355,48 @@ def test_training_curves_plot_from_stats_records(tmp_path):
     image = cv2.imread(str(path))
     assert image is not None and image.shape == (360, 990, 3)  # 11 x 4 inches at 90 dpi
     assert not list(tmp_path.glob(".*"))  # written atomically, no temporary file left
+
+
+def _shapes():
+    """Masks whose OpenCV contours double back or touch themselves (issue 13.14)."""
+    edge_strip = np.zeros((20, 60), np.uint8)  # a nucleus at the image edge with a 1-pixel strip along it
+    edge_strip[0:8, 30:40] = 1
+    edge_strip[0, 40:55] = 1
+    bridge = np.zeros((20, 20), np.uint8)  # two squares joined by one diagonal step: a figure-8 contour
+    bridge[2:8, 2:8] = 1
+    bridge[8:14, 8:14] = 1
+    hairs = np.zeros((30, 30), np.uint8)  # 1-pixel spurs in several directions, one ending at a corner
+    hairs[10:20, 10:20] = 1
+    hairs[15, 0:10] = 1
+    hairs[0:10, 15] = 1
+    hairs[20:30, 12] = 1
+    diagonal = np.eye(12, dtype=np.uint8)  # a 1-pixel-wide diagonal line
+    diagonal[5:8, 5:8] = 1
+    rng = np.random.default_rng(0)
+    blobs = [(cv2.GaussianBlur(rng.random((40, 40)), (0, 0), 2) > 0.52).astype(np.uint8) for _ in range(6)]
+    return [edge_strip, bridge, hairs, diagonal, *blobs]
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_geojson_polygons_are_valid_simple_features(index):
+    """OGC validity (shapely): closed, no self-intersection or self-touching, counter-clockwise outer ring."""
+    from shapely.geometry import LinearRing, Polygon
+
+    from src.postproc import _instance_contour
+
+    mask = _shapes()[index]
+    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    for label in range(1, count):
+        contour = _instance_contour((labels == label).astype(np.uint8))
+        ring = geojson_ring(contour)
+        polygon = Polygon(ring)
+        assert ring[0] == ring[-1]
+        assert polygon.is_valid, (ring, shapely_reason(polygon))
+        assert LinearRing(ring).is_ccw
+        assert polygon.area > 0
+
+
+def shapely_reason(polygon):
+    from shapely.validation import explain_validity
+
+    return explain_validity(polygon)

@@ -238,3 +238,48 @@ def test_outputs_of_another_model_are_not_mixed_in(tiles, tmp_path):
     report = run_inference(files, out, fake_predict, default_type_info(), run_info=second, overwrite=True,
                            progress=False)
     assert report.done == ["a"] and json.loads((out / RUN_INFO_NAME).read_text()) == second
+
+
+def test_disk_full_stops_the_run_and_leaves_no_partial_file(tiles, tmp_path, monkeypatch):
+    """Issue 13.5: ENOSPC from any writer stops the run with 'disk full writing PATH', not once per image."""
+    import errno
+
+    import misc.outputs
+    from misc.io import DiskFullError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(misc.outputs.json, "dump", full)
+    folder, _ = tiles
+    out = tmp_path / "out"
+    with pytest.raises(DiskFullError, match=r"disk full writing .*a\.json"):
+        run_inference(collect_inputs(str(folder)), out, fake_predict, default_type_info(), progress=False)
+    assert not list(out.glob(".*part*"))
+    assert not (out / "b.mat").exists()  # stopped at the first image, not tried once per image
+
+
+def test_overlay_written_by_python_so_disk_errors_carry_errno(tmp_path, monkeypatch):
+    """OpenCV's imwrite only returns False on a full disk; the overlay is encoded, then written by Python."""
+    import errno
+
+    from misc.io import DiskFullError
+    from misc.viz import save_overlay
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(tmp_path), "write_bytes", full)
+    with pytest.raises(DiskFullError, match="disk full writing"):
+        save_overlay(tmp_path / "o.png", np.zeros((8, 8, 3), np.uint8), {}, default_type_info())
+    assert not list(tmp_path.iterdir())
+
+
+def test_progress_advances_per_batch_of_windows_on_large_images(tiles, tmp_path, capsys):
+    """Issue 13.17: an image of many windows shows a second bar moving per batch, not minutes of nothing."""
+    folder, _ = tiles
+    run_inference([folder / "a.png"], tmp_path / "out", fake_predict, default_type_info(), batch_size=2,
+                  progress=True, formats=("mat",))
+    err = capsys.readouterr().err
+    assert "a.png windows" in err and "/9 [" in err  # 200x170 -> 3x3 windows of 80, 5 batches
+    assert "1/1" in err  # the image bar

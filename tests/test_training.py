@@ -222,7 +222,7 @@ def test_train_two_cpu_towers_checkpoint_resume_and_phase2(patch_dir, tmp_path, 
     assert [s["global_step"] for s in stats] == [2, 4]
     # ... and a finished one asked for more epochs continues from its last checkpoint.
     assert json.loads((phase1 / FINISHED_MARKER).read_text())["epochs"] == 2
-    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "3", *_args(patch_dir, out)]) == 0
+    assert train.main(["--phase", "1", "--epochs", "3", *_args(patch_dir, out), SPLIT1]) == 0
     stats = json.loads((phase1 / "stats.json").read_text())
     assert [s["epoch_num"] for s in stats] == [1, 2, 3] and [s["global_step"] for s in stats] == [2, 4, 6]
     assert json.loads((phase1 / FINISHED_MARKER).read_text())["epochs"] == 3
@@ -324,3 +324,56 @@ def test_validation_dice_is_pooled_over_the_set_not_averaged_over_batches():
     empty = PooledDice()
     empty._before_inference()
     assert empty._after_inference() == {"validation_np_dice": 1.0}
+
+
+# TensorFlow's CPU kernel lacks the weight gradient of grouped convolutions (the dense units' 5x5 split
+# conv); an ungrouped one keeps this training test on the CPU.
+SPLIT1 = "MODEL.DENSE_SPLIT=1"
+
+
+def test_interrupt_during_validation_resumes_without_repeating_an_epoch(patch_dir, tmp_path, monkeypatch):
+    """Issue 13.2: ModelSaver writes epoch 2's checkpoint before validation and stats.json; a Ctrl-C in
+    between must not make the resume restore that checkpoint and run epoch 2 again (steps 2, 6, 8)."""
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    original = PooledDice._after_inference
+
+    def interrupted_second_validation(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(PooledDice, "_after_inference", interrupted_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config_from_args([*TINY, SPLIT1]), patch_dir, patch_dir, out, num_towers=1, use_gpu=False,
+                       phases=(1,), epochs=3, steps_per_epoch=2, batch_size=1, num_workers=0)
+    phase1 = out / "phase1"
+    assert [s["global_step"] for s in json.loads((phase1 / "stats.json").read_text())] == [2]
+    assert (phase1 / "model-4.index").is_file()  # the checkpoint one epoch ahead of stats.json
+    tf.compat.v1.reset_default_graph()
+    monkeypatch.setattr(PooledDice, "_after_inference", original)
+    assert train.main(["--phase", "1", "--epochs", "3", *_args(patch_dir, out), SPLIT1]) == 0
+    stats = json.loads((phase1 / "stats.json").read_text())
+    assert [s["epoch_num"] for s in stats] == [1, 2, 3]
+    assert [s["global_step"] for s in stats] == [2, 4, 6]
+
+
+def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """Issue 13.8: MODEL.ENCODER_CHANNELS=abc was a raw TypeError after phase1/ was made."""
+    out = tmp_path / "run"
+    code = train.main(["--data_dir", str(tmp_path), "--out_dir", str(out), "--config", "MODEL.ENCODER_CHANNELS=abc"])
+    err = capsys.readouterr().err
+    assert code == 2 and "MODEL.ENCODER_CHANNELS" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(patch_dir, tmp_path, monkeypatch, capsys):
+    """Issue 13.9: no traceback; one line and exit status 130."""
+    def interrupted(config, trainer):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "launch_train_with_config", interrupted)
+    assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == ("train.py: interrupted; rerun the same command to resume from the "
+                                               "last checkpoint")

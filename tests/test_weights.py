@@ -183,3 +183,19 @@ def test_checkpoint_non_strict_skips_mismatched_shapes(tmp_path):
             np.testing.assert_array_equal(sess.run(gamma), expected["conv0/bn/gamma"])
             np.testing.assert_array_equal(sess.run(wrong), 0.0)
     assert init.match.shape_mismatch == [("conv0/W", (7, 7, 3, 64), (7, 7, 3, 32))]
+
+
+@pytest.mark.parametrize("content", [b"not a zip at all", "pickle"])
+def test_not_a_weights_file_never_suggests_pickle(tmp_path, content):
+    """Issue 13.7: a file that is no .npz of arrays is 'not a weights file', with no allow_pickle hint."""
+    from src.model.weights import read_weight_shapes
+
+    path = tmp_path / "model.npz"
+    if content == "pickle":
+        np.savez(path, a=np.array([{"x": 1}], dtype=object))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        read_weight_shapes(path)
+    assert "not a weights file (.npz of arrays or a checkpoint)" in str(info.value)
+    assert "pickle" not in str(info.value).lower()

@@ -2,7 +2,7 @@
 
 A bundled model is ``models/<name>.npz``: every inference variable of the network (training state dropped),
 stored as float16 to stay small (:func:`src.model.weights.read_weights` casts back to float32), plus JSON
-metadata under :data:`src.model.weights.METADATA_KEY`: the ``MODEL`` config values the graph needs (mode,
+metadata under :data:`src.model.model_config.METADATA_KEY`: the ``MODEL`` config values the graph needs (mode,
 preset, widths, type count), so ``infer.py --model <name>`` rebuilds the right network without flags, and a
 one-line description. ``models/<name>.json`` beside it is the training record (data, split, schedule, steps,
 wall time, validation curve, scores) and ``models/<name>-curves.png`` the training curves.
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from misc.io import InputError, atomic_path
-from src.config import make_config
+from src.model.model_config import METADATA_KEY, read_npz_metadata
 
-__all__ = ["MODELS_DIR", "bundled_models", "resolve_model", "model_config_overrides", "write_bundle", "main"]
+__all__ = ["MODELS_DIR", "bundled_models", "resolve_model", "write_bundle", "main"]
 
 # The folder of the bundled models, found from this file (the repository layout), never an absolute path.
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -36,8 +36,6 @@ _FP16_MAX = float(np.finfo(np.float16).max)
 
 def bundled_models(models_dir: Path | None = None) -> dict[str, dict]:
     """{name: metadata} of every ``<name>.npz`` in ``models_dir`` (default :data:`MODELS_DIR`), sorted by name."""
-    from src.model.weights import read_npz_metadata
-
     models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
     if not models_dir.is_dir():
         return {}
@@ -61,17 +59,6 @@ def resolve_model(model: str, models_dir: Path | None = None) -> str:
     raise InputError(f"--model {model}: no such file, checkpoint or bundled model (bundled: {names})")
 
 
-def model_config_overrides(metadata: dict) -> list[str]:
-    """``KEY=VALUE`` overrides recreating the ``MODEL`` values recorded in a weights file's metadata."""
-    model = metadata.get("MODEL", {})
-    known = make_config().MODEL
-    unknown = sorted(set(model) - set(known))
-    if unknown:
-        raise InputError(f"the weights file records MODEL keys this version does not know: {unknown}")
-    # JSON has no tuples: the config's sequences are tuples
-    return [f"MODEL.{key}={tuple(value) if isinstance(value, list) else value!r}" for key, value in model.items()]
-
-
 # MODEL keys that are derived by finalize_config or describe the machine, never recorded.
 _DERIVED = {"INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1", "DATA_FORMAT"}
 
@@ -82,7 +69,7 @@ def write_bundle(checkpoint, model_cfg: dict, output, description: str) -> dict:
     ``model_cfg``: the ``MODEL`` section the run trained with (from its ``run.json``). A variable whose
     values overflow float16 is kept in float32.
     """
-    from src.model.weights import METADATA_KEY, is_training_state, read_weights
+    from src.model.weights import is_training_state, read_weights
 
     weights = {k: v for k, v in read_weights(checkpoint).items() if not is_training_state(k)}
     packed = {}

@@ -18,10 +18,11 @@ published phase-2 start did (``SaverRestore(..., ignore=['learning_rate'])``, vq
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 import re
+import zipfile
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -34,10 +35,11 @@ tf1 = tf.compat.v1
 
 __all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "resolve_checkpoint",
            "is_training_state", "match_weights", "graph_variable_shapes", "CheckedSessionInit",
-           "make_session_init", "DEFAULT_IGNORE", "initial_weights", "save_initial_weights", "METADATA_KEY",
-           "read_npz_metadata"]
+           "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "weights_digest", "initial_weights",
+           "save_initial_weights"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
+NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one message for any other file
 
 # Variables that only hold training state: optimizer slots and counters, tensorpack's moving-average
 # summaries ('EMA/...'), the step counter and the learning rate.
@@ -86,16 +88,51 @@ def resolve_checkpoint(path: str | os.PathLike) -> str:
             raise FileNotFoundError(f"{directory} has no 'checkpoint' file naming a checkpoint")
         return latest
     prefix = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
+    if os.path.isfile(path) and not os.path.isfile(prefix + ".index"):
+        raise ValueError(f"{path}: {NOT_WEIGHTS}")
     if not os.path.isfile(prefix + ".index"):
         raise FileNotFoundError(f"no checkpoint at {path} (expected {prefix}.index)")
     return prefix
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` identifying the weights in ``path`` by content, not by name (FileNotFoundError if none).
+
+    An ``.npz`` is hashed whole (about a second for HoVer-Net's 150 MB). A checkpoint's ``.index`` is
+    hashed: it records every tensor's name, shape, offset and CRC32C checksum, so it changes whenever a
+    variable does, and it is a few hundred kB. ``runs/x/phase2/model-best`` after more training thus gets
+    a new digest, while the same weights copied elsewhere keep theirs.
+    """
+    file = os.fspath(path) if _is_npz(path) else resolve_checkpoint(path) + ".index"
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no weights file {file}")
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _is_npz(path) -> bool:
     return os.fspath(path).endswith(".npz")
 
 
-METADATA_KEY = "__hovernet__"  # .npz entry holding JSON metadata (config, provenance), never a variable
+def _read_npz(path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``; ValueError ``NOT_WEIGHTS`` for anything else (a pickle, a corrupt zip).
+
+    numpy's own message for object arrays suggests loading with allow_pickle, which would run code from the
+    file; weights are plain arrays, so that advice is never passed on.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            # '__' entries are metadata (src.model.model_config.METADATA_KEY), not variables; float16 arrays
+            # (bundled models are stored in half precision to stay small) come back as the graph's float32
+            return {_clean(k): data[k].astype(np.float32) if data[k].dtype == np.float16 else data[k]
+                    for k in data.files if not k.startswith("__")}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{os.fspath(path)}: {NOT_WEIGHTS}") from exc
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -106,21 +143,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     the graph's dtype.
     """
     if _is_npz(path):
-        with np.load(path, allow_pickle=False) as data:
-            return {_clean(k): data[k].astype(np.float32) if data[k].dtype == np.float16 else data[k]
-                    for k in data.files if not k.startswith("__")}
+        return _read_npz(path)
     reader = tf1.train.load_checkpoint(resolve_checkpoint(path))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-
-
-def read_npz_metadata(path: str | os.PathLike) -> dict:
-    """The JSON metadata stored under :data:`METADATA_KEY` in an ``.npz`` ({} when there is none)."""
-    if not _is_npz(path):
-        return {}
-    with np.load(path, allow_pickle=False) as data:
-        if METADATA_KEY not in data.files:
-            return {}
-        return json.loads(str(data[METADATA_KEY]))
 
 
 def read_weight_shapes(path: str | os.PathLike) -> dict[str, tuple]:

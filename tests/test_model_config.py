@@ -1,0 +1,65 @@
+"""src/model/model_config.py: --model paths and the training config recorded beside a checkpoint (issue 13.11)."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from src.config import config_from_args
+from src.model.model_config import model_config, recorded_config, resolve_model_path
+from src.model.weights import initial_weights
+
+TINY = ["MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,8,16)", "MODEL.BOTTLENECK_CHANNELS=32",
+        "MODEL.DECODER_CHANNELS=(8,8,8)", "MODEL.DENSE_BOTTLENECK=8", "MODEL.DENSE_GROWTH=4"]
+
+
+def _phase(folder, overrides, checkpoint=False):
+    """A phase folder as train.py leaves it: run.json with the finalised config, and a model-best."""
+    folder.mkdir(parents=True)
+    cfg = config_from_args(overrides)
+    (folder / "run.json").write_text(json.dumps({"phase": "phase1", "config": cfg.to_dict()}, default=str))
+    if not checkpoint:
+        (folder / "model-best.index").write_bytes(b"")
+        return folder
+    tf1 = tf.compat.v1
+    with tf.Graph().as_default():
+        variables = [tf1.Variable(value, name=name) for name, value in initial_weights(cfg, 5).items()]
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            tf1.train.Saver(variables).save(sess, str(folder / "model-best"), write_meta_graph=False)
+    return folder
+
+
+def test_run_and_phase_folders_resolve_to_model_best(tmp_path):
+    _phase(tmp_path / "run" / "phase1", TINY)
+    assert resolve_model_path(tmp_path / "run") == tmp_path / "run" / "phase1" / "model-best"
+    _phase(tmp_path / "run" / "phase2", TINY)
+    assert resolve_model_path(tmp_path / "run") == tmp_path / "run" / "phase2" / "model-best"
+    assert resolve_model_path(tmp_path / "run" / "phase1") == tmp_path / "run" / "phase1" / "model-best"
+    assert resolve_model_path(tmp_path / "w.npz") == tmp_path / "w.npz"
+
+
+def test_recorded_training_config_builds_the_network_and_overrides_win(tmp_path):
+    phase = _phase(tmp_path / "phase1", [*TINY, "MODEL.NR_TYPES=7", "LOSS.MSGE=paper"])
+    cfg = model_config(phase / "model-best")
+    assert cfg.MODEL.ENCODER_CHANNELS == (4, 4, 8, 16) and cfg.MODEL.NR_TYPES == 7
+    assert cfg.DATA.TYPE_NAMES[0] == "background"  # integer keys again after JSON
+    assert cfg.LOSS.MSGE == "published"  # training-only sections are not taken over
+    assert model_config(phase / "model-best", ["MODEL.NR_TYPES=None"]).MODEL.NR_TYPES is None
+    assert recorded_config(tmp_path / "w.npz") is None
+    assert model_config(tmp_path / "w.npz").MODEL.ENCODER_CHANNELS == (64, 128, 256, 512)
+
+
+@pytest.mark.slow
+def test_infer_loads_a_checkpoint_trained_with_overrides_without_repeating_them(tmp_path, capsys):
+    import cv2
+
+    import infer
+
+    _phase(tmp_path / "run" / "phase1", TINY, checkpoint=True)
+    (tmp_path / "tiles").mkdir()
+    cv2.imwrite(str(tmp_path / "tiles" / "a.png"), np.full((20, 30, 3), 200, np.uint8))
+    code = infer.main(["--input", str(tmp_path / "tiles"), "--output", str(tmp_path / "out"),
+                       "--model", str(tmp_path / "run"), "--quiet", "--formats", "mat"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "a.mat").is_file()
