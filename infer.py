@@ -14,6 +14,12 @@ Per input image <name> it writes, into --output:
                   objects)
 and summary.csv for the run (image, height, width, nuclei, nuclei per type, seconds).
 
+Whole slides (--mode wsi, or auto: any file OpenSlide recognises as a slide): processed at the model's
+magnification (WSI.MODEL_MPP; the slide's own mpp or --mpp) in large tiles on tissue only, on an embedded
+Dask cluster (--workers) or an existing one (--scheduler); per slide <name>.json, <name>.geojson (or
+.geojson.gz with --gzip) in level-0 pixels, a <name>.png thumbnail overlay and a summary.csv row with the
+tissue area and nuclei per mm^2. Finished tiles are kept in <name>.parts/, so a killed run resumes.
+
 Re-running the same command skips images whose outputs are complete (writes are atomic), so a killed run
 resumes; --overwrite redoes them. Unreadable, grayscale, 16-bit or empty images are reported and skipped, and
 the exit status is then 1. Exit status 2: the run could not start (bad arguments, model or type file, an
@@ -56,6 +62,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. POSTPROC.MIN_SIZE=10 (see src/config.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--mode", choices=("auto", "tile", "wsi"), default="auto",
+                        help="tile: images read whole; wsi: whole-slide images through OpenSlide; auto (default): "
+                             "wsi for files OpenSlide recognises as slides, tile for the others")
+    parser.add_argument("--mpp", type=float, default=None,
+                        help="slides: microns per level-0 pixel, overriding a missing or wrong value in the file "
+                             "(a slide with neither is refused)")
+    parser.add_argument("--tissue_mask", default=None,
+                        help="slides: a tissue mask image (non-zero = tissue, any size) for one slide, or a folder "
+                             "of <slide name>.png masks; default: automatic (Otsu on saturation)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="slides: worker processes of the embedded Dask cluster (default 1); with --gpu 0,1 "
+                             "one worker per GPU")
+    parser.add_argument("--scheduler", default=None,
+                        help="slides: address of a running Dask scheduler (e.g. tcp://head:8786) to use instead "
+                             "of the embedded cluster")
+    parser.add_argument("--gzip", action="store_true", help="slides: write <name>.geojson.gz")
     args = parser.parse_args(argv)
     try:
         args.formats = check_formats(f.strip() for f in args.formats.split(",") if f.strip())
@@ -63,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--formats: {exc}")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.mpp is not None and args.mpp <= 0:
+        parser.error("--mpp must be > 0")
     return args
 
 
@@ -75,17 +101,28 @@ def main(argv=None) -> int:
     from misc.outputs import default_type_info, load_type_info
     from src.config import config_from_args
     from src.pipeline import check_output_dir, collect_inputs, postproc_kwargs, run_inference
+    from src.wsi import input_suffixes, split_inputs
 
     try:
         cfg = config_from_args(args.config)
-        files = collect_inputs(args.input)
+        files = collect_inputs(args.input, input_suffixes(args.mode))
+        slides, files = split_inputs(files, args.mode)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
         run_info = {"model": str(Path(args.model).resolve()), "postproc": postproc_kwargs(cfg)}
-        check_output_dir(args.output, files, args.formats, run_info, args.overwrite)
-        from src.predictor import HoVerNetPredictor
+        check_output_dir(args.output, files + slides, args.formats, run_info, args.overwrite)
+        from src.predictor import HoVerNetPredictor, detect_nr_types
 
-        predictor = HoVerNetPredictor(args.model, cfg)
-        uncovered = [t for t in range(1, predictor.nr_types or 0) if t not in type_info]
+        if files:
+            predictor = HoVerNetPredictor(args.model, cfg)
+            nr_types = predictor.nr_types
+        else:  # slides only: the workers build the network; here only check the file and its types
+            from src.model.weights import read_weight_shapes
+
+            try:
+                nr_types = detect_nr_types(read_weight_shapes(args.model))
+            except Exception as exc:  # TensorFlow raises its own error types for corrupt checkpoints
+                raise InputError(f"--model {args.model}: cannot read weights ({exc})") from exc
+        uncovered = [t for t in range(1, nr_types or 0) if t not in type_info]
         if uncovered:
             raise InputError(f"type ids {uncovered} of the model have no name/colour in "
                              f"{args.types or 'the default types'}")
@@ -93,16 +130,32 @@ def main(argv=None) -> int:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
 
-    report = run_inference(
-        files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
-        batch_size=args.batch_size or cfg.INFER.BATCH_SIZE, input_shape=cfg.MODEL.INPUT_SHAPE,
-        output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=run_info["postproc"], run_info=run_info,
-        progress=not args.quiet)
-    print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
-          f"{len(report.failed)} skipped -> {args.output}")
-    for path, reason in report.failed.items():
-        print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
-    return 0 if report.ok else 1
+    ok = True
+    if files:
+        report = run_inference(
+            files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
+            batch_size=args.batch_size or cfg.INFER.BATCH_SIZE, input_shape=cfg.MODEL.INPUT_SHAPE,
+            output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=run_info["postproc"], run_info=run_info,
+            progress=not args.quiet)
+        print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
+              f"{len(report.failed)} skipped -> {args.output}")
+        for path, reason in report.failed.items():
+            print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
+        ok = report.ok
+    if slides:
+        from src.wsi_cluster import infer_slides
+
+        try:
+            report = infer_slides(slides, args, cfg, type_info, run_info)
+        except (InputError, ValueError) as exc:
+            print(f"infer.py: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{len(report.done)} slide(s) written, {len(report.already_complete)} already complete, "
+              f"{len(report.failed)} skipped -> {args.output}")
+        for path, reason in report.failed.items():
+            print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
+        ok = ok and report.ok
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
