@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "wsi for files OpenSlide recognises as slides, tile for the others")
     parser.add_argument("--mpp", type=float, default=None,
                         help="slides: microns per level-0 pixel, overriding a missing or wrong value in the file "
-                             "(a slide with neither is refused)")
+                             "(a slide with neither is refused); not used for tiles yet")
     parser.add_argument("--tissue_mask", default=None,
                         help="slides: a tissue mask image (non-zero = tissue, any size) for one slide, or a folder "
                              "of <slide name>.png masks; default: automatic (Otsu on saturation)")
@@ -131,6 +131,9 @@ def main(argv=None) -> int:
         return 2
 
     ok = True
+    if files and args.mpp is not None:
+        logging.getLogger("infer").warning("--mpp is used for slides only; the %d tile(s) are read as they are",
+                                           len(files))
     if files:
         report = run_inference(
             files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,

@@ -81,6 +81,7 @@ def dask_client(workers: int = 1, scheduler: str | None = None, *, processes: bo
     from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
     quiet = logging.ERROR
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines would bury the progress bars
     if scheduler:
         with Client(scheduler) as client:
             log.info("using the Dask cluster at %s (%d workers)", scheduler,
