@@ -1,7 +1,7 @@
 """Whole-slide inference: large tiles with centroid ownership, per-tile part files, streamed assembly.
 
-A slide is processed at the model's resolution ("working" pixels of ``WSI.MODEL_MPP`` microns; level-0
-pixels are ``scale`` = model mpp / slide mpp working pixels each... i.e. level-0 = working * scale).
+A slide is processed at the model's resolution ("working" pixels of ``WSI.MODEL_MPP`` microns); level-0
+coordinates are working coordinates times ``scale`` = model mpp / slide mpp (1 when within the tolerance).
 The working plane is cut into square *cores* of ``tile_size`` px (a multiple of the network output), each
 read with a *margin* on every side (a multiple of the output too, see :func:`tile_margin`). Every region
 goes through the tile path unchanged - :func:`src.inference.predict_tile` (reflect padding at the

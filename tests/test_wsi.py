@@ -45,13 +45,14 @@ def disc_scene(height, width, seed, attempts=400):
     rng = np.random.default_rng(seed)
     inst = np.zeros((height, width), np.int32)
     types = {}
-    yy, xx = np.mgrid[:height, :width]
+    yy, xx = np.mgrid[-8:9, -8:9]
     for inst_id in range(1, attempts):
         r = int(rng.integers(5, 9))
-        cy, cx = int(rng.integers(r, height - r)), int(rng.integers(r, width - r))
-        if inst[max(0, cy - r - 2):cy + r + 3, max(0, cx - r - 2):cx + r + 3].any():
+        cy, cx = int(rng.integers(8, height - 8)), int(rng.integers(8, width - 8))
+        if inst[cy - r - 2:cy + r + 3, cx - r - 2:cx + r + 3].any():
             continue
-        inst[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = inst_id
+        window = inst[cy - 8:cy + 9, cx - 8:cx + 9]
+        window[yy ** 2 + xx ** 2 <= r * r] = inst_id
         types[inst_id] = int(rng.integers(1, N_TYPES))
     type_map = np.zeros_like(inst)
     for inst_id, t in types.items():
