@@ -48,7 +48,7 @@ def disc_scene(height, width, seed, attempts=400):
     yy, xx = np.mgrid[-8:9, -8:9]
     for inst_id in range(1, attempts):
         r = int(rng.integers(5, 9))
-        cy, cx = int(rng.integers(8, height - 8)), int(rng.integers(8, width - 8))
+        cy, cx = int(rng.integers(10, height - 10)), int(rng.integers(10, width - 10))  # off the image edge
         if inst[cy - r - 2:cy + r + 3, cx - r - 2:cx + r + 3].any():
             continue
         window = inst[cy - 8:cy + 9, cx - 8:cx + 9]
