@@ -90,7 +90,7 @@ def _tiles(strips, side: int, strip: int, tile: int = 256):
 
 
 class DarkPixelMaps:
-    """A stand-in network for memory runs: nuclei = dark pixels of each window's centre, hv 0, one type."""
+    """A stand-in network for memory runs: nuclei = dark blobs of each window's centre with their exact hv maps."""
 
     def __init__(self, output_shape: int):
         self.output_shape = output_shape
@@ -104,13 +104,19 @@ class DarkPixelMaps:
     def __call__(self):
         out = self.output_shape
 
+        from scipy import ndimage
+
+        from src.targets import gen_hv_map
+
         def predict(batch):
             off = (batch.shape[1] - out) // 2
-            fg = (batch[:, off:off + out, off:off + out, 0] < 150).astype(np.float32)
+            fg = batch[:, off:off + out, off:off + out, 0] < 150
             maps = np.zeros((len(batch), out, out, 8), np.float32)
             maps[..., 0] = fg
             maps[..., 4] = fg  # type 1
-            maps[..., 3] = 1 - fg
+            maps[..., 3] = ~fg
+            for k in range(len(batch)):  # exact hv maps of the dark blobs, so post-processing finds nuclei
+                maps[k, ..., 1:3] = gen_hv_map(ndimage.label(fg[k])[0])
             return maps
         return predict
 
