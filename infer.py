@@ -17,6 +17,12 @@ Per input image <name> it writes, into --output:
                   objects)
 and summary.csv for the run (image, height, width, nuclei, nuclei per type, seconds).
 
+Whole slides (--mode wsi, or auto: any file OpenSlide recognises as a slide): processed at the model's
+magnification (WSI.MODEL_MPP; the slide's own mpp or --mpp) in large tiles on tissue only, on an embedded
+Dask cluster (--workers) or an existing one (--scheduler); per slide <name>.json, <name>.geojson (or
+.geojson.gz with --gzip) in level-0 pixels, a <name>.png thumbnail overlay and a summary.csv row with the
+tissue area and nuclei per mm^2. Finished tiles are kept in <name>.parts/, so a killed run resumes.
+
 Re-running the same command skips images whose outputs are complete (writes are atomic), so a killed run
 resumes; --overwrite redoes them. Unreadable, grayscale, 16-bit or empty images are reported and skipped, and
 the exit status is then 1. Exit status 2: the run could not start (bad arguments, model or type file, an
@@ -70,6 +76,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="config overrides, e.g. POSTPROC.MIN_SIZE=10 (see src/config.py); they win over the "
                              "training config recorded beside a checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--mode", choices=("auto", "tile", "wsi"), default="auto",
+                        help="tile: images read whole; wsi: whole-slide images through OpenSlide; auto (default): "
+                             "wsi for files OpenSlide recognises as slides, tile for the others")
+    parser.add_argument("--mpp", type=float, default=None,
+                        help="slides: microns per level-0 pixel, overriding a missing or wrong value in the file "
+                             "(a slide with neither is refused); not used for tiles yet")
+    parser.add_argument("--tissue_mask", default=None,
+                        help="slides: a tissue mask image (non-zero = tissue, any size) for one slide, or a folder "
+                             "of <slide name>.png masks; default: automatic (Otsu on saturation)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="slides: worker processes of the embedded Dask cluster (default 1); with --gpu 0,1 "
+                             "one worker per GPU")
+    parser.add_argument("--scheduler", default=None,
+                        help="slides: address of a running Dask scheduler (e.g. tcp://head:8786) to use instead "
+                             "of the embedded cluster")
+    parser.add_argument("--gzip", action="store_true", help="slides: write <name>.geojson.gz")
     args = parser.parse_args(argv)
     if not args.list_models:
         missing = [f"--{name}" for name in ("input", "output", "model") if getattr(args, name) is None]
@@ -81,6 +103,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--formats: {exc}")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.mpp is not None and args.mpp <= 0:
+        parser.error("--mpp must be > 0")
     return args
 
 
@@ -110,6 +136,7 @@ def main(argv=None) -> int:
     from src.model.model_config import model_config, resolve_model_path
     from src.model.weights import weights_digest
     from src.pipeline import InferenceReport, check_output_dir, collect_inputs, postproc_kwargs, run_inference
+    from src.wsi import input_suffixes, split_inputs
 
     if args.gpu:  # like train.py: asking for a GPU that is not there must not pass silently
         import tensorflow as tf
@@ -122,16 +149,26 @@ def main(argv=None) -> int:
         # the training config recorded with the weights, so training --config overrides need not be repeated.
         args.model = str(resolve_model_path(resolve_model(args.model)))
         cfg = model_config(args.model, args.config)
-        files = collect_inputs(args.input)
+        files = collect_inputs(args.input, input_suffixes(args.mode))
+        slides, files = split_inputs(files, args.mode)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
         # The weights by content: new weights at the same path (model-best after more training) are another model.
         run_info = {"weights": weights_digest(args.model), "model_path": str(Path(args.model).resolve()),
                     "postproc": postproc_kwargs(cfg)}
-        check_output_dir(args.output, files, args.formats, run_info, args.overwrite)
-        from src.predictor import HoVerNetPredictor
+        check_output_dir(args.output, files + slides, args.formats, run_info, args.overwrite)
+        from src.predictor import HoVerNetPredictor, detect_nr_types
 
-        predictor = HoVerNetPredictor(args.model, cfg)
-        uncovered = [t for t in range(1, predictor.nr_types or 0) if t not in type_info]
+        if files:
+            predictor = HoVerNetPredictor(args.model, cfg)
+            nr_types = predictor.nr_types
+        else:  # slides only: the workers build the network; here only check the file and its types
+            from src.model.weights import read_weight_shapes
+
+            try:
+                nr_types = detect_nr_types(read_weight_shapes(args.model))
+            except Exception as exc:  # TensorFlow raises its own error types for corrupt checkpoints
+                raise InputError(f"--model {args.model}: cannot read weights ({exc})") from exc
+        uncovered = [t for t in range(1, nr_types or 0) if t not in type_info]
         if uncovered:
             raise InputError(f"type ids {uncovered} of the model have no name/colour in "
                              f"{args.types or 'the default types'}")
@@ -139,13 +176,37 @@ def main(argv=None) -> int:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
 
+    ok = True
+    if files and args.mpp is not None:
+        logging.getLogger("infer").warning("--mpp is used for slides only; the %d tile(s) are read as they are",
+                                           len(files))
     report = InferenceReport()
     try:
-        run_inference(
-            files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
-            batch_size=args.batch_size or cfg.INFER.BATCH_SIZE, input_shape=cfg.MODEL.INPUT_SHAPE,
-            output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=run_info["postproc"], run_info=run_info,
-            progress=not args.quiet, report=report)
+        if files:
+            run_inference(
+                files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
+                batch_size=args.batch_size or cfg.INFER.BATCH_SIZE, input_shape=cfg.MODEL.INPUT_SHAPE,
+                output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=run_info["postproc"], run_info=run_info,
+                progress=not args.quiet, report=report)
+            print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
+                  f"{len(report.failed)} skipped -> {args.output}")
+            for path, reason in report.failed.items():  # the reasons of InputError name the file already
+                print(f"infer.py: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}",
+                      file=sys.stderr)
+            ok = report.ok
+        if slides:
+            from src.wsi_cluster import infer_slides
+
+            try:
+                slide_report = infer_slides(slides, args, cfg, type_info, run_info)
+            except (InputError, ValueError) as exc:
+                print(f"infer.py: error: {exc}", file=sys.stderr)
+                return 2
+            print(f"{len(slide_report.done)} slide(s) written, {len(slide_report.already_complete)} already "
+                  f"complete, {len(slide_report.failed)} skipped -> {args.output}")
+            for path, reason in slide_report.failed.items():
+                print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
+            ok = ok and slide_report.ok
     except KeyboardInterrupt:
         print(f"infer.py: interrupted; {len(report.done)} image(s) done, rerun the same command to resume",
               file=sys.stderr)
@@ -153,11 +214,7 @@ def main(argv=None) -> int:
     except DiskFullError as exc:  # stop: every further write would fail; the image in progress left no file
         print(f"infer.py: error: {exc.strerror}", file=sys.stderr)
         return 2
-    print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
-          f"{len(report.failed)} skipped -> {args.output}")
-    for path, reason in report.failed.items():  # the reasons of InputError name the file already
-        print(f"infer.py: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
-    return 0 if report.ok else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

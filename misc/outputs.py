@@ -26,7 +26,8 @@ from misc.io import InputError, atomic_path, save_label_mat
 from misc.viz import save_overlay, type_entry
 
 __all__ = ["FORMATS", "default_type_info", "load_type_info", "save_mat", "save_nuclei_json", "save_geojson",
-           "geojson_ring", "check_formats", "output_paths", "write_outputs", "outputs_complete"]
+           "geojson_ring", "geojson_feature", "nucleus_record", "check_formats", "output_paths", "write_outputs",
+           "outputs_complete"]
 
 FORMATS = ("mat", "json", "png", "geojson")
 _SUFFIX = {"mat": ".mat", "json": ".json", "png": ".png", "geojson": ".geojson"}
@@ -136,7 +137,8 @@ def save_mat(path: str | os.PathLike, inst_map: np.ndarray, inst_info: Mapping) 
     return path
 
 
-def _nucleus_record(inst_id: int, info: Mapping, type_info: Mapping) -> dict:
+def nucleus_record(inst_id: int, info: Mapping, type_info: Mapping) -> dict:
+    """One nucleus as the JSON record :func:`save_nuclei_json` writes (shared with whole-slide outputs)."""
     type_id = _type_or_none(info.get("type"))
     name, _ = type_entry(type_info, type_id)
     (rmin, cmin), (rmax, cmax) = info["bbox"]
@@ -165,7 +167,7 @@ def save_nuclei_json(path: str | os.PathLike, inst_info: Mapping, type_info: Map
     if image_shape is not None:
         doc["image_shape"] = [int(image_shape[0]), int(image_shape[1])]
     doc["type_info"] = {str(k): [str(name), [int(v) for v in colour]] for k, (name, colour) in type_info.items()}
-    doc["nuclei"] = [_nucleus_record(int(i), inst_info[i], type_info) for i in sorted(inst_info, key=int)]
+    doc["nuclei"] = [nucleus_record(int(i), inst_info[i], type_info) for i in sorted(inst_info, key=int)]
     path = Path(path)
     _dump_json(path, doc)
     return path
@@ -242,6 +244,26 @@ def geojson_ring(contour, bbox=None) -> list[list[int]]:
     return ring + [ring[0]]
 
 
+def geojson_feature(inst_id: int, info: Mapping, type_info: Mapping) -> dict:
+    """One nucleus as the GeoJSON Feature :func:`save_geojson` writes (``info``: contour, bbox, type, type_prob)."""
+    type_id = _type_or_none(info.get("type"))
+    properties = {"objectType": "detection"}
+    if type_id is not None:
+        name, colour = type_entry(type_info, type_id)
+        properties["classification"] = {"name": name, "color": list(colour)}
+    measurements = {"nucleus_id": int(inst_id)}
+    type_prob = _finite_or_none(info.get("type_prob"))
+    if type_prob is not None:
+        measurements["type_prob"] = type_prob
+    properties["measurements"] = measurements
+    properties["nucleus_id"] = int(inst_id)
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [geojson_ring(info["contour"], info.get("bbox"))]},
+        "properties": properties,
+    }
+
+
 def save_geojson(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping | None = None) -> Path:
     """Write nuclei as a GeoJSON FeatureCollection that QuPath (>= 0.4) imports as classified detections.
 
@@ -254,25 +276,7 @@ def save_geojson(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping
     GeoJSON export (qupath-core ``PathObjectTypeAdapters``; the v0.4 format of qupath/qupath#1099).
     """
     type_info = _type_info(type_info)
-    features = []
-    for inst_id in sorted(inst_info, key=int):
-        info = inst_info[inst_id]
-        type_id = _type_or_none(info.get("type"))
-        properties = {"objectType": "detection"}
-        if type_id is not None:
-            name, colour = type_entry(type_info, type_id)
-            properties["classification"] = {"name": name, "color": list(colour)}
-        measurements = {"nucleus_id": int(inst_id)}
-        type_prob = _finite_or_none(info.get("type_prob"))
-        if type_prob is not None:
-            measurements["type_prob"] = type_prob
-        properties["measurements"] = measurements
-        properties["nucleus_id"] = int(inst_id)
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [geojson_ring(info["contour"], info.get("bbox"))]},
-            "properties": properties,
-        })
+    features = [geojson_feature(inst_id, inst_info[inst_id], type_info) for inst_id in sorted(inst_info, key=int)]
     path = Path(path)
     _dump_json(path, {"type": "FeatureCollection", "features": features})
     return path

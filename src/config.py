@@ -286,6 +286,18 @@ def make_config() -> AttrDict:
     # --- inference (spec section 6) ---
     C.INFER.BATCH_SIZE = 16
 
+    # --- whole-slide inference (infer.py --mode wsi; src/wsi.py) ---
+    C.WSI.MODEL_MPP = 0.25  # um/px the model was trained at (CoNSeP: 40x, 0.25); inputs are resampled to it
+    C.WSI.MPP_TOLERANCE = 0.05  # relative mpp difference under which no resampling is done
+    C.WSI.TILE_SIZE = 4096  # px at model resolution: core side of a large tile (rounded down to the output size)
+    C.WSI.MAX_NUCLEUS_PX = 80  # px at model resolution: widest nucleus the tile margin must hold whole (20 um)
+    C.WSI.TISSUE_MPP = 8.0  # um/px of the tissue mask (about 1.25x)
+    C.WSI.TISSUE_MIN_SATURATION = 20  # HSV saturation 0..255: floor of the Otsu threshold (white slides stay empty)
+    C.WSI.TISSUE_CLOSE_PX = 5  # mask px: closing that joins tissue fragments
+    C.WSI.TISSUE_OPEN_PX = 3  # mask px: opening that removes dust
+    C.WSI.TISSUE_MIN_AREA_PX = 16  # mask px: smaller tissue components are dropped
+    C.WSI.THUMB_MAX_SIDE = 4000  # px: longer side of the <name>.png overlay
+
     # --- evaluation (spec section 7) ---
     C.EVAL.MATCH_IOU = 0.5
     C.EVAL.RADIUS = 12  # px at 40x (6 at 20x)

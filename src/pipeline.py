@@ -46,8 +46,10 @@ RUN_INFO_NAME = "run_info.json"  # which model and settings made the outputs in 
 _RUN_INFO_NOTES = ("model_path",)  # recorded for the reader, not compared: weights are compared by content
 
 
-def collect_inputs(spec: str) -> list[Path]:
+def collect_inputs(spec: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
     """Images named by ``spec``: one file, a folder (its images, not recursive) or a glob pattern.
+
+    ``suffixes``: the file types a folder or glob picks up (whole-slide mode adds the slide formats).
 
     Raises :class:`InputError` when nothing matches or when two inputs share a name (their outputs
     would overwrite each other).
@@ -56,12 +58,12 @@ def collect_inputs(spec: str) -> list[Path]:
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
         if not files:
-            raise InputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            raise InputError(f"{path}: no images ({', '.join(suffixes)}) in this folder")
     elif any(ch in spec for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
-        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        files = [p for p in files if p.suffix.lower() in suffixes]
         if not files:
             raise InputError(f"{spec}: the pattern matches no images")
     else:

@@ -1,0 +1,199 @@
+"""Whole-slide inference speed and memory: seconds per mm^2 of tissue and peak RSS, split by stage.
+
+Run from the repository root (CPU, or the GPU TensorFlow sees)::
+
+    python -m benchmarks.wsi_speed --config MODEL.MODE=fast MODEL.PRESET=small [--size 6000] [--model WEIGHTS]
+    python -m benchmarks.wsi_speed --memory_only --size 40000     # peak RSS on a large slide, fake network
+
+A synthetic slide is written first (a pyramidal tiled TIFF at WSI.MODEL_MPP): tissue-like stained texture
+with ~1,400 synthetic nuclei per 1000x1000 px on a white background over ``--tissue`` of its area. Then
+``src.wsi.run_wsi`` runs on it through an embedded one-worker Dask cluster, exactly as ``infer.py`` does.
+The network has untrained weights unless ``--model`` is given (its speed does not depend on the
+weights); with untrained weights post-processing sees the network's meaningless maps, so its time is
+only indicative. ``--memory_only`` replaces the network by a fake that calls dark pixels nuclei instantly, to
+measure what the tiling, post-processing and assembly hold on a slide of any size.
+
+Reported: read / forward / post-process / write seconds summed over tiles (worker time), wall time,
+seconds per mm^2 of tissue, and peak RSS of the client and of the worker process (``ru_maxrss`` of the
+children of this process, i.e. the largest worker).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from misc.outputs import default_type_info
+from src.config import config_from_args
+
+
+def synthetic_slide(path: Path, size: int, tissue: float, mpp: float, seed: int = 0, strip: int = 1024) -> None:
+    """Write a ``size`` x ``size`` pyramidal TIFF: a stained band covering ``tissue`` of the width, dark discs."""
+    import cv2
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    width_tissue = int(size * tissue)
+
+    def strips(level: int):
+        factor = 2 ** level
+        side = -(-size // factor)
+        for y in range(0, side, strip):
+            h = min(strip, side - y)
+            block = np.full((h, side, 3), 242, np.uint8)
+            w = -(-width_tissue // factor)
+            pink = np.array([230, 160, 200], np.uint8)
+            block[:, :w] = pink
+            texture = np.tile(rng.integers(-12, 12, (64, 64, 3)), (-(-h // 64), -(-w // 64), 1))[:h, :w]
+            block[:, :w] = np.clip(block[:, :w].astype(int) + texture, 0, 255).astype(np.uint8)
+            n = int(1.4e-3 * h * w)  # ~1,400 nuclei per 1000x1000 px at level 0
+            for _ in range(n):
+                cx, cy = int(rng.integers(0, max(1, w))), int(rng.integers(0, h))
+                cv2.circle(block, (cx, cy), max(1, 7 // factor), (90, 50, 140), -1)
+            yield block
+
+    levels = max(1, int(np.log2(max(1, size // 512))) + 1)
+    res = 1e4 / mpp
+    with tifffile.TiffWriter(path, bigtiff=True) as tiff:
+        for level in range(levels):
+            side = -(-size // 2 ** level)
+            tiff.write(_tiles(strips(level), side, strip), shape=(side, side, 3), dtype=np.uint8, tile=(256, 256),
+                       photometric="rgb", compression="zlib", subfiletype=1 if level else 0,
+                       resolution=(res / 2 ** level, res / 2 ** level), resolutionunit="CENTIMETER")
+
+
+def _tiles(strips, side: int, strip: int, tile: int = 256):
+    """Re-cut row strips into the 256x256 tiles tifffile expects from an iterator (row-major, padded)."""
+    buffer = np.empty((0, side, 3), np.uint8)
+    for block in strips:
+        buffer = np.concatenate([buffer, block])
+        while len(buffer) >= tile:
+            row, buffer = buffer[:tile], buffer[tile:]
+            for x in range(0, side, tile):
+                out = np.zeros((tile, tile, 3), np.uint8)
+                part = row[:, x:x + tile]
+                out[:, :part.shape[1]] = part
+                yield out
+    if len(buffer):
+        row = np.zeros((tile, side, 3), np.uint8)
+        row[:len(buffer)] = buffer
+        for x in range(0, side, tile):
+            out = np.zeros((tile, tile, 3), np.uint8)
+            part = row[:, x:x + tile]
+            out[:, :part.shape[1]] = part
+            yield out
+
+
+class DarkPixelMaps:
+    """A stand-in network for memory runs: nuclei = dark blobs of each window's centre with their exact hv maps."""
+
+    def __init__(self, output_shape: int):
+        self.output_shape = output_shape
+
+    def __hash__(self):
+        return hash(("DarkPixelMaps", self.output_shape))
+
+    def __eq__(self, other):
+        return isinstance(other, DarkPixelMaps) and other.output_shape == self.output_shape
+
+    def __call__(self):
+        out = self.output_shape
+
+        from scipy import ndimage
+
+        from src.targets import gen_hv_map
+
+        def predict(batch):
+            off = (batch.shape[1] - out) // 2
+            fg = batch[:, off:off + out, off:off + out, 0] < 150
+            maps = np.zeros((len(batch), out, out, 8), np.float32)
+            maps[..., 0] = fg
+            maps[..., 4] = fg  # type 1
+            maps[..., 3] = ~fg
+            for k in range(len(batch)):  # exact hv maps of the dark blobs, so post-processing finds nuclei
+                maps[k, ..., 1:3] = gen_hv_map(ndimage.label(fg[k])[0])
+            return maps
+        return predict
+
+
+def _rss_mb(who) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024.0  # kB on Linux
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=6000, help="slide side in level-0 px (default 6000)")
+    parser.add_argument("--tissue", type=float, default=0.5, help="fraction of the width that is tissue (0.5)")
+    parser.add_argument("--batch_size", type=int, default=16, help="windows per forward pass (default 16)")
+    parser.add_argument("--model", default=None, help="trained weights; default: untrained weights")
+    parser.add_argument("--memory_only", action="store_true",
+                        help="fake network (dark pixels = nuclei, instant): memory of the rest")
+    parser.add_argument("--workers", type=int, default=1, help="embedded Dask workers (default 1)")
+    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+
+    from src.wsi import plan_slide, run_wsi, wsi_settings
+    from src.wsi_cluster import ModelFactory, dask_client
+
+    cfg = config_from_args(args.config)
+    settings = wsi_settings(cfg, batch_size=args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        slide = tmp / "synthetic.tif"
+        synthetic_slide(slide, args.size, args.tissue, cfg.WSI.MODEL_MPP)
+        make_s = time.perf_counter() - start
+        if args.memory_only:
+            factory = DarkPixelMaps(cfg.MODEL.OUTPUT_SHAPE)
+        else:
+            model = args.model
+            if model is None:
+                from src.model.weights import save_initial_weights
+
+                model = str(tmp / "untrained.npz")
+                save_initial_weights(model, cfg, nr_types=5)
+            factory = ModelFactory(str(Path(model).resolve()), tuple(args.config))
+        plan = plan_slide(slide, settings)
+        with dask_client(args.workers) as client:
+            # build the model in the worker before timing (one warm-up tile's worth of set-up is not counted)
+            if not args.memory_only:
+                from src.wsi import cached_predictor
+
+                client.run(lambda: cached_predictor(factory) and None)
+            start = time.perf_counter()
+            report = run_wsi([slide], tmp / "out", factory, default_type_info(), settings, client=client,
+                             progress=False)
+            wall = time.perf_counter() - start
+            worker_rss = max(client.run(lambda: _rss_mb(resource.RUSAGE_SELF)).values())
+        if not report.ok:
+            print(f"failed: {report.failed}")
+            return 1
+        seconds = report.seconds["synthetic"]
+        import json
+
+        n = len(json.loads((tmp / "out" / "synthetic.json").read_text())["nuclei"])
+        write_s = seconds["write"]
+
+    mm2 = plan.tissue_mm2
+    print(f"slide {args.size}x{args.size} px at {cfg.WSI.MODEL_MPP} um/px ({args.size * cfg.WSI.MODEL_MPP / 1000:.2f} "
+          f"mm side; written in {make_s:.0f} s); tissue {mm2:.2f} mm^2; {len(plan.tiles)} tiles of "
+          f"{settings.tile_size} px (+{settings.margin} px margin); model {cfg.MODEL.PRESET}/{cfg.MODEL.MODE} "
+          f"{cfg.MODEL.INPUT_SHAPE}->{cfg.MODEL.OUTPUT_SHAPE}, batch {args.batch_size}, {args.workers} worker(s)"
+          + ("; FAKE network (dark pixels)" if args.memory_only else "; untrained weights" if not args.model
+             else ""))
+    for stage in ("read", "forward", "postproc"):
+        print(f"{stage:9s} {seconds[stage]:9.2f} s  {seconds[stage] / mm2:8.2f} s/mm^2")
+    print(f"write     {write_s:9.2f} s  {write_s / mm2:8.2f} s/mm^2  (part files, then the assembly: .json, "
+          f".geojson, thumbnail overlay)")
+    print(f"wall      {wall:9.2f} s  {wall / mm2:8.2f} s/mm^2  ({n} nuclei)")
+    print(f"peak RSS: client {_rss_mb(resource.RUSAGE_SELF):.0f} MB, worker {worker_rss:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The Dask side of whole-slide inference: clusters, the per-worker model, and the infer.py entry.
+
+``--workers N`` starts an embedded :class:`distributed.LocalCluster` of N single-threaded worker processes
+(one GPU each with ``--gpu 0,1,...``); ``--scheduler ADDRESS`` connects to an existing cluster instead
+(dask-jobqueue on SLURM, dask-kubernetes...), whose workers must see the project, the model file, the
+slides and the output folder at the same paths. Tiles of all slides are the tasks. Each worker process
+builds the network once (:class:`ModelFactory` through :func:`src.wsi.cached_predictor`) and keeps it.
+Tasks write their part files themselves instead of returning nuclei to the client: results never pass
+through the scheduler or pile up in the client, and a finished tile is on disk even if its worker or the
+client dies; a worker that dies mid-tile loses only that tile, which the scheduler reruns elsewhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from misc.proc import die_with_parent
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DieWithParent", "ModelFactory", "dask_client", "infer_slides"]
+
+@dataclass(frozen=True)
+class ModelFactory:
+    """Picklable recipe for the TensorFlow predictor; called once in each worker process."""
+
+    model_path: str
+    overrides: tuple[str, ...] = ()
+
+    def __call__(self):
+        import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+        from src.model.model_config import model_config
+        from src.predictor import HoVerNetPredictor
+
+        # the network recorded with the weights (bundled .npz, run.json), then --config, as infer.py builds it
+        return HoVerNetPredictor(self.model_path, model_config(self.model_path, list(self.overrides)))
+
+
+class DieWithParent(WorkerPlugin):
+    """Worker plugin: each embedded worker process (restarted ones too) dies with the process that spawned it."""
+
+    name = "hovernet-die-with-parent"
+
+    def setup(self, worker) -> None:
+        die_with_parent(os.getppid())
+
+
+@contextlib.contextmanager
+def dask_client(workers: int = 1, scheduler: str | None = None, *, processes: bool = True,
+                gpus: list[str] | None = None):
+    """A :class:`distributed.Client`: on ``scheduler`` if given, else on an embedded cluster closed on exit.
+
+    ``processes=False`` runs the workers as threads of this process (tests; a predictor shared between
+    threads). ``gpus``: one worker per listed id, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``).
+    """
+    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+
+    quiet = logging.ERROR
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines would bury the progress bars
+    if scheduler:
+        with Client(scheduler) as client:
+            log.info("using the Dask cluster at %s (%d workers)", scheduler,
+                     len(client.scheduler_info().get("workers", {})))
+            yield client
+        return
+    if gpus and processes:
+        spec = {f"gpu{g}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": g},
+                                                       "silence_logs": quiet}}
+                for g in gpus}
+        cluster = SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+                              silence_logs=quiet)
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                               dashboard_address=None, silence_logs=quiet)
+    try:
+        with Client(cluster) as client:
+            if processes:
+                client.register_plugin(DieWithParent())
+            yield client
+    finally:
+        cluster.close(timeout=30)
+
+
+def tissue_mask_files(spec: str | None, slides: list[Path]) -> dict[str, Path]:
+    """``--tissue_mask``: one image for a single slide, or a folder of ``<slide name>.png`` (others: automatic)."""
+    if not spec:
+        return {}
+    from misc.io import InputError
+
+    path = Path(spec)
+    if path.is_dir():
+        return {s.stem: path / f"{s.stem}.png" for s in slides if (path / f"{s.stem}.png").is_file()}
+    if len(slides) != 1:
+        raise InputError(f"--tissue_mask {spec}: one mask file fits one slide; give a folder of <slide name>.png "
+                         f"masks for {len(slides)} slides")
+    if not path.is_file():
+        raise InputError(f"--tissue_mask {spec}: no such file or folder")
+    return {slides[0].stem: path}
+
+
+def infer_slides(slides: list[Path], args, cfg, type_info, run_info: dict):
+    """infer.py's whole-slide branch: settings from the config and CLI, a Dask client, :func:`src.wsi.run_wsi`."""
+    import json
+
+    from misc.io import atomic_path
+    from src.pipeline import RUN_INFO_NAME
+    from src.wsi import run_wsi, wsi_settings
+
+    settings = wsi_settings(cfg, batch_size=args.batch_size, formats=args.formats, gzip_geojson=args.gzip)
+    masks = tissue_mask_files(args.tissue_mask, slides)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / RUN_INFO_NAME) as tmp:
+        tmp.write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")
+    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()] if args.gpu else None
+    factory = ModelFactory(str(Path(args.model).resolve()), tuple(args.config))
+    with dask_client(args.workers, args.scheduler, gpus=gpus) as client:
+        return run_wsi(slides, out_dir, factory, type_info, settings, client=client, overwrite=args.overwrite,
+                       mpp=args.mpp, tissue_masks=masks, progress=not args.quiet)

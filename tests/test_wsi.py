@@ -1,0 +1,367 @@
+"""src/wsi.py, src/tissue.py, misc/slide_io.py, src/wsi_cluster.py: whole-slide inference on synthetic slides.
+
+Slides are pyramidal tiled TIFFs written here with tifffile (resolution tags give OpenSlide's mpp). Their
+pixels encode the exact network maps (R: type level, G/B: HV maps, as in tests/test_pipeline.py) and a
+fake predictor decodes the centre of each window, so the slide path can be compared nucleus by nucleus
+with the tile path on the same pixels. Dask runs in-process (threads), which is quick to start and stop.
+One test runs the real network (small preset, random weights) through infer.py.
+"""
+import csv
+import ctypes
+import gzip
+import itertools
+import json
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+import infer
+from misc.io import InputError
+from misc.outputs import default_type_info
+from misc.proc import die_with_parent
+from misc.slide_io import SlideReader, is_slide
+from src.config import config_from_args
+from src.pipeline import run_inference
+from src.targets import gen_hv_map
+from src.tissue import tissue_mask
+from src.wsi import plan_slide, run_wsi, split_inputs, tile_margin, wsi_settings
+from src.wsi_cluster import dask_client, tissue_mask_files
+
+N_TYPES = 5
+TYPE_LEVEL = 50
+TYPES = default_type_info()
+# Small large-tiles so a 600x520 slide has a 4x4 grid; room for the 17-px test discs.
+TEST_CONFIG = ["WSI.TILE_SIZE=160", "WSI.MAX_NUCLEUS_PX=30"]
+
+
+def disc_scene(height, width, seed, attempts=400):
+    """Image whose pixels encode non-touching typed discs (R type, G/B exact HV maps); background (0, 128, 128)."""
+    rng = np.random.default_rng(seed)
+    inst = np.zeros((height, width), np.int32)
+    types = {}
+    yy, xx = np.mgrid[-8:9, -8:9]
+    for inst_id in range(1, attempts):
+        r = int(rng.integers(5, 9))
+        cy, cx = int(rng.integers(10, height - 10)), int(rng.integers(10, width - 10))  # off the image edge
+        if inst[cy - r - 2:cy + r + 3, cx - r - 2:cx + r + 3].any():
+            continue
+        window = inst[cy - 8:cy + 9, cx - 8:cx + 9]
+        window[yy ** 2 + xx ** 2 <= r * r] = inst_id
+        types[inst_id] = int(rng.integers(1, N_TYPES))
+    type_map = np.zeros_like(inst)
+    for inst_id, t in types.items():
+        type_map[inst == inst_id] = t
+    hv = gen_hv_map(inst)
+    return np.stack([type_map * TYPE_LEVEL, np.round((hv[..., 0] + 1) * 127.5),
+                     np.round((hv[..., 1] + 1) * 127.5)], axis=-1).astype(np.uint8)
+
+
+def fake_predict(batch, output_shape=80):
+    """Decode the centre output_shape crop of each window into [np, hv x, hv y, tp...] maps."""
+    off = (batch.shape[1] - output_shape) // 2
+    centre = batch[:, off:off + output_shape, off:off + output_shape].astype(np.float32)
+    type_id = np.clip(np.rint(centre[..., 0] / TYPE_LEVEL).astype(int), 0, N_TYPES - 1)
+    tp = np.eye(N_TYPES, dtype=np.float32)[type_id]
+    fg = (type_id > 0).astype(np.float32)
+    hv = (centre[..., 1:3] / 127.5 - 1.0) * fg[..., None]
+    return np.concatenate([fg[..., None], hv, tp], axis=-1)
+
+
+CALLS = {}  # factory token -> windows predicted
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FakeFactory:
+    """Picklable predictor recipe; counts windows per token and raises after ``fail_after`` batches."""
+
+    token: str
+    fail_after: int | None = None
+
+    def __call__(self):
+        batches = itertools.count()
+
+        def predict(batch):
+            if self.fail_after is not None and next(batches) >= self.fail_after:
+                raise RuntimeError("simulated crash")
+            with _LOCK:
+                CALLS[self.token] = CALLS.get(self.token, 0) + len(batch)
+            return fake_predict(batch)
+        return predict
+
+
+def write_slide(path, image, mpp=0.25, levels=3, tile=128):
+    """A pyramidal tiled TIFF (OpenSlide 'generic-tiff'); ``mpp`` None writes no resolution."""
+    with tifffile.TiffWriter(path) as tiff:
+        for level in range(levels):
+            array = np.ascontiguousarray(image[::2 ** level, ::2 ** level])
+            extra = {}
+            if mpp is not None:
+                res = 1e4 / (mpp * 2 ** level)
+                extra = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
+            tiff.write(array, tile=(tile, tile), photometric="rgb", compression="zlib",
+                       subfiletype=1 if level else 0, **extra)
+    return path
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask_client(1, processes=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return disc_scene(600, 520, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_scene():
+    return disc_scene(360, 330, seed=4)  # a 3x3 grid of 160-px tiles
+
+
+@pytest.fixture
+def settings():
+    return wsi_settings(config_from_args(TEST_CONFIG), batch_size=64)
+
+
+def _nuclei(path):
+    return json.loads(path.read_text())["nuclei"]
+
+
+def _key(record):
+    return (round(record["centroid"][0], 6), round(record["centroid"][1], 6), record["type"])
+
+
+def _tile_reference(tmp_path, image):
+    folder = tmp_path / "tile_in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "s.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    run_inference([folder / "s.png"], tmp_path / "tile_out", fake_predict, TYPES, formats=("json",),
+                  batch_size=64, progress=False)
+    return _nuclei(tmp_path / "tile_out" / "s.json")
+
+
+def test_tile_margin_is_whole_outputs():
+    assert tile_margin(270, 80, 80, 21) == 160 + 160
+    assert tile_margin(256, 164, 80, 21) == 164 + 164
+    cfg = config_from_args(TEST_CONFIG)
+    s = wsi_settings(cfg)
+    assert s.tile_size % s.output_shape == 0 and s.margin % s.output_shape == 0
+    assert (s.input_shape, s.output_shape) == (cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE)
+
+
+def test_slide_reader_and_detection(tmp_path, scene):
+    slide = write_slide(tmp_path / "s.tif", scene, mpp=0.5)
+    png = tmp_path / "t.png"
+    cv2.imwrite(str(png), scene)
+    strip = tmp_path / "strip.tif"
+    tifffile.imwrite(strip, scene, photometric="rgb")  # not tiled: a tile, not a slide
+    assert is_slide(slide) and not is_slide(png) and not is_slide(strip)
+    assert split_inputs([slide, png, strip], "auto") == ([slide], [png, strip])
+    with SlideReader(slide) as reader:
+        assert (reader.width, reader.height, reader.mpp) == (520, 600, 0.5)
+        np.testing.assert_array_equal(reader.read(10, 20, 30, 40), scene[20:60, 10:40])
+        outside = reader.read(500, 590, 40, 20)  # past the slide: white
+        assert np.all(outside[10:, :] == 255) and np.all(outside[:, 20:] == 255)
+        assert reader.read_downsampled(4).shape == (150, 130, 3)
+    assert SlideReader(slide, mpp=0.3).mpp == 0.3
+
+
+def test_tissue_mask_white_and_stained():
+    white = np.full((40, 60, 3), 245, np.uint8)
+    assert not tissue_mask(white).any()
+    stained = white.copy()
+    stained[10:30, 20:50] = (180, 80, 160)  # H&E pink/purple
+    stained[2, 2] = (180, 80, 160)  # a speck: removed
+    mask = tissue_mask(stained)
+    assert mask[12:28, 22:48].all() and not mask[:, :15].any() and mask.sum() <= 20 * 30
+
+
+def test_slide_result_equals_tile_result(tmp_path, scene, settings, client):
+    """Same pixels, same nuclei: the large-tile grid, centroid ownership and level-0 coordinates are exact."""
+    reference = _tile_reference(tmp_path, scene)
+    slide = write_slide(tmp_path / "s.tif", scene)
+    out = tmp_path / "wsi"
+    report = run_wsi([slide], out, FakeFactory("equal"), TYPES, settings, client=client, progress=False)
+    assert report.ok and report.done == ["s"] and report.tiles_run["s"] == 16
+    nuclei = _nuclei(out / "s.json")
+    assert len(reference) > 150
+    assert sorted(map(_key, nuclei)) == sorted(map(_key, reference))
+    by_key = {_key(r): r for r in reference}
+    for record in nuclei:  # contours and boxes too
+        assert record["contour"] == by_key[_key(record)]["contour"]
+        assert record["bbox"] == by_key[_key(record)]["bbox"]
+    assert [r["id"] for r in nuclei] == list(range(1, len(nuclei) + 1))
+    doc = json.loads((out / "s.json").read_text())
+    assert doc["image_shape"] == [600, 520] and doc["mpp"] == 0.25
+    features = json.loads((out / "s.geojson").read_text())["features"]
+    assert [f["properties"]["nucleus_id"] for f in features] == [r["id"] for r in nuclei]
+    thumb = cv2.imread(str(out / "s.png"))
+    assert thumb.shape == (600, 520, 3)
+    with open(out / "summary.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert int(row["nuclei"]) == len(nuclei)
+    assert float(row["tissue_mm2"]) == pytest.approx(600 * 520 * 0.25 ** 2 / 1e6, rel=0.05)
+    assert not (out / "s.parts").exists()
+    # complete slides are skipped on a re-run
+    again = run_wsi([slide], out, FakeFactory("equal"), TYPES, settings, client=client, progress=False)
+    assert again.already_complete == ["s"] and not again.done
+
+
+def test_white_background_is_never_predicted(tmp_path, scene, settings, client):
+    white = np.full((600, 520, 3), 250, np.uint8)
+    half = white.copy()
+    half[:, 320:] = scene[:, 320:]
+    paths = [write_slide(tmp_path / "white.tif", white), write_slide(tmp_path / "half.tif", half)]
+    plan = plan_slide(paths[1], settings)
+    assert all(t.core[1] >= 160 for t in plan.tiles) and len(plan.tiles) < 16
+    report = run_wsi(paths, tmp_path / "out", FakeFactory("white"), TYPES, settings, client=client,
+                     progress=False, )
+    assert report.ok and sorted(report.done) == ["half", "white"] and report.tiles_run["white"] == 0
+    assert _nuclei(tmp_path / "out" / "white.json") == []
+    assert len(_nuclei(tmp_path / "out" / "half.json")) > 0
+    assert CALLS["white"] == sum(_windows(t.region, settings) for t in plan.tiles)
+
+
+def _windows(region, settings):
+    y0, x0, y1, x1 = region
+    out = settings.output_shape
+    return -(-(y1 - y0) // out) * -(-(x1 - x0) // out)
+
+
+def test_kill_and_resume(tmp_path, small_scene, settings, client):
+    slide = write_slide(tmp_path / "s.tif", small_scene)
+    out = tmp_path / "out"
+    first = run_wsi([slide], out, FakeFactory("crash", fail_after=5), TYPES, settings, client=client,
+                    progress=False)
+    assert not first.ok and "simulated crash" in first.failed[str(slide.resolve())]
+    parts = sorted(p.name for p in (out / "s.parts").glob("*_*.json"))
+    assert 0 < len(parts) < 9 and not (out / "s.json").exists()
+    (out / "s.parts" / ".2_2.abc.part.json").write_text("{half a fi")  # a write cut by the kill: ignored
+    second = run_wsi([slide], out, FakeFactory("resume"), TYPES, settings, client=client, progress=False)
+    assert second.ok and second.tiles_run["s"] == 9 - len(parts)
+    resumed = _nuclei(out / "s.json")
+    assert len({_key(r) for r in resumed}) == len(resumed)  # no duplicates
+    assert sorted(map(_key, resumed)) == sorted(map(_key, _tile_reference(tmp_path, small_scene)))
+    # --overwrite starts over
+    third = run_wsi([slide], out, FakeFactory("over"), TYPES, settings, client=client, overwrite=True,
+                    progress=False)
+    assert third.ok and third.tiles_run["s"] == 9
+
+
+def test_one_and_two_workers_agree(tmp_path, small_scene, settings, client):
+    slide = write_slide(tmp_path / "s.tif", small_scene)
+    run_wsi([slide], tmp_path / "one", FakeFactory("one"), TYPES, settings, client=client, progress=False)
+    with dask_client(2, processes=False) as two:
+        assert len(two.scheduler_info()["workers"]) == 2
+        run_wsi([slide], tmp_path / "two", FakeFactory("two"), TYPES, settings, client=two, progress=False)
+    assert (tmp_path / "one" / "s.json").read_text() == (tmp_path / "two" / "s.json").read_text()
+
+
+def test_missing_mpp_refused_corrupt_skipped(tmp_path, small_scene, settings, client):
+    no_mpp = write_slide(tmp_path / "nompp.tif", small_scene, mpp=None)
+    corrupt = tmp_path / "corrupt.svs"
+    corrupt.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    good = write_slide(tmp_path / "good.tif", small_scene[:200, :200])
+    report = run_wsi([no_mpp, corrupt, good], tmp_path / "out", FakeFactory("bad"), TYPES, settings,
+                     client=client, progress=False)
+    assert report.done == ["good"]
+    assert "no microns per pixel" in report.failed[str(no_mpp)] and "--mpp" in report.failed[str(no_mpp)]
+    assert str(corrupt) in report.failed[str(corrupt)]
+    # --mpp makes the first usable; a gzipped GeoJSON on request
+    gz = wsi_settings(config_from_args(TEST_CONFIG), batch_size=64, gzip_geojson=True)
+    report = run_wsi([no_mpp], tmp_path / "out", FakeFactory("bad"), TYPES, gz, client=client, mpp=0.25,
+                     progress=False)
+    assert report.done == ["nompp"]
+    with gzip.open(tmp_path / "out" / "nompp.geojson.gz", "rt") as handle:
+        assert len(json.load(handle)["features"]) == len(_nuclei(tmp_path / "out" / "nompp.json")) > 0
+
+
+def test_resampled_slide_in_level0_coordinates(tmp_path, client):
+    """A 20x slide (0.5 um/px) runs upsampled for the 40x model; nuclei come back in the slide's own pixels."""
+    image = disc_scene(200, 180, seed=5)
+    reference = _tile_reference(tmp_path, image)
+    # Model at 0.25 um/px: the slide is read at 2x. Discs upsampled twice stay decodable by the fake.
+    settings = wsi_settings(config_from_args(TEST_CONFIG + ["WSI.MAX_NUCLEUS_PX=40"]), batch_size=64)
+    slide = write_slide(tmp_path / "s.tif", image, mpp=0.5)
+    plan = plan_slide(slide, settings)
+    assert plan.scale == 0.5 and (plan.work_width, plan.work_height) == (360, 400)
+    run_wsi([slide], tmp_path / "out", FakeFactory("mpp"), TYPES, settings, client=client, progress=False)
+    nuclei = _nuclei(tmp_path / "out" / "s.json")
+    assert abs(len(nuclei) - len(reference)) <= 1
+    ref = np.array([r["centroid"] for r in reference])
+    for record in nuclei:
+        assert np.min(np.hypot(*(ref - record["centroid"]).T)) < 1.0
+
+
+def test_tissue_mask_files(tmp_path):
+    a, b = tmp_path / "a.svs", tmp_path / "b.svs"
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "a.png").write_bytes(b"x")
+    assert tissue_mask_files(str(masks), [a, b]) == {"a": masks / "a.png"}
+    assert tissue_mask_files(str(masks / "a.png"), [a]) == {"a": masks / "a.png"}
+    with pytest.raises(InputError, match="one slide"):
+        tissue_mask_files(str(masks / "a.png"), [a, b])
+
+
+def test_user_tissue_mask_limits_tiles(tmp_path, scene, settings):
+    slide = write_slide(tmp_path / "s.tif", scene)
+    mask = np.zeros((60, 52), np.uint8)
+    mask[:15, :13] = 255  # the top-left quarter (one 160-px tile at 600x520 -> rows/cols 0..1)
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    plan = plan_slide(slide, settings, mask_path=tmp_path / "mask.png")
+    assert {t.key for t in plan.tiles} <= {"0_0", "0_1", "1_0", "1_1"} and plan.tiles
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux-only")
+def test_die_with_parent_sets_the_signal():
+    pid = os.fork()
+    if pid == 0:  # child: request the signal, read it back (PR_GET_PDEATHSIG = 2), report by exit status
+        ok = die_with_parent(os.getppid(), signal.SIGKILL)
+        value = ctypes.c_int()
+        ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)
+        os._exit(0 if ok and value.value == signal.SIGKILL else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+
+
+@pytest.mark.slow
+def test_infer_cli_slide_with_the_real_network(tmp_path, scene):
+    """infer.py --mode auto on a slide: one embedded worker process builds the small network (random weights)."""
+    from src.model.weights import save_initial_weights
+
+    overrides = ["MODEL.PRESET=small", "MODEL.MODE=fast", "WSI.TILE_SIZE=328"]
+    weights = tmp_path / "small.npz"
+    save_initial_weights(weights, config_from_args(overrides), nr_types=5)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_slide(folder / "slide.tif", scene[:400, :400])
+    out = tmp_path / "out"
+    argv = ["--input", str(folder), "--output", str(out), "--model", str(weights), "--quiet",
+            "--batch_size", "4", "--config", *overrides]
+    assert infer.main(argv) == 0
+    for name in ("slide.json", "slide.geojson", "slide.png", "summary.csv", "run_info.json"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "slide.json").read_text())
+    assert doc["image_shape"] == [400, 400]
+    with open(out / "summary.csv") as handle:
+        rows = {r["image"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"slide"} and float(rows["slide"]["tissue_mm2"]) > 0
+    assert infer.main(argv) == 0  # resume: everything complete
+
+
+def test_slide_reader_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        SlideReader(tmp_path / "missing.svs")
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"not a slide")
+    with pytest.raises(InputError, match="bad.svs"):
+        SlideReader(bad)
