@@ -40,13 +40,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--model", required=True,
                         help="weights: a checkpoint written by train.py (e.g. runs/x/phase2/model-best) or an .npz "
-                             "of variable name -> array (tensorpack varmanip format); every network variable must "
-                             "load, or the run stops and lists what was missing or unexpected")
+                             "of variable name -> array (tensorpack varmanip format; src.model.convert writes one from "
+                             "the authors' released checkpoints); every network variable must load, or the run "
+                             "stops and lists what was missing or unexpected. The mode (original/fast) and widths "
+                             "recorded in an .npz are applied before --config")
     parser.add_argument("--gpu", default=None,
                         help="GPU id to use (sets CUDA_VISIBLE_DEVICES); '' forces the CPU; default: whatever "
                              "TensorFlow sees")
     parser.add_argument("--batch_size", type=int, default=None,
-                        help="270x270 windows per forward pass (default: config INFER.BATCH_SIZE, 16)")
+                        help="network input windows per forward pass (default: config INFER.BATCH_SIZE, 16)")
     parser.add_argument("--types", default=None,
                         help='TYPE_INFO.json mapping type ids to names and RGB colours, e.g. '
                              '{"1": ["tumour", [255, 0, 0]]}; default: CoNSeP\'s four types')
@@ -74,10 +76,12 @@ def main(argv=None) -> int:
 
     from misc.outputs import default_type_info, load_type_info
     from src.config import config_from_args
+    from src.model.weights import read_npz_config
     from src.pipeline import check_output_dir, collect_inputs, postproc_kwargs, run_inference
 
     try:
-        cfg = config_from_args(args.config)
+        # what an .npz records about its network (mode, preset, widths, nr_types) first; --config wins
+        cfg = config_from_args(read_npz_config(args.model) + list(args.config))
         files = collect_inputs(args.input)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
         run_info = {"model": str(Path(args.model).resolve()), "postproc": postproc_kwargs(cfg)}
