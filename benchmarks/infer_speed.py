@@ -3,7 +3,7 @@
 
 Run from the repository root (CPU, or the GPU TensorFlow sees)::
 
-    python -m benchmarks.infer_speed [--size 1000] [--preset full|small] [--windows 4] [--batch_size 2]
+    python -m benchmarks.infer_speed [--size 1000] [--preset full|small] [--windows 2] [--batch_size 2]
 
 * forward: for each mode the real network (untrained weights: the speed does not depend on them) on the
   sliding-window layout of a random ``--size`` tile (``src/inference.py``: windows and steps from the
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=1000, help="square tile side in pixels (default 1000)")
     parser.add_argument("--preset", default="full", choices=sorted(MODEL_PRESETS),
                         help="network size (default full, the published one)")
-    parser.add_argument("--windows", type=int, default=4,
-                        help="windows timed per mode, then extrapolated to the tile; 0 = all (default 4)")
+    parser.add_argument("--windows", type=int, default=2,
+                        help="windows timed per mode, then extrapolated to the tile; 0 = all (default 2)")
     parser.add_argument("--batch_size", type=int, default=2, help="windows per forward pass (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward batches first (default 1)")
     args = parser.parse_args(argv)
