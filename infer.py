@@ -55,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="weights: the name of a bundled model (see --list-models), a checkpoint written by "
                              "train.py (e.g. runs/x/phase2/model-best), a run folder (runs/x: the model-best of its "
                              "last phase) or phase folder (its model-best), or an .npz of variable name -> array "
-                             "(tensorpack varmanip format). The network is built with the training config recorded "
+                             "(tensorpack varmanip format; src.model.convert writes one from the authors' released "
+                             "checkpoints). The network is built with the training config recorded "
                              "with the weights (run.json beside a checkpoint; inside a bundled .npz), so training "
                              "--config overrides need not be repeated. Every network variable must load, or the "
                              "run stops and lists what was missing or unexpected")
@@ -64,8 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="GPU id to use (sets CUDA_VISIBLE_DEVICES); '' forces the CPU; default: whatever "
                              "TensorFlow sees")
     parser.add_argument("--batch_size", type=int, default=None,
-                        help="network input windows (270x270 original, 256x256 fast) per forward pass (default: "
-                             "config INFER.BATCH_SIZE, 16)")
+                        help="network input windows per forward pass (default: config INFER.BATCH_SIZE, 16)")
     parser.add_argument("--types", default=None,
                         help='TYPE_INFO.json mapping type ids to names and RGB colours, e.g. '
                              '{"1": ["tumour", [255, 0, 0]]}; default: CoNSeP\'s four types')

@@ -11,8 +11,15 @@ The two published modes differ in three layer settings (:data:`MODES`):
     input 270; ``conv0`` 7x7 **valid**; decoder ``conva`` and dense-unit convolutions 5x5 **valid**
     (u1's ``conva`` 'same'). Output 80, skip crops 184 (group0) and 72 (group1).
 ``fast``
-    input 256; ``conv0`` 7x7 **same** (TensorFlow 'same': the odd pixel of padding goes bottom/right);
-    decoder kernels **3x3** (still valid, u1's ``conva`` still 'same'). Output 164, crops 92 and 36.
+    input 256; ``conv0`` 7x7 **same**; decoder kernels **3x3** in ``conva`` and the dense units (still valid;
+    u1's ``conva``, now 3x3 as well, still 'same'). Output 164, crops 92 and 36.
+
+Checked against the released PyTorch code (vqdang/hover_net master, ``models/hovernet/net_desc.py``): one
+``ksize = 5 if mode == 'original' else 3`` feeds every decoder ``conva`` (u1's included) and the dense units,
+and ``fast`` prepends a TensorFlow-style 'same' padding layer to ``conv0``. TensorFlow 'same' puts the odd
+pixel of padding bottom/right; for the stride-1 odd kernels of ``conv0`` and u1's ``conva`` the padding is
+even (3 and 1 or 2 px each side), so it is symmetric there, and only the encoder's stride-2 3x3 convolutions
+(identical in both modes, 'same' in the published TensorFlow code as well) pad asymmetrically.
 """
 from __future__ import annotations
 

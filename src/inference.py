@@ -67,8 +67,11 @@ class WindowLayout:
         return np.stack([r * self.output_shape, c * self.output_shape], axis=1)
 
 
-def window_layout(height: int, width: int, input_shape: int = 270, output_shape: int = 80) -> WindowLayout:
+def window_layout(height: int, width: int, input_shape: int, output_shape: int) -> WindowLayout:
     """The window grid of spec section 6 for an ``height`` x ``width`` image.
+
+    ``input_shape`` / ``output_shape``: the network geometry (``cfg.MODEL.INPUT_SHAPE`` / ``OUTPUT_SHAPE``, from
+    :func:`src.geometry.derive_geometry`); no default, so that no second copy of it exists here.
 
     Raises ``ValueError`` for a non-positive size, ``output_shape > input_shape`` or an odd
     ``input_shape - output_shape`` (the output must be the exact centre of the window).
@@ -197,13 +200,14 @@ def stitch(outputs: np.ndarray, layout: WindowLayout) -> np.ndarray:
 
 
 def predict_tile(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray], batch_size: int = 16,
-                 input_shape: int = 270, output_shape: int = 80,
+                 *, input_shape: int, output_shape: int,
                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Predict a whole tile window by window (spec section 6).
 
     ``image``: HxWx3 RGB, uint8 or float (handed to ``predict_fn`` in that dtype, unnormalised).
     ``predict_fn(batch)``: ``N x input_shape x input_shape x 3`` -> ``N x output_shape x output_shape x C``
-    (any float dtype), called ``ceil(n_windows / batch_size)`` times with ``N <= batch_size``.
+    (any float dtype), called ``ceil(n_windows / batch_size)`` times with ``N <= batch_size``. The geometry
+    (keyword-only, required) is the config's ``MODEL.INPUT_SHAPE`` / ``MODEL.OUTPUT_SHAPE``.
     ``progress(done, total)``, if given, is called after each batch with window counts.
     Returns HxWxC float32, the channels as ``predict_fn`` returns them. At most ``batch_size`` windows
     (and their outputs) exist at a time besides the HxWxC result.

@@ -1,7 +1,7 @@
 """Tiles in, per-nucleus outputs out: the model-agnostic driver behind ``infer.py``.
 
-Given any ``predict_fn(batch Nx270x270x3) -> Nx80x80xC`` (the TensorFlow predictor in
-``src/predictor.py``, or a fake in tests), this module finds the input images, skips those whose
+Given any ``predict_fn(batch N x in x in x 3) -> N x out x out x C`` (in/out: the config's geometry; the
+TensorFlow predictor in ``src/predictor.py``, or a fake in tests), this module finds the input images, skips those whose
 outputs are already complete (so a killed run resumes), runs the sliding-window forward pass
 (``src/inference.py``), post-processes (``src/postproc.py``) and writes every output atomically
 (``misc/outputs.py``), overlapping the post-processing and writing of image k with the forward pass
@@ -192,8 +192,8 @@ def _write_summary(path: Path, rows: dict[str, dict]) -> None:
 
 
 def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarray], np.ndarray], type_info: dict,
-                  *, formats=FORMATS, overwrite: bool = False, batch_size: int = 16, input_shape: int = 270,
-                  output_shape: int = 80, postproc_kwargs: dict | None = None, run_info: dict | None = None,
+                  *, input_shape: int, output_shape: int, formats=FORMATS, overwrite: bool = False,
+                  batch_size: int = 16, postproc_kwargs: dict | None = None, run_info: dict | None = None,
                   progress: bool = True, report: InferenceReport | None = None) -> InferenceReport:
     """Run the whole per-image job over ``files`` into ``out_dir``; never raises for one bad image.
 

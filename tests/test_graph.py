@@ -104,6 +104,12 @@ def test_geometry():
         derive_geometry("original", input_shape=272)  # group3 would not up-sample onto group2
 
 
+@pytest.fixture(scope="module")
+def fast5():
+    """MODEL.MODE=fast, nr_types=5, inference tower (same variables as training), NHWC; the one fast build."""
+    return _build(5, is_training=False, overrides=["MODEL.DATA_FORMAT=NHWC", "MODEL.MODE=fast"])
+
+
 def test_parameter_counts(train5):
     graph, _, _ = train5
     trainable = _trainable(graph)
@@ -317,3 +323,50 @@ def test_msge_focus_binary_without_types_as_released():
         sess.run(tf1.global_variables_initializer())
         hv, msge = sess.run(["hv:0", f"{LOSS_TENSOR_PREFIX}hv_msge:0"], feed)
     assert msge == pytest.approx(_np_msge(feed["hv_target:0"], hv, (ids > 0).astype(np.float64)), rel=1e-4)
+
+
+def _branch_params(k: int, out_ch: int) -> int:
+    """Trainable parameters of one decoder branch + head, written out from the layer list; ``k``: the decoder
+    kernel (5 original, 3 fast). BN layers have gamma + beta; convolutions have no bias except the head's."""
+    def dense_units(ch_in, count):  # each unit: BN(in), 1x1 in->128, BN(128), grouped k x k 128->32 in 4 groups
+        return sum(2 * (ch_in + 32 * i) + (ch_in + 32 * i) * 128 + 2 * 128 + k * k * (128 // 4) * 32
+                   for i in range(count))
+    u3 = k * k * 1024 * 256 + dense_units(256, 8) + 2 * (256 + 8 * 32) + 512 * 512  # conva, units, blk_bna, convf
+    u2 = k * k * 512 * 128 + dense_units(128, 4) + 2 * (128 + 4 * 32) + 256 * 256
+    u1 = k * k * 256 * 64  # 'same' conva
+    head = 2 * 64 + 64 * out_ch + out_ch  # preact_out BN, conv_out with bias
+    return u3 + u2 + u1 + head
+
+
+def test_hand_count_reproduces_the_published_original_counts():
+    assert _branch_params(5, 2) == NP_HV_BRANCH_PARAMS and _branch_params(5, 5) == TP_BRANCH_PARAMS
+
+
+def test_fast_mode_shapes_and_parameter_counts(fast5):
+    graph, model, _ = fast5
+    assert model.geometry.mode == "fast"
+    assert model.inputs()[0].shape.as_list() == [None, 256, 256, 3]
+    shapes = {n: graph.get_tensor_by_name(f"{n}:0").shape.as_list() for n in inference_output_names(5)}
+    assert shapes == {"np_prob": [None, 164, 164, 2], "hv": [None, 164, 164, 2], "tp_prob": [None, 164, 164, 5]}
+    trainable = _trainable(graph)
+    counts = {
+        "total": sum(int(np.prod(v.shape)) for v in trainable),
+        "encoder": _count(trainable, ENCODER_SCOPES),
+        "conv_bot": _count(trainable, ("conv_bot",)),
+        **{branch: _count(trainable, DECODER_SCOPES[branch]) for branch in ("np", "hv", "tp")},
+    }
+    print("fast-mode trainable parameters:", counts)
+    # By hand: every 5x5 of a branch becomes 3x3, so each branch loses (25 - 9) x the k x k weights per pixel
+    # of kernel, (1024*256 + 8*32*32 + 512*128 + 4*32*32 + 256*64) = 356,352: 16 * 356,352 = 5,701,632.
+    # np/hv: 9,715,586 - 5,701,632 = 4,013,954; tp: 9,715,781 - 5,701,632 = 4,014,149. Encoder and conv_bot
+    # do not change (conv0 is 7x7 in both modes, only its padding differs).
+    assert _branch_params(3, 2) == 4_013_954 and _branch_params(3, 5) == 4_014_149
+    assert counts == {"total": 23_500_352 + 2_097_152 + 2 * 4_013_954 + 4_014_149,  # 37,639,561
+                      "encoder": ENCODER_PARAMS, "conv_bot": CONV_BOT_PARAMS,
+                      "np": 4_013_954, "hv": 4_013_954, "tp": 4_014_149}
+    with graph.as_default():
+        kernels = {v.op.name: tuple(v.shape.as_list()) for v in tf1.global_variables()}
+    assert kernels["conv0/W"] == (7, 7, 3, 64)
+    assert kernels["np/u3/conva/W"] == (3, 3, 1024, 256) and kernels["tp/u1/conva/W"] == (3, 3, 256, 64)
+    assert kernels["hv/u2/dense/blk/3/conv2/W"] == (3, 3, 32, 32)
+

@@ -29,7 +29,7 @@ def _image(height, width, dtype=np.uint8, seed=0):
 class CentreCrop:
     """Fake network: the central output x output square of each window, as float32; counts calls."""
 
-    def __init__(self, input_shape=270, output_shape=80):
+    def __init__(self, input_shape=ORIGINAL["input_shape"], output_shape=ORIGINAL["output_shape"]):
         self.margin = (input_shape - output_shape) // 2
         self.output_shape = output_shape
         self.calls = []
@@ -54,10 +54,10 @@ class FiveChannels(CentreCrop):
 def test_centre_crop_predictor_reproduces_the_image(height, width):
     image = _image(height, width)
     fake = CentreCrop()
-    out = predict_tile(image, fake, batch_size=7)
+    out = predict_tile(image, fake, batch_size=7, **ORIGINAL)
     assert out.shape == (height, width, 3) and out.dtype == np.float32
     np.testing.assert_array_equal(out, image.astype(np.float32))
-    layout = window_layout(height, width)
+    layout = window_layout(height, width, **ORIGINAL)
     assert len(fake.calls) == math.ceil(layout.n_windows / 7)
     assert all(shape[1:] == (270, 270, 3) and shape[0] <= 7 for shape in fake.calls)
 
@@ -70,14 +70,14 @@ def test_layout_numbers_original_geometry():
     assert layout.padded_shape == ((3 - 1) * 80 + 270, (2 - 1) * 80 + 270)
     assert layout.pad_top + 173 + layout.pad_bottom == layout.padded_shape[0]
     assert layout.origins.tolist() == [[0, 0], [0, 80], [80, 0], [80, 80], [160, 0], [160, 80]]
-    assert window_layout(160, 240).n_windows == 2 * 3
-    assert window_layout(1, 1).n_windows == 1
+    assert window_layout(160, 240, **ORIGINAL).n_windows == 2 * 3
+    assert window_layout(1, 1, **ORIGINAL).n_windows == 1
 
 
 def test_windows_equal_numpy_reflect_padding():
     for height, width in [(173, 91), (10, 17), (1, 5), (2, 2)]:
         image = _image(height, width, seed=1)
-        layout = window_layout(height, width)
+        layout = window_layout(height, width, **ORIGINAL)
         padded = np.pad(image, ((layout.pad_top, layout.pad_bottom), (layout.pad_left, layout.pad_right), (0, 0)),
                         mode="reflect")
         assert padded.shape[:2] == layout.padded_shape
@@ -96,8 +96,8 @@ def test_multichannel_output_and_batch_size_independence():
     results = []
     for batch_size in (1, 4, 16, 1000):
         fake = FiveChannels()
-        results.append(predict_tile(image, fake, batch_size=batch_size))
-        assert len(fake.calls) == math.ceil(window_layout(173, 250).n_windows / batch_size)
+        results.append(predict_tile(image, fake, batch_size=batch_size, **ORIGINAL))
+        assert len(fake.calls) == math.ceil(window_layout(173, 250, **ORIGINAL).n_windows / batch_size)
     out = results[0]
     assert out.shape == (173, 250, 5)
     np.testing.assert_array_equal(out[..., :3], image)
@@ -115,7 +115,7 @@ def test_float_input_passes_through():
         seen.append(batch.dtype)
         return batch[:, 95:175, 95:175].astype(np.float32)
 
-    np.testing.assert_array_equal(predict_tile(image, fake), image)
+    np.testing.assert_array_equal(predict_tile(image, fake, **ORIGINAL), image)
     assert seen == [np.float32] * len(seen)
 
 
@@ -132,7 +132,7 @@ def test_fast_geometry():
 
 def test_stitch_matches_predict_tile_and_batches_cover_every_window():
     image = _image(123, 201)
-    layout = window_layout(123, 201)
+    layout = window_layout(123, 201, **ORIGINAL)
     batches = list(iter_window_batches(image, layout, batch_size=4))
     assert [start for start, _ in batches] == list(range(0, layout.n_windows, 4))
     outputs = np.concatenate([CentreCrop()(windows) for _, windows in batches])
@@ -141,7 +141,8 @@ def test_stitch_matches_predict_tile_and_batches_cover_every_window():
 
 def test_progress_reports_window_counts():
     calls = []
-    predict_tile(_image(200, 200), CentreCrop(), batch_size=4, progress=lambda done, total: calls.append((done, total)))
+    predict_tile(_image(200, 200), CentreCrop(), batch_size=4, progress=lambda done, total: calls.append((done, total)),
+                 **ORIGINAL)
     assert calls == [(4, 9), (8, 9), (9, 9)]
 
 
@@ -150,7 +151,7 @@ def test_progress_reports_window_counts():
                                    np.zeros((10, 10, 3), bool), np.zeros((10, 10, 3), np.int64)])
 def test_bad_images_raise(image):
     with pytest.raises(ValueError):
-        predict_tile(image, CentreCrop())
+        predict_tile(image, CentreCrop(), **ORIGINAL)
 
 
 def test_bad_geometry_and_batch_size_raise():
@@ -159,16 +160,16 @@ def test_bad_geometry_and_batch_size_raise():
     with pytest.raises(ValueError, match="larger"):
         window_layout(10, 10, input_shape=80, output_shape=270)
     with pytest.raises(ValueError, match="positive"):
-        window_layout(0, 10)
+        window_layout(0, 10, **ORIGINAL)
     with pytest.raises(ValueError, match="batch_size"):
-        predict_tile(_image(10, 10), CentreCrop(), batch_size=0)
+        predict_tile(_image(10, 10), CentreCrop(), batch_size=0, **ORIGINAL)
 
 
 def test_wrong_predictor_output_raises():
     with pytest.raises(ValueError, match="geometry"):  # a fast-geometry model run with the original layout
-        predict_tile(_image(100, 100), lambda batch: np.zeros((len(batch), 164, 164, 3), np.float32))
+        predict_tile(_image(100, 100), lambda batch: np.zeros((len(batch), 164, 164, 3), np.float32), **ORIGINAL)
     with pytest.raises(ValueError, match="geometry"):  # fewer outputs than windows
-        predict_tile(_image(100, 100), lambda batch: np.zeros((1, 80, 80, 3), np.float32))
+        predict_tile(_image(100, 100), lambda batch: np.zeros((1, 80, 80, 3), np.float32), **ORIGINAL)
     with pytest.raises(ValueError, match="channels"):
         state = {"n": 0}
 
@@ -176,4 +177,4 @@ def test_wrong_predictor_output_raises():
             state["n"] += 1
             return np.zeros((len(batch), 80, 80, state["n"]), np.float32)
 
-        predict_tile(_image(200, 200), changing, batch_size=2)
+        predict_tile(_image(200, 200), changing, batch_size=2, **ORIGINAL)

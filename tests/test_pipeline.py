@@ -14,11 +14,14 @@ import pytest
 from metrics.compute_stats import main as compute_stats
 from misc.io import InputError, load_label_mat, save_label_mat
 from misc.outputs import default_type_info
+from src.geometry import derive_geometry
 from src.pipeline import RUN_INFO_NAME, SUMMARY_NAME, collect_inputs, run_inference, split_channels
 from src.targets import gen_hv_map
 
 N_TYPES = 5  # background + CoNSeP's four types
 TYPE_LEVEL = 50  # R value per type id
+_ORIGINAL = derive_geometry("original")
+GEOM = {"input_shape": _ORIGINAL.input_shape, "output_shape": _ORIGINAL.output_shape}
 
 
 def _disc_scene(height, width, seed):
@@ -45,8 +48,8 @@ def _disc_scene(height, width, seed):
     return image, inst, type_map
 
 
-def fake_predict(batch, output_shape=80):
-    """Decode the centre output_shape crop of each 270x270 window into [np, hv x, hv y, tp...] maps."""
+def fake_predict(batch, output_shape=_ORIGINAL.output_shape):
+    """Decode the centre output_shape crop of each input window into [np, hv x, hv y, tp...] maps."""
     off = (batch.shape[1] - output_shape) // 2
     centre = batch[:, off:off + output_shape, off:off + output_shape].astype(np.float32)
     type_id = np.rint(centre[..., 0] / TYPE_LEVEL).astype(int)
@@ -105,7 +108,7 @@ def test_collect_inputs(tiles, tmp_path):
 def test_end_to_end_outputs_match_the_truth(tiles, tmp_path):
     folder, truths = tiles
     out = tmp_path / "out"
-    report = run_inference(collect_inputs(str(folder)), out, fake_predict, default_type_info(), batch_size=3,
+    report = run_inference(collect_inputs(str(folder)), out, fake_predict, default_type_info(), **GEOM, batch_size=3,
                            progress=False)
     assert report.ok and sorted(report.done) == ["a", "b"]
     for name, (inst, _) in truths.items():
@@ -151,7 +154,7 @@ def test_bad_images_are_reported_and_skipped(tiles, tmp_path):
     cv2.imwrite(str(folder / "deep.png"), np.zeros((30, 30, 3), np.uint16))
     (folder / "broken.png").write_bytes(b"\x89PNG garbage")
     (folder / "empty.png").write_bytes(b"")
-    report = run_inference(collect_inputs(str(folder)), tmp_path / "out", fake_predict, default_type_info(),
+    report = run_inference(collect_inputs(str(folder)), tmp_path / "out", fake_predict, default_type_info(), **GEOM,
                            progress=False)
     assert not report.ok
     assert sorted(report.done) == ["a", "b"]
@@ -171,11 +174,11 @@ def test_rerun_resumes_and_overwrite_redoes(tiles, tmp_path):
         calls.append(len(batch))
         return fake_predict(batch)
 
-    run_inference(files, out, counting_predict, default_type_info(), progress=False)
+    run_inference(files, out, counting_predict, default_type_info(), **GEOM, progress=False)
     first_calls = len(calls)
     (out / "b.geojson").unlink()  # as if the run had been killed while writing b
     mtime_a = (out / "a.mat").stat().st_mtime_ns
-    report = run_inference(files, out, counting_predict, default_type_info(), progress=False)
+    report = run_inference(files, out, counting_predict, default_type_info(), **GEOM, progress=False)
     assert report.already_complete == ["a"] and report.done == ["b"]
     assert (out / "b.geojson").is_file() and (out / "a.mat").stat().st_mtime_ns == mtime_a
     assert len(calls) < 2 * first_calls
@@ -190,14 +193,14 @@ def test_rerun_resumes_and_overwrite_redoes(tiles, tmp_path):
         writer.writeheader()
         writer.writerows(rows.values())
     (out / "b.json").unlink()
-    run_inference(files, out, counting_predict, default_type_info(), progress=False)
+    run_inference(files, out, counting_predict, default_type_info(), **GEOM, progress=False)
     with open(out / SUMMARY_NAME, newline="") as handle:
         rebuilt = {row["image"]: row for row in csv.DictReader(handle)}
     assert sorted(rebuilt) == ["a", "b"] and rebuilt["a"]["seconds"] == ""
     a_label = load_label_mat(out / "a.mat", with_types=True)
     assert int(rebuilt["a"]["nuclei"]) == int(a_label["inst_map"].max())
     assert int(rebuilt["a"]["height"]) == 200 and int(rebuilt["a"]["width"]) == 170
-    report = run_inference(files, out, counting_predict, default_type_info(), overwrite=True, progress=False)
+    report = run_inference(files, out, counting_predict, default_type_info(), **GEOM, overwrite=True, progress=False)
     assert sorted(report.done) == ["a", "b"] and not report.already_complete
     assert not [p for p in out.iterdir() if ".part" in p.name]
 
@@ -205,7 +208,7 @@ def test_rerun_resumes_and_overwrite_redoes(tiles, tmp_path):
 def test_formats_subset(tiles, tmp_path):
     folder, _ = tiles
     out = tmp_path / "out"
-    run_inference(collect_inputs(str(folder / "a.png")), out, fake_predict, default_type_info(),
+    run_inference(collect_inputs(str(folder / "a.png")), out, fake_predict, default_type_info(), **GEOM,
                   formats=("mat", "geojson"), progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.mat", SUMMARY_NAME]
 
@@ -214,11 +217,11 @@ def test_refuses_to_write_over_the_input_images(tiles):
     folder, _ = tiles
     before = (folder / "a.png").read_bytes()
     with pytest.raises(InputError, match="overwrite the input image"):
-        run_inference(collect_inputs(str(folder)), folder, fake_predict, default_type_info(), progress=False)
+        run_inference(collect_inputs(str(folder)), folder, fake_predict, default_type_info(), **GEOM, progress=False)
     assert (folder / "a.png").read_bytes() == before
     (folder.parent / "file").write_text("x")
     with pytest.raises(InputError, match="not a folder"):
-        run_inference(collect_inputs(str(folder)), folder.parent / "file", fake_predict, default_type_info(),
+        run_inference(collect_inputs(str(folder)), folder.parent / "file", fake_predict, default_type_info(), **GEOM,
                       progress=False)
 
 
@@ -227,15 +230,15 @@ def test_outputs_of_another_model_are_not_mixed_in(tiles, tmp_path):
     out = tmp_path / "out"
     files = collect_inputs(str(folder / "a.png"))
     first = {"model": "/models/untrained.npz", "postproc": {"min_size": 10}}
-    run_inference(files, out, fake_predict, default_type_info(), run_info=first, progress=False)
+    run_inference(files, out, fake_predict, default_type_info(), **GEOM, run_info=first, progress=False)
     assert json.loads((out / RUN_INFO_NAME).read_text()) == first
     # the same settings resume; other ones are refused unless --overwrite
-    assert run_inference(files, out, fake_predict, default_type_info(), run_info=first,
+    assert run_inference(files, out, fake_predict, default_type_info(), **GEOM, run_info=first,
                          progress=False).already_complete == ["a"]
     second = {"model": "/models/trained.npz", "postproc": {"min_size": 10}}
     with pytest.raises(InputError, match="model"):
-        run_inference(files, out, fake_predict, default_type_info(), run_info=second, progress=False)
-    report = run_inference(files, out, fake_predict, default_type_info(), run_info=second, overwrite=True,
+        run_inference(files, out, fake_predict, default_type_info(), **GEOM, run_info=second, progress=False)
+    report = run_inference(files, out, fake_predict, default_type_info(), **GEOM, run_info=second, overwrite=True,
                            progress=False)
     assert report.done == ["a"] and json.loads((out / RUN_INFO_NAME).read_text()) == second
 

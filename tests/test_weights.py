@@ -7,14 +7,18 @@ from tensorpack.tfutils.tower import TowerContext
 from src.config import config_from_args
 from src.model.graph import HoVerNet
 from src.model.weights import (
+    METADATA_KEY,
     WeightsMismatchError,
     graph_variable_shapes,
     is_training_state,
     make_session_init,
     match_weights,
+    model_metadata,
+    read_npz_config,
     read_weight_shapes,
     read_weights,
     resolve_checkpoint,
+    save_npz,
 )
 
 tf1 = tf.compat.v1
@@ -64,6 +68,33 @@ def test_read_npz_strips_output_suffix(tmp_path):
     assert set(weights) == set(expected)
     np.testing.assert_array_equal(weights["conv0/W"], expected["conv0/W"])
     assert read_weight_shapes(tmp_path / "w.npz")["conv0/W"] == (7, 7, 3, 64)
+
+
+def test_npz_metadata_round_trip(tmp_path):
+    cfg = config_from_args(["MODEL.MODE=fast", "MODEL.PRESET=small", "MODEL.DENSE_UNITS=(8, 4)",
+                            "MODEL.DATA_FORMAT=NHWC"])
+    metadata = model_metadata(cfg, nr_types=6)
+    # mode, preset and type count always; other MODEL keys only where they differ from the preset's value;
+    # never the derived geometry nor the machine's data format
+    assert metadata == {"MODEL": {"MODE": "fast", "PRESET": "small", "NR_TYPES": 6, "DENSE_UNITS": [8, 4]}}
+    save_npz(tmp_path / "m.npz", {"conv0/W": np.ones((7, 7, 3, 8), np.float32)}, metadata)
+    with np.load(tmp_path / "m.npz") as data:
+        assert data[METADATA_KEY].shape == () and data[METADATA_KEY].dtype.kind == "U"
+    assert list(read_weights(tmp_path / "m.npz")) == ["conv0/W"]  # '__' keys are not variables
+    assert read_weight_shapes(tmp_path / "m.npz") == {"conv0/W": (7, 7, 3, 8)}
+    overrides = read_npz_config(tmp_path / "m.npz")
+    assert overrides == ["MODEL.DENSE_UNITS=(8, 4)", "MODEL.MODE='fast'", "MODEL.NR_TYPES=6", "MODEL.PRESET='small'"]
+    # the user's overrides come after and win
+    again = config_from_args(overrides + ["MODEL.MODE=original"])
+    assert (again.MODEL.MODE, again.MODEL.NR_TYPES, again.MODEL.ENCODER_UNITS) == ("original", 6, (2, 2, 2, 2))
+    # no record, a checkpoint path, a missing file: nothing to apply
+    save_npz(tmp_path / "plain.npz", {"conv0/W": np.ones(1, np.float32)})
+    assert read_npz_config(tmp_path / "plain.npz") == []
+    assert read_npz_config(tmp_path / "train_log/model-100") == []
+    assert read_npz_config(tmp_path / "absent.npz") == []
+    np.savez(tmp_path / "bad.npz", **{METADATA_KEY: np.array("[1, 2]")})
+    with pytest.raises(ValueError, match=METADATA_KEY):
+        read_npz_config(tmp_path / "bad.npz")
 
 
 def test_match_report_against_the_real_graph(tmp_path, hovernet_shapes):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.config import AttrDict, finalize_config, make_config
+from src.config import AttrDict, apply_preset, finalize_config, make_config
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,10 @@ def _like(default, value):
 def _apply_recorded(C: AttrDict, config: dict) -> list[str]:
     """Copy the recorded values of RECORDED_SECTIONS into ``C``; returns the keys that differ from the defaults."""
     changed = []
+    preset = (config.get("MODEL") or {}).get("PRESET")
+    if preset is not None and preset != C.MODEL.PRESET:  # a record may list only what differs from its preset
+        apply_preset(C, preset)
+        changed.append(f"MODEL.PRESET={preset!r}")
     for section, keys in RECORDED_SECTIONS.items():
         recorded = config.get(section) or {}
         for key in keys or recorded:

@@ -30,16 +30,26 @@ import numpy as np
 import tensorflow as tf
 from tensorpack.tfutils.sessinit import DictRestore, SaverRestore, SessionInit
 
+from src.model.model_config import METADATA_KEY
+
 log = logging.getLogger(__name__)
 tf1 = tf.compat.v1
 
 __all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "resolve_checkpoint",
            "is_training_state", "match_weights", "graph_variable_shapes", "CheckedSessionInit",
            "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "weights_digest", "initial_weights",
-           "save_initial_weights"]
+           "save_initial_weights", "METADATA_KEY", "model_metadata", "save_npz", "read_npz_config"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
 NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one message for any other file
+
+# An .npz written by this project (src.model.convert, save_initial_weights, the bundled models) may carry
+# what the network needs besides its variables: a 0-d unicode array under this key holding JSON
+# {"MODEL": {"MODE": ..., "PRESET": ..., "NR_TYPES": ..., other non-default MODEL keys}}. Keys starting
+# with "__" are never variables: read_weights skips them.
+# (METADATA_KEY itself is defined in the TensorFlow-free src.model.model_config, which reads the record.)
+# MODEL keys never recorded: derived by finalize_config, or a choice of the machine running the model.
+_UNRECORDED_MODEL_KEYS = ("DATA_FORMAT", "INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1")
 
 # Variables that only hold training state: optimizer slots and counters, tensorpack's moving-average
 # summaries ('EMA/...'), the step counter and the learning rate.
@@ -296,9 +306,63 @@ def initial_weights(cfg, nr_types: int | None) -> dict[str, np.ndarray]:
 
 
 def save_initial_weights(path: str | os.PathLike, cfg, nr_types: int | None) -> None:
-    """Write :func:`initial_weights` as an ``.npz`` (atomically) that ``infer.py --model`` accepts."""
+    """Write :func:`initial_weights` as an ``.npz`` (atomically) that ``infer.py --model`` accepts, with the
+    :func:`model_metadata` record so that the mode and widths need no ``--config``."""
+    save_npz(path, initial_weights(cfg, nr_types), model_metadata(cfg, nr_types))
+
+
+def model_metadata(cfg, nr_types: int | None) -> dict:
+    """The :data:`METADATA_KEY` record of a network built from ``cfg`` with ``nr_types``: MODE, PRESET,
+    NR_TYPES and every MODEL key that differs from the preset's value (so that the same graph is rebuilt)."""
+    from src.config import apply_preset, make_config
+
+    reference = make_config()
+    apply_preset(reference, cfg.MODEL.PRESET)
+    model = {"MODE": cfg.MODEL.MODE, "PRESET": cfg.MODEL.PRESET, "NR_TYPES": nr_types}
+    for key, value in cfg.MODEL.items():
+        if key not in model and key not in _UNRECORDED_MODEL_KEYS and reference.MODEL.get(key) != value:
+            model[key] = list(value) if isinstance(value, tuple) else value
+    return {"MODEL": model}
+
+
+def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+    """Write ``weights`` (name -> array) and the JSON ``metadata`` under :data:`METADATA_KEY`, atomically."""
+    import json
+
     from misc.io import atomic_path
 
+    arrays = dict(weights)
+    if metadata is not None:
+        arrays[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **initial_weights(cfg, nr_types))
+            np.savez(handle, **arrays)
+
+
+def read_npz_config(path: str | os.PathLike) -> list[str]:
+    """Config overrides recorded in a weights ``.npz`` (:data:`METADATA_KEY`), e.g. ``["MODEL.MODE='fast'",
+    "MODEL.NR_TYPES=6", "MODEL.PRESET='full'"]``; ``[]`` for a checkpoint, a missing file or an ``.npz``
+    without the record. Entry points apply them before the user's ``--config`` overrides, which win.
+
+    Raises ``ValueError`` for a record that is not ``{"SECTION": {"KEY": value}}`` JSON.
+    """
+    import json
+
+    if not _is_npz(path) or not os.path.isfile(path):
+        return []
+    with np.load(path) as data:
+        if METADATA_KEY not in data.files:
+            return []
+        raw = str(data[METADATA_KEY])
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: {METADATA_KEY} is not JSON ({exc})") from exc
+    if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
+        raise ValueError(f"{path}: {METADATA_KEY} must map sections to {{key: value}}, got {raw!r}")
+    overrides = []
+    for section, values in sorted(record.items()):
+        for key, value in sorted(values.items()):
+            value = tuple(value) if isinstance(value, list) else value  # JSON has no tuples
+            overrides.append(f"{section}.{key}={value!r}")
+    return overrides
