@@ -7,7 +7,8 @@ set -euo pipefail
 SHARED=${1:-../shared}
 WORK=${2:-data/small}
 PY=${PY:-.venv/bin/python}
-CONFIG=(MODEL.MODE=fast MODEL.PRESET=small TRAIN.SCHEDULE=scratch TARGETS.HV_PUBLISHED_OFFSET=True)
+# LOSS.MSGE_FOCUS=binary: the bundled file was trained before the published id-weighted focus existed
+CONFIG=(MODEL.MODE=fast MODEL.PRESET=small TRAIN.SCHEDULE=scratch TARGETS.HV_PUBLISHED_OFFSET=True LOSS.MSGE_FOCUS=binary)
 
 # 1. Compact patches; the crops of 3 of the 27 CoNSeP training tiles are held out for validation (by tile).
 "$PY" extract_patches.py --input_dir "$SHARED/data/consep256/train" --output_dir "$WORK/train" \
