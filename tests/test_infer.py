@@ -204,8 +204,9 @@ def test_disk_full_stops_with_exit_2(images, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _FakePredictor)
     monkeypatch.setattr(scipy.io, "savemat", full)
-    out = tmp_path / "out"
-    code = infer.main(["--input", str(images), "--output", str(out), "--model", "m.npz", "--quiet"])
+    out, model = tmp_path / "out", tmp_path / "m.npz"
+    np.savez(model, w=np.zeros(3, np.float32))  # --model must exist; the fake predictor never reads it
+    code = infer.main(["--input", str(images), "--output", str(out), "--model", str(model), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "disk full writing" in err and ".mat" in err
     assert not list(out.glob(".*part*"))
