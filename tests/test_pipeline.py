@@ -257,7 +257,7 @@ def test_disk_full_stops_the_run_and_leaves_no_partial_file(tiles, tmp_path, mon
     folder, _ = tiles
     out = tmp_path / "out"
     with pytest.raises(DiskFullError, match=r"disk full writing .*a\.json"):
-        run_inference(collect_inputs(str(folder)), out, fake_predict, default_type_info(), progress=False)
+        run_inference(collect_inputs(str(folder)), out, fake_predict, default_type_info(), **GEOM, progress=False)
     assert not list(out.glob(".*part*"))
     assert not (out / "b.mat").exists()  # stopped at the first image, not tried once per image
 
@@ -281,7 +281,7 @@ def test_overlay_written_by_python_so_disk_errors_carry_errno(tmp_path, monkeypa
 def test_progress_advances_per_batch_of_windows_on_large_images(tiles, tmp_path, capsys):
     """Issue 13.17: an image of many windows shows a second bar moving per batch, not minutes of nothing."""
     folder, _ = tiles
-    run_inference([folder / "a.png"], tmp_path / "out", fake_predict, default_type_info(), batch_size=2,
+    run_inference([folder / "a.png"], tmp_path / "out", fake_predict, default_type_info(), **GEOM, batch_size=2,
                   progress=True, formats=("mat",))
     err = capsys.readouterr().err
     assert "a.png windows" in err and "/9 [" in err  # 200x170 -> 3x3 windows of 80, 5 batches
