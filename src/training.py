@@ -432,6 +432,7 @@ def train(cfg, train_dir, valid_dir, out_dir, num_towers: int, use_gpu: bool, ph
         phase = get_phase(cfg.TRAIN.SCHEDULE, index)
         # An explicit --pretrained initialises the first phase run; later phases chain from it.
         init = pretrained if index == first_phase else None
+        tf.compat.v1.reset_default_graph()  # also after a phase that raised (e.g. Ctrl-C) in this process
         done.append(train_phase(cfg, phase, index, train_dir, valid_dir, out_dir, num_towers, use_gpu,
                                 pretrained=init, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                 batch_size=batch_size, num_workers=num_workers, overwrite=overwrite))

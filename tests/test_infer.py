@@ -185,7 +185,9 @@ def test_ctrl_c_is_one_line_and_exit_130(images, tmp_path, monkeypatch, capsys):
     import src.predictor
 
     monkeypatch.setattr(src.predictor, "HoVerNetPredictor", lambda path, cfg: _FakePredictor(path, cfg, fail_at=2))
-    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", "m.npz", "--quiet"])
+    model = tmp_path / "m.npz"
+    np.savez(model, w=np.zeros(3, np.float32))  # --model must exist; the fake predictor never reads it
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(model), "--quiet"])
     err = capsys.readouterr().err
     assert code == 130
     assert err.strip() == "infer.py: interrupted; 1 image(s) done, rerun the same command to resume"

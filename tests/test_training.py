@@ -196,14 +196,14 @@ def test_select_trainer_from_tower_count():
 def test_train_two_cpu_towers_checkpoint_resume_and_phase2(patch_dir, tmp_path, caplog):
     out = tmp_path / "run"
     pretrained = tmp_path / "imagenet_like.npz"
-    cfg = config_from_args(TINY)
+    cfg = config_from_args([*TINY, SPLIT1])  # see SPLIT1
     save_initial_weights(tmp_path / "full.npz", cfg, nr_types=5)
     with np.load(tmp_path / "full.npz") as full:  # an encoder-only file, as the ImageNet weights are
         np.savez(pretrained, **{k: full[k] for k in full.files if k.split("/")[0] in ("conv0", "group0")})
 
     caplog.set_level("INFO")
     assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "1", "--pretrained", str(pretrained),
-                       *_args(patch_dir, out)]) == 0
+                       *_args(patch_dir, out), SPLIT1]) == 0
     phase1 = out / "phase1"
     assert "loading" in caplog.text and "keep their initial values" in caplog.text
     assert (phase1 / "checkpoint").is_file() and (phase1 / f"{BEST_CHECKPOINT}.index").is_file()
@@ -213,10 +213,10 @@ def test_train_two_cpu_towers_checkpoint_resume_and_phase2(patch_dir, tmp_path, 
     assert json.loads((phase1 / "run.json").read_text())["towers"] == 2
 
     # A finished run is refused (asked for no more epochs than it ran) ...
-    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "1", *_args(patch_dir, out)]) == 2
+    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "1", *_args(patch_dir, out), SPLIT1]) == 2
     # ... an interrupted one (no finished marker) resumes after its last epoch instead of starting over.
     (phase1 / FINISHED_MARKER).unlink()
-    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "2", *_args(patch_dir, out)]) == 0
+    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "2", *_args(patch_dir, out), SPLIT1]) == 0
     stats = json.loads((phase1 / "stats.json").read_text())
     assert [s["epoch_num"] for s in stats] == [1, 2]
     assert [s["global_step"] for s in stats] == [2, 4]
@@ -231,7 +231,7 @@ def test_train_two_cpu_towers_checkpoint_resume_and_phase2(patch_dir, tmp_path, 
     assert json.loads((phase1 / "run.json").read_text())["epochs"] == 1  # the first settings are kept
 
     # Phase 2 starts from phase 1's last checkpoint (largest global step, as released), on one CPU tower.
-    assert train.main(["--phase", "2", "--epochs", "1", *_args(patch_dir, out)]) == 0
+    assert train.main(["--phase", "2", "--epochs", "1", *_args(patch_dir, out), SPLIT1]) == 0
     run2 = json.loads((out / "phase2" / "run.json").read_text())
     assert run2["init"].endswith("phase1/model-6") and run2["batch_size_per_tower"] == 1
     assert (out / "phase2" / FINISHED_MARKER).is_file()
@@ -326,8 +326,9 @@ def test_validation_dice_is_pooled_over_the_set_not_averaged_over_batches():
     assert empty._after_inference() == {"validation_np_dice": 1.0}
 
 
-# TensorFlow's CPU kernel lacks the weight gradient of grouped convolutions (the dense units' 5x5 split
-# conv); an ungrouped one keeps this training test on the CPU.
+# TensorFlow's own CPU kernel lacks the weight gradient of grouped convolutions (the dense units' 5x5 split
+# conv); oneDNN's (src/__init__.py) has one for a single tower, but returns the ungrouped shape under the
+# replicated multi-tower trainer on the CPU. An ungrouped conv keeps these training tests on the CPU.
 SPLIT1 = "MODEL.DENSE_SPLIT=1"
 
 

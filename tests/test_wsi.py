@@ -28,6 +28,7 @@ from misc.outputs import default_type_info
 from misc.proc import die_with_parent
 from misc.slide_io import SlideReader, is_slide
 from src.config import config_from_args
+from src.geometry import derive_geometry
 from src.pipeline import run_inference
 from src.targets import gen_hv_map
 from src.tissue import tissue_mask
@@ -63,7 +64,10 @@ def disc_scene(height, width, seed, attempts=400):
                      np.round((hv[..., 1] + 1) * 127.5)], axis=-1).astype(np.uint8)
 
 
-def fake_predict(batch, output_shape=80):
+_GEOMETRY = derive_geometry("original")  # the tile reference uses the geometry the slide tests configure
+
+
+def fake_predict(batch, output_shape=_GEOMETRY.output_shape):
     """Decode the centre output_shape crop of each window into [np, hv x, hv y, tp...] maps."""
     off = (batch.shape[1] - output_shape) // 2
     centre = batch[:, off:off + output_shape, off:off + output_shape].astype(np.float32)
@@ -145,7 +149,8 @@ def _tile_reference(tmp_path, image):
     folder.mkdir()
     cv2.imwrite(str(folder / "s.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     run_inference([folder / "s.png"], tmp_path / "tile_out", fake_predict, TYPES, formats=("json",),
-                  batch_size=64, progress=False)
+                  batch_size=64, progress=False, input_shape=_GEOMETRY.input_shape,
+                  output_shape=_GEOMETRY.output_shape)
     return _nuclei(tmp_path / "tile_out" / "s.json")
 
 

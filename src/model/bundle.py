@@ -13,6 +13,7 @@ wall time, validation curve, scores) and ``models/<name>-curves.png`` the traini
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from misc.io import InputError, atomic_path
+from src.config import make_config
 from src.model.model_config import METADATA_KEY, read_npz_metadata
 
 __all__ = ["MODELS_DIR", "bundled_models", "resolve_model", "write_bundle", "main"]
@@ -63,11 +65,12 @@ def resolve_model(model: str, models_dir: Path | None = None) -> str:
 _DERIVED = {"INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1", "DATA_FORMAT"}
 
 
-def write_bundle(checkpoint, model_cfg: dict, output, description: str) -> dict:
+def write_bundle(checkpoint, model_cfg: dict, output, description: str, postproc: dict | None = None) -> dict:
     """Write the inference variables of ``checkpoint`` as a float16 ``.npz`` with metadata; returns the metadata.
 
-    ``model_cfg``: the ``MODEL`` section the run trained with (from its ``run.json``). A variable whose
-    values overflow float16 is kept in float32.
+    ``model_cfg``: the ``MODEL`` section the run trained with (from its ``run.json``). ``postproc``:
+    ``POSTPROC`` values chosen for this model on its validation set (``scripts/select_postproc.py``), applied
+    by ``infer.py`` before ``--config``. A variable whose values overflow float16 is kept in float32.
     """
     from src.model.weights import is_training_state, read_weights
 
@@ -81,6 +84,8 @@ def write_bundle(checkpoint, model_cfg: dict, output, description: str) -> dict:
     metadata = {"MODEL": {k: v for k, v in model_cfg.items() if k not in _DERIVED}, "description": description,
                 "source": str(checkpoint), "parameters": int(sum(v.size for v in weights.values())),
                 "created": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
+    if postproc:
+        metadata["POSTPROC"] = dict(postproc)
     packed[METADATA_KEY] = np.array(json.dumps(metadata))
     with atomic_path(output) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **packed)
@@ -114,12 +119,21 @@ def main(argv=None) -> int:
     parser.add_argument("--run_dir", required=True, help="the phase folder that wrote it (run.json, stats.json)")
     parser.add_argument("--output", required=True, help="models/<name>.npz")
     parser.add_argument("--description", default="", help="one line shown by infer.py --list-models")
+    parser.add_argument("--postproc", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="POSTPROC values chosen on the validation set (scripts/select_postproc.py), e.g. "
+                             "MARKER_THRESHOLD=0.7; recorded in the file and used by infer.py")
     args = parser.parse_args(argv)
     run_dir, output = Path(args.run_dir), Path(args.output)
     try:
         record = _training_record(run_dir)
-        metadata = write_bundle(args.checkpoint, record["config"]["MODEL"], output, args.description)
-    except (OSError, KeyError, json.JSONDecodeError, InputError) as exc:
+        postproc = {}
+        for item in args.postproc:
+            key, _, value = item.partition("=")
+            if key not in make_config().POSTPROC:
+                raise InputError(f"--postproc {item}: no such POSTPROC key")
+            postproc[key] = ast.literal_eval(value)
+        metadata = write_bundle(args.checkpoint, record["config"]["MODEL"], output, args.description, postproc)
+    except (OSError, KeyError, ValueError, SyntaxError, json.JSONDecodeError, InputError) as exc:
         print(f"bundle: error: {exc}", file=sys.stderr)
         return 2
     record["bundle"] = metadata

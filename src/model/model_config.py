@@ -26,8 +26,9 @@ __all__ = ["resolve_model_path", "recorded_config", "model_config", "read_npz_me
 
 BEST_CHECKPOINT = "model-best"  # src.training.BEST_CHECKPOINT (not imported: that module loads TensorFlow)
 RUN_RECORD = "run.json"  # src.training writes the phase's settings and "config" there
-# What of the training config inference takes over: the network, and the type names of its classes.
-RECORDED_SECTIONS = {"MODEL": None, "DATA": ("TYPE_NAMES",)}
+# What of the recorded config inference takes over: the network, the type names of its classes and the
+# post-processing it was validated with (a bundled model may record thresholds chosen on its validation set).
+RECORDED_SECTIONS = {"MODEL": None, "DATA": ("TYPE_NAMES",), "POSTPROC": None}
 _PHASE = re.compile(r"^phase(\d+)$")
 METADATA_KEY = "__hovernet__"  # .npz entry holding JSON metadata ({"MODEL": {...}, ...}), never a variable
 
@@ -68,7 +69,7 @@ def recorded_config(model_path: str | os.PathLike) -> tuple[dict, Path] | None:
     model_path = Path(model_path)
     metadata = read_npz_metadata(model_path)
     if isinstance(metadata.get("MODEL"), dict):
-        return {"MODEL": metadata["MODEL"]}, model_path
+        return {k: metadata[k] for k in RECORDED_SECTIONS if isinstance(metadata.get(k), dict)}, model_path
     folder = model_path if model_path.is_dir() else model_path.parent
     record = folder / RUN_RECORD
     if not record.is_file():
