@@ -32,6 +32,7 @@ from pathlib import Path
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from misc.io import DiskFullError, InputError, check_writable
+from misc.logs import attach_log_file, setup_logging
 from misc.outputs import FORMATS, check_formats
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -65,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="config overrides, e.g. POSTPROC.MIN_SIZE=10 (see src/config.py); they win over the "
                              "training config recorded beside a checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and tensorpack's full logs (layer shapes, restored variables); "
+                             "they always go to infer.log in the output folder")
     args = parser.parse_args(argv)
     try:
         args.formats = check_formats(f.strip() for f in args.formats.split(",") if f.strip())
@@ -77,9 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    setup_logging(args.verbose, buffer=True)  # before TensorFlow loads
 
     from misc.outputs import default_type_info, load_type_info
     from src.model.model_config import model_config, resolve_model_path
@@ -114,6 +118,8 @@ def main(argv=None) -> int:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
 
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    attach_log_file(Path(args.output) / "infer.log")  # the full logs, whatever the console showed
     report = InferenceReport()
     try:
         run_inference(
