@@ -117,6 +117,9 @@ def main(argv=None) -> int:
     except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the model loads
+        print("infer.py: interrupted; 0 image(s) done", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
     Path(args.output).mkdir(parents=True, exist_ok=True)
     attach_log_file(Path(args.output) / "infer.log")  # the full logs, whatever the console showed
