@@ -40,6 +40,7 @@ from pathlib import Path
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from misc.io import DiskFullError, InputError, check_writable
+from misc.logs import attach_log_file, setup_logging
 from misc.outputs import FORMATS, check_formats
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -92,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="slides: address of a running Dask scheduler (e.g. tcp://head:8786) to use instead "
                              "of the embedded cluster")
     parser.add_argument("--gzip", action="store_true", help="slides: write <name>.geojson.gz")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and tensorpack's full logs (layer shapes, restored variables); "
+                             "they always go to infer.log in the output folder")
     args = parser.parse_args(argv)
     if not args.list_models:
         missing = [f"--{name}" for name in ("input", "output", "model") if getattr(args, name) is None]
@@ -127,9 +131,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.list_models:
         return _list_models()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    setup_logging(args.verbose, buffer=True)  # before TensorFlow loads
 
     from misc.outputs import default_type_info, load_type_info
     from src.model.bundle import resolve_model
@@ -175,7 +179,12 @@ def main(argv=None) -> int:
     except (InputError, KeyError, ValueError, OSError) as exc:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the model loads
+        print("infer.py: interrupted; 0 image(s) done", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    attach_log_file(Path(args.output) / "infer.log")  # the full logs, whatever the console showed
     ok = True
     if files and args.mpp is not None:
         logging.getLogger("infer").warning("--mpp is used for slides only; the %d tile(s) are read as they are",

@@ -26,6 +26,7 @@ import sys
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from misc.io import InputError, check_writable
+from misc.logs import setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "in-process, for debugging)")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. LOSS.MSGE=paper MODEL.NR_TYPES=None (see src/config.py)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and tensorpack's full logs on the console (layer shapes, restored "
+                             "variables); they always go to log.log in the phase folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="start every requested phase afresh, whether finished or interrupted (existing phase "
                              "directories are moved aside to <dir>.old-<time>, not deleted)")
@@ -69,10 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     gpus = [] if args.gpu is None else [g.strip() for g in args.gpu.split(",") if g.strip()]
     if args.gpu is not None:  # before TensorFlow is imported; '' hides every GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    setup_logging(args.verbose)  # before TensorFlow loads
 
     from src.config import config_from_args
     from src.training import TrainingIncomplete, train

@@ -1,0 +1,28 @@
+"""misc/logs.py: quiet console by default, everything in the log file (issue 13.16)."""
+import logging
+
+from misc import logs
+
+
+def _record(module: str, level=logging.INFO) -> logging.LogRecord:
+    return logging.LogRecord("tensorpack", level, f"/site-packages/tensorpack/x/{module}.py", 1, "msg", None, None)
+
+
+def test_graph_chatter_is_dropped_from_the_console_but_kept_in_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    logs.setup_logging(verbose=False, buffer=True)
+    import os
+
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"  # no cuInit error on CPU machines
+    console = [h for h in logging.getLogger("tensorpack").handlers if type(h) is logging.StreamHandler]
+    assert console and all(not h.filter(_record("registry")) for h in console)  # layer shapes
+    assert all(not h.filter(_record("sessinit")) for h in console)  # the 22 kB variable list
+    assert all(h.filter(_record("monitor")) for h in console)  # epoch statistics stay
+    assert all(h.filter(_record("registry", logging.WARNING)) for h in console)  # warnings always
+    logging.getLogger("tensorpack").info("layer conv0 input: [None, 270, 270, 3]")
+    logs.attach_log_file(tmp_path / "run.log")
+    logging.getLogger("tensorpack").info("after attaching")
+    text = (tmp_path / "run.log").read_text()
+    assert "layer conv0 input" in text and "after attaching" in text
+    logs.setup_logging(verbose=True)  # --verbose: the console shows everything again
+    assert all(h.filter(_record("registry")) for h in console)
