@@ -1,7 +1,7 @@
 """Bundled models: named weight files shipped in ``models/`` and the tool that makes one from a training run.
 
 A bundled model is ``models/<name>.npz``: every inference variable of the network (training state dropped),
-stored as float16 to stay small (:func:`src.model.weights.read_weights` casts back to float32), plus JSON
+as float32 or float16 (half the size; :func:`src.model.weights.read_weights` casts back to float32), plus JSON
 metadata under :data:`src.model.model_config.METADATA_KEY`: the ``MODEL`` config values the graph needs (mode,
 preset, widths, type count), so ``infer.py --model <name>`` rebuilds the right network without flags, and a
 one-line description. ``models/<name>.json`` beside it is the training record (data, split, schedule, steps,
@@ -65,12 +65,15 @@ def resolve_model(model: str, models_dir: Path | None = None) -> str:
 _DERIVED = {"INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1", "DATA_FORMAT"}
 
 
-def write_bundle(checkpoint, model_cfg: dict, output, description: str, postproc: dict | None = None) -> dict:
+def write_bundle(checkpoint, model_cfg: dict, output, description: str, postproc: dict | None = None,
+                 dtype: str = "float16") -> dict:
     """Write the inference variables of ``checkpoint`` as a float16 ``.npz`` with metadata; returns the metadata.
 
     ``model_cfg``: the ``MODEL`` section the run trained with (from its ``run.json``). ``postproc``:
     ``POSTPROC`` values chosen for this model on its validation set (``scripts/select_postproc.py``), applied
-    by ``infer.py`` before ``--config``. A variable whose values overflow float16 is kept in float32.
+    by ``infer.py`` before ``--config``. ``dtype``: 'float16' halves the file (outputs then differ from the
+    checkpoint's by float16 rounding; a variable whose values overflow float16 is kept in float32) or
+    'float32' (the checkpoint's values exactly).
     """
     from src.model.weights import is_training_state, read_weights
 
@@ -78,7 +81,7 @@ def write_bundle(checkpoint, model_cfg: dict, output, description: str, postproc
     packed = {}
     for name, value in weights.items():
         value = np.asarray(value)
-        if value.dtype == np.float32 and np.abs(value).max(initial=0) < _FP16_MAX:
+        if dtype == "float16" and value.dtype == np.float32 and np.abs(value).max(initial=0) < _FP16_MAX:
             value = value.astype(np.float16)
         packed[name] = value
     metadata = {"MODEL": {k: v for k, v in model_cfg.items() if k not in _DERIVED}, "description": description,
@@ -119,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--run_dir", required=True, help="the phase folder that wrote it (run.json, stats.json)")
     parser.add_argument("--output", required=True, help="models/<name>.npz")
     parser.add_argument("--description", default="", help="one line shown by infer.py --list-models")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                        help="storage of the weights: float16 (half the size, float16 rounding) or float32 (exact)")
     parser.add_argument("--postproc", nargs="*", default=[], metavar="KEY=VALUE",
                         help="POSTPROC values chosen on the validation set (scripts/select_postproc.py), e.g. "
                              "MARKER_THRESHOLD=0.7; recorded in the file and used by infer.py")
@@ -132,7 +137,8 @@ def main(argv=None) -> int:
             if key not in make_config().POSTPROC:
                 raise InputError(f"--postproc {item}: no such POSTPROC key")
             postproc[key] = ast.literal_eval(value)
-        metadata = write_bundle(args.checkpoint, record["config"]["MODEL"], output, args.description, postproc)
+        metadata = write_bundle(args.checkpoint, record["config"]["MODEL"], output, args.description, postproc,
+                                args.dtype)
     except (OSError, KeyError, ValueError, SyntaxError, json.JSONDecodeError, InputError) as exc:
         print(f"bundle: error: {exc}", file=sys.stderr)
         return 2
