@@ -26,7 +26,7 @@ import numpy as np
 
 from misc.io import InputError, atomic_path
 from src.config import make_config
-from src.model.model_config import METADATA_KEY, read_npz_metadata
+from src.model.model_config import METADATA_KEY, UNRECORDED_MODEL_KEYS, read_npz_metadata
 
 __all__ = ["MODELS_DIR", "bundled_models", "resolve_model", "write_bundle", "main"]
 
@@ -61,8 +61,6 @@ def resolve_model(model: str, models_dir: Path | None = None) -> str:
     raise InputError(f"--model {model}: no such file, checkpoint or bundled model (bundled: {names})")
 
 
-# MODEL keys that are derived by finalize_config or describe the machine, never recorded.
-_DERIVED = {"INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1", "DATA_FORMAT"}
 
 
 def write_bundle(checkpoint, model_cfg: dict, output, description: str, postproc: dict | None = None,
@@ -84,7 +82,8 @@ def write_bundle(checkpoint, model_cfg: dict, output, description: str, postproc
         if dtype == "float16" and value.dtype == np.float32 and np.abs(value).max(initial=0) < _FP16_MAX:
             value = value.astype(np.float16)
         packed[name] = value
-    metadata = {"MODEL": {k: v for k, v in model_cfg.items() if k not in _DERIVED}, "description": description,
+    model = {k: v for k, v in model_cfg.items() if k not in UNRECORDED_MODEL_KEYS}
+    metadata = {"MODEL": model, "description": description,
                 "source": str(checkpoint), "parameters": int(sum(v.size for v in weights.values())),
                 "created": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
     if postproc:

@@ -22,7 +22,7 @@ from src.config import AttrDict, apply_preset, finalize_config, make_config
 log = logging.getLogger(__name__)
 
 __all__ = ["resolve_model_path", "recorded_config", "model_config", "read_npz_metadata", "BEST_CHECKPOINT",
-           "RECORDED_SECTIONS", "METADATA_KEY"]
+           "RECORDED_SECTIONS", "METADATA_KEY", "UNRECORDED_MODEL_KEYS"]
 
 BEST_CHECKPOINT = "model-best"  # src.training.BEST_CHECKPOINT (not imported: that module loads TensorFlow)
 RUN_RECORD = "run.json"  # src.training writes the phase's settings and "config" there
@@ -31,6 +31,8 @@ RUN_RECORD = "run.json"  # src.training writes the phase's settings and "config"
 RECORDED_SECTIONS = {"MODEL": None, "DATA": ("TYPE_NAMES",), "POSTPROC": None}
 _PHASE = re.compile(r"^phase(\d+)$")
 METADATA_KEY = "__hovernet__"  # .npz entry holding JSON metadata ({"MODEL": {...}, ...}), never a variable
+# MODEL keys a metadata record never holds: derived by finalize_config, or a choice of the machine running it.
+UNRECORDED_MODEL_KEYS = ("DATA_FORMAT", "INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1")
 
 
 def read_npz_metadata(path: str | os.PathLike) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from tensorpack.tfutils.sessinit import DictRestore, SaverRestore, SessionInit
 
-from src.model.model_config import METADATA_KEY
+from src.model.model_config import METADATA_KEY, UNRECORDED_MODEL_KEYS
 
 log = logging.getLogger(__name__)
 tf1 = tf.compat.v1
@@ -48,8 +48,6 @@ NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one m
 # {"MODEL": {"MODE": ..., "PRESET": ..., "NR_TYPES": ..., other non-default MODEL keys}}. Keys starting
 # with "__" are never variables: read_weights skips them.
 # (METADATA_KEY itself is defined in the TensorFlow-free src.model.model_config, which reads the record.)
-# MODEL keys never recorded: derived by finalize_config, or a choice of the machine running the model.
-_UNRECORDED_MODEL_KEYS = ("DATA_FORMAT", "INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1")
 
 # Variables that only hold training state: optimizer slots and counters, tensorpack's moving-average
 # summaries ('EMA/...'), the step counter and the learning rate.
@@ -320,7 +318,7 @@ def model_metadata(cfg, nr_types: int | None) -> dict:
     apply_preset(reference, cfg.MODEL.PRESET)
     model = {"MODE": cfg.MODEL.MODE, "PRESET": cfg.MODEL.PRESET, "NR_TYPES": nr_types}
     for key, value in cfg.MODEL.items():
-        if key not in model and key not in _UNRECORDED_MODEL_KEYS and reference.MODEL.get(key) != value:
+        if key not in model and key not in UNRECORDED_MODEL_KEYS and reference.MODEL.get(key) != value:
             model[key] = list(value) if isinstance(value, tuple) else value
     return {"MODEL": model}
 
