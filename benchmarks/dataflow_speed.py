@@ -27,6 +27,7 @@ import numpy as np
 
 from dataset.augment import apply_geometry, augment_photometric, centre_crop, sample_geometry
 from dataset.dataflow import PatchDataFlow, TrainingDataPreprocessor, get_train_dataflow, load_patch
+from dataset.extraction import extract_dataset
 from dataset.patches import save_patch
 from src.config import config_from_args
 from src.targets import gen_targets
@@ -38,8 +39,6 @@ def make_patches(out_dir: Path, source: Path | None, images: int, cfg, seed: int
     """Fill ``out_dir`` with ``fmt`` patches; returns how many. Real crops from ``source`` when given, else
     synthetic."""
     if source is not None:
-        import extract_patches  # root CLI module; its library function does the work
-
         with tempfile.TemporaryDirectory() as subset:
             subset = Path(subset)
             for folder in ("Images", "Labels"):
@@ -49,8 +48,8 @@ def make_patches(out_dir: Path, source: Path | None, images: int, cfg, seed: int
                 (subset / "Images" / name).symlink_to((source / "Images" / name).resolve())
                 label = f"{Path(name).stem}.mat"
                 (subset / "Labels" / label).symlink_to((source / "Labels" / label).resolve())
-            summary = extract_patches.extract_dataset(subset, out_dir, "consep", cfg.DATA.PATCH_SIZE,
-                                                      cfg.DATA.PATCH_STEP, progress=False, fmt=fmt)
+            summary = extract_dataset(subset, out_dir, "consep", cfg.DATA.PATCH_SIZE, cfg.DATA.PATCH_STEP,
+                                      progress=False, fmt=fmt)
         return summary["patches"]
     rng = np.random.default_rng(seed)
     size = cfg.DATA.PATCH_SIZE

@@ -47,7 +47,7 @@ from __future__ import annotations
 import argparse
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import cv2
@@ -64,7 +64,7 @@ from misc.io import (
     read_image_rgb,
     save_label_mat,
 )
-from src.config import make_config
+from src.config import config_from_args
 
 __all__ = ["FORMATS", "CRCHISTO_TYPES", "PANNUKE_TYPES", "instance_record", "rasterise_xml",
            "crchisto_points", "convert", "main"]
@@ -226,7 +226,7 @@ def _convert_kumar(src: Path, output: Path, args) -> Iterator[str]:
 # CPM-15/17, CoNSeP (Images/ + Labels/ through dataset.readers)
 # --------------------------------------------------------------------------------------------------
 def _convert_reader(kind: str, src: Path, output: Path, args) -> Iterator[str]:
-    merge = dict(make_config().DATA.TYPE_MERGE) if getattr(args, "merge_types", False) else None
+    merge = getattr(args, "type_merge", None)
     for sample in get_reader(kind, src):
         type_map = sample.type_map
         if type_map is not None and merge is not None:
@@ -390,16 +390,20 @@ FORMATS = {
 }
 
 
-def convert(fmt: str, src: str | Path, output: str | Path, merge_types: bool = False) -> list[str]:
-    """Convert the data set at ``src`` in format ``fmt`` into ``output``; returns the names written."""
+def convert(fmt: str, src: str | Path, output: str | Path, type_merge: Mapping[int, int] | None = None) -> list[str]:
+    """Convert the data set at ``src`` in format ``fmt`` into ``output``; returns the names written.
+
+    ``type_merge`` (old -> new type id, ``cfg.DATA.TYPE_MERGE``; 'consep' only) relabels the types with
+    :func:`dataset.readers.merge_types`; None keeps them as stored.
+    """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}")
     src, output = Path(src), Path(output)
     if not src.exists():
         raise InputError(f"{src}: no such file or folder (--input)")
-    if merge_types and fmt != "consep":
+    if type_merge is not None and fmt != "consep":
         raise InputError("--merge_types applies to --format consep only")
-    names = list(FORMATS[fmt](src, output, argparse.Namespace(merge_types=merge_types)))
+    names = list(FORMATS[fmt](src, output, argparse.Namespace(type_merge=type_merge)))
     if not names:
         raise InputError(f"{src}: nothing to convert for format {fmt!r}")
     return names
@@ -431,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, convert, print a summary; 0 on success, 2 on bad input (one-line message)."""
     args = _build_parser().parse_args(argv)
     try:
-        names = convert(args.format, args.input, args.output, merge_types=args.merge_types)
+        cfg = config_from_args()
+        type_merge = dict(cfg.DATA.TYPE_MERGE) if args.merge_types else None
+        names = convert(args.format, args.input, args.output, type_merge=type_merge)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,4 +1,4 @@
-"""Dataset readers and the mirror-padded patch grid that turns a tile into training windows.
+"""Dataset readers: pairs of an image and its labels under a data set root.
 
 Readers pair ``Images/<name>.<png|jpg|jpeg|tif|tiff>`` with ``Labels/<name>.<ext>`` under a dataset root
 and yield :class:`Sample` tuples ``(name, image, inst_map, type_map)``:
@@ -19,10 +19,7 @@ Two kinds, picked by name through :func:`get_reader` (the one way to choose a re
     ``.png``/``.tif``/``.tiff`` (single-channel 8/16/32-bit ids, or a colour-coded RGB map where each
     non-black colour is one instance). ``type_map`` is always ``None``.
 
-The patch grid (:func:`window_origins`, :func:`mirror_pad`, :func:`extract_windows`) reproduces the published
-extractor's ``'mirror'`` mode: pad by ``(window - step) / 2`` on each side with reflection, then slide by
-``step`` and add one last window flush with the far edge, so the central ``step x step`` regions of the
-windows tile the whole image and each lies inside it. numpy/scipy/OpenCV only; no TensorFlow.
+numpy/scipy/OpenCV only; no TensorFlow. The patch grid over a tile is :mod:`dataset.extraction`'s.
 """
 from __future__ import annotations
 
@@ -46,7 +43,7 @@ from misc.io import (
 
 __all__ = [
     "Sample", "DatasetReader", "ConsepReader", "InstanceReader", "READERS", "get_reader", "merge_types",
-    "INSTANCE_LABEL_SUFFIXES", "window_origins", "mirror_pad", "extract_windows",
+    "INSTANCE_LABEL_SUFFIXES",
 ]
 
 # Label files an instance-only reader accepts, in the order they are looked for.
@@ -229,75 +226,3 @@ def get_reader(kind: str, root: str | os.PathLike) -> DatasetReader:
     if kind not in READERS:
         raise InputError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
     return READERS[kind](root)
-
-
-# --- patch grid (spec section 4: 540x540 windows, step 80, mirror padded) ---
-
-def window_origins(length: int, window: int, step: int) -> list[int]:
-    """Start offsets of windows of ``window`` px sliding by ``step`` over ``length`` px, no padding.
-
-    Starts at 0, advances by ``step`` while a window fits, then adds one window flush with the far edge when
-    the last regular one stops short of it (the published extractor's edge rule). Requires
-    ``length >= window``.
-    """
-    if window <= 0 or step <= 0:
-        raise ValueError(f"window ({window}) and step ({step}) must be positive")
-    if length < window:
-        raise ValueError(f"length {length} is shorter than the window {window}")
-    origins = list(range(0, length - window + 1, step))
-    if origins[-1] != length - window:
-        origins.append(length - window)
-    return origins
-
-
-def mirror_pad(array: np.ndarray, window: int, step: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Reflect-pad the two leading axes so that windows' central ``step`` regions cover the whole array.
-
-    Pads ``(window - step) // 2`` before and the rest after each axis (numpy ``'reflect'``, the edge pixel
-    not repeated, as the published extractor), plus, for an image shorter than ``step`` along an axis, enough
-    extra reflection after it for one window to fit (that window's centre then runs past the image edge).
-
-    Returns:
-        ``(padded, (pad_top, pad_left))``; ``padded`` has the dtype and trailing axes of ``array``.
-    """
-    if window < step:
-        raise ValueError(f"window ({window}) must be at least the step ({step})")
-    before = (window - step) // 2
-    pads = []
-    for size in array.shape[:2]:
-        after = window - step - before + max(0, step - size)
-        pads.append((before, after))
-    pads += [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pads, mode="reflect"), (before, before)
-
-
-def extract_windows(array: np.ndarray, window: int, step: int,
-                    mode: str = "mirror") -> list[tuple[tuple[int, int], np.ndarray]]:
-    """Cut ``array`` (HxW[xC], any dtype) into ``window x window`` patches on a ``step`` grid.
-
-    Args:
-        array: the tile, e.g. HxWx5 int32 (R, G, B, instance id, type id).
-        window: patch side (cfg.DATA.PATCH_SIZE, 540).
-        step: grid stride (cfg.DATA.PATCH_STEP, 80 = the network output).
-        mode: ``'mirror'`` (published training extraction; see :func:`mirror_pad`) or ``'valid'`` (no
-            padding; the tile must be at least one window large).
-
-    Returns:
-        ``[((row, col), patch), ...]`` in row-major order; ``patch`` is a view into a (padded) copy,
-        ``window x window`` with the trailing axes of ``array``. In ``'mirror'`` mode ``(row, col)`` is the
-        top-left, in image pixels, of the patch's central ``step x step`` region (the area the network's
-        output covers), and ``patch[c:c+step, c:c+step] == array[row:row+step, col:col+step]`` with
-        ``c = (window - step) // 2``. In ``'valid'`` mode it is the patch's own top-left.
-    """
-    array = np.asarray(array)
-    if array.ndim < 2:
-        raise ValueError(f"array must be at least 2-D, got shape {array.shape}")
-    if mode == "mirror":
-        padded, _ = mirror_pad(array, window, step)
-    elif mode == "valid":
-        padded = array
-    else:
-        raise ValueError(f"unknown mode {mode!r}; choose 'mirror' or 'valid'")
-    rows = window_origins(padded.shape[0], window, step)
-    cols = window_origins(padded.shape[1], window, step)
-    return [((r, c), padded[r:r + window, c:c + window]) for r in rows for c in cols]

@@ -9,7 +9,7 @@ Usage (from the repository root)::
         --json tables.json --csv tables.csv
 
 Each ``--row TABLE ROW TRUE_DIR PRED_DIR`` scores one data set's predictions (``<name>.mat`` as written by
-``infer.py``) against its labels with ``metrics/compute_stats.py``'s functions: tables III and IV use the
+``infer.py``) against its labels with ``metrics/evaluate.py``'s functions: tables III and IV use the
 instance metrics averaged over images (DICE, AJI, DQ, SQ, PQ); table V adds the type metrics pooled over
 images (Fd and the per-type F1: Fe type 3 epithelial, Fi 2 inflammatory, Fs 4 spindle, Fm 1
 miscellaneous, the project's CoNSeP / CRCHisto numbering) and PQ where the truth has instance maps. The
@@ -26,9 +26,9 @@ import json
 import sys
 from pathlib import Path
 
-from metrics.compute_stats import evaluate_instance, evaluate_type, match_files
+from metrics.evaluate import evaluate_instance, evaluate_type, match_files
 from misc.io import InputError, atomic_path
-from src.config import make_config
+from src.config import config_from_args
 
 __all__ = ["PUBLISHED_PATH", "load_published", "score_row", "main"]
 
@@ -106,7 +106,7 @@ def _build_parser(default_radius: float) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, score every row, print, write JSON/CSV; return the exit code."""
-    args = _build_parser(float(make_config().EVAL.RADIUS)).parse_args(argv)
+    args = _build_parser(float(config_from_args().EVAL.RADIUS)).parse_args(argv)
     try:
         published = load_published(args.published)
         records = []

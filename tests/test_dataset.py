@@ -15,8 +15,8 @@ from dataset.dataflow import (
     load_patch,
     resolve_num_workers,
 )
+from dataset.extraction import extract_dataset
 from dataset.readers import ConsepReader, InstanceReader, get_reader, merge_types
-from extract_patches import extract_dataset
 from misc.io import InputError, save_label_mat
 from src.config import config_from_args, make_config
 
@@ -72,7 +72,7 @@ def test_consep_reader_yields_rgb_image_and_maps(tmp_path):
 
 
 def test_consep_types_are_merged_when_asked(tmp_path):
-    # type merging has one path: extract_patches.extract_dataset(type_merge=...) over the reader's raw types
+    # type merging has one path: dataset.extraction.extract_dataset(type_merge=...) over the reader's raw types
     tiles = _write_dataset(tmp_path / "data")
     extract_dataset(tmp_path / "data", tmp_path / "out", "consep", patch_size=100, step=80,
                     type_merge=make_config().DATA.TYPE_MERGE, progress=False)

@@ -1,4 +1,4 @@
-"""extract_patches.py and the mirror-padded window grid (spec section 4)."""
+"""extract_patches.py, the command line: main([...]) end to end (the grid and the library: tests/test_extraction.py)."""
 import json
 import shutil
 from pathlib import Path
@@ -9,7 +9,6 @@ import pytest
 
 import extract_patches
 from dataset.patches import load_patch
-from dataset.readers import extract_windows, mirror_pad, window_origins
 from misc.io import save_label_mat
 
 SHARED_CONSEP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "consep256" / "train"
@@ -35,48 +34,6 @@ def _write(root, tiles):
         assert cv2.imwrite(str(root / "Images" / f"{name}.png"), image[..., ::-1])
         save_label_mat(root / "Labels" / f"{name}.mat", inst, types)
     return root
-
-
-def test_window_origins_follow_the_published_edge_rule():
-    assert window_origins(760, 540, 80) == [0, 80, 160, 220]
-    assert window_origins(700, 540, 80) == [0, 80, 160]  # exact fit: no extra window
-    assert window_origins(540, 540, 80) == [0]
-    with pytest.raises(ValueError):
-        window_origins(500, 540, 80)
-
-
-def test_mirror_pad_reflects_without_repeating_the_edge():
-    array = np.arange(10).reshape(10, 1) * np.ones((1, 12), int)
-    padded, (top, left) = mirror_pad(array, window=8, step=2)
-    assert (top, left) == (3, 3) and padded.shape == (16, 18)
-    np.testing.assert_array_equal(padded[:3, 5], [3, 2, 1])  # rows 3, 2, 1 above row 0
-    np.testing.assert_array_equal(padded[-3:, 5], [8, 7, 6])  # rows 8, 7, 6 below row 9
-    np.testing.assert_array_equal(padded[3:13, 3:15], array)
-
-
-def test_extract_windows_tiles_the_image_with_central_regions():
-    image, inst, types = _tile()
-    stacked = np.dstack([image, inst, types]).astype(np.int32)
-    windows = extract_windows(stacked, WINDOW, STEP)
-    assert len(windows) == 4 * 3  # rows 0, 80, 160, 220; cols 0, 80, 120
-    assert [origin for origin, _ in windows[:4]] == [(0, 0), (0, 80), (0, 120), (80, 0)]
-    covered = np.zeros(inst.shape, int)
-    for (row, col), patch in windows:
-        assert patch.shape == (WINDOW, WINDOW, 5) and patch.dtype == np.int32
-        centre = patch[OFFSET:OFFSET + STEP, OFFSET:OFFSET + STEP]
-        np.testing.assert_array_equal(centre, stacked[row:row + STEP, col:col + STEP])
-        covered[row:row + STEP, col:col + STEP] += 1
-    assert covered.min() >= 1  # every pixel is in some window's centre
-
-
-def test_extract_windows_small_image_and_valid_mode():
-    small = np.arange(50 * 60).reshape(50, 60)
-    windows = extract_windows(small, 100, 80)  # smaller than the step: one window, centre runs past the edge
-    assert [origin for origin, _ in windows] == [(0, 0)] and windows[0][1].shape == (100, 100)
-    np.testing.assert_array_equal(windows[0][1][10:60, 10:70], small)
-    valid = extract_windows(np.arange(100).reshape(10, 10), 4, 3, mode="valid")
-    assert [origin for origin, _ in valid][:4] == [(0, 0), (0, 3), (0, 6), (3, 0)]
-    np.testing.assert_array_equal(valid[1][1], np.arange(100).reshape(10, 10)[0:4, 3:7])
 
 
 def test_cli_writes_npy_patches_that_tile_the_image(tmp_path, capsys):

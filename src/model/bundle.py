@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from misc.io import InputError, atomic_path
-from src.config import make_config
+from src.config import config_from_args
 from src.model.model_config import METADATA_KEY, UNRECORDED_MODEL_KEYS, read_npz_metadata
 
 __all__ = ["MODELS_DIR", "bundled_models", "resolve_model", "write_bundle", "main"]
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         postproc = {}
         for item in args.postproc:
             key, _, value = item.partition("=")
-            if key not in make_config().POSTPROC:
+            if key not in config_from_args().POSTPROC:
                 raise InputError(f"--postproc {item}: no such POSTPROC key")
             postproc[key] = ast.literal_eval(value)
         metadata = write_bundle(args.checkpoint, record["config"]["MODEL"], output, args.description, postproc,
