@@ -12,7 +12,7 @@ hundred KB. The patch size and step follow from the model geometry (``MODEL.MODE
 input and the network output (540/80 original, 512/164 fast).
 ``row``/``col`` (4 digits, zero-padded) are the image coordinates of the top-left of the patch's central
 ``step x step`` region, the part the network's 80x80 output covers; the windows' central regions tile the
-image (see :func:`dataset.extraction.extract_windows`; the library behind this command line is
+image (see :func:`dataset.extraction.cut_patches`; the library behind this command line is
 :mod:`dataset.extraction`).
 
 The set is written atomically as a whole: patches go to a sibling ``<output_dir>.partial-<pid>`` folder,

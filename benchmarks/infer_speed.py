@@ -28,7 +28,7 @@ from benchmarks.postproc_speed import synthetic_outputs
 from misc.outputs import default_type_info, write_outputs
 from src.config import MODEL_PRESETS, config_from_args
 from src.geometry import MODES
-from src.inference import extract_windows, window_layout
+from src.inference import gather_windows, window_layout
 from src.pipeline import postproc_kwargs
 
 
@@ -72,7 +72,7 @@ def time_forward(mode: str, preset: str, tile: np.ndarray, n_windows: int, batch
             sess.run(fetch, {images: warm})
         start = time.perf_counter()
         for first in range(0, timed, batch_size):
-            batch = extract_windows(tile, layout, first, min(first + batch_size, timed)).astype(np.float32)
+            batch = gather_windows(tile, layout, first, min(first + batch_size, timed)).astype(np.float32)
             sess.run(fetch, {images: batch})
         seconds = time.perf_counter() - start
     per_window = seconds / timed

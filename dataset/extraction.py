@@ -1,10 +1,11 @@
 """Tiles -> training patches on disk: the mirror-padded patch grid and the atomic extraction of a data set
 (spec section 4). ``extract_patches.py`` is its command line.
 
-The patch grid (:func:`window_origins`, :func:`mirror_pad`, :func:`extract_windows`) reproduces the published
+The patch grid (:func:`window_origins`, :func:`mirror_pad`, :func:`cut_patches`) reproduces the published
 extractor's ``'mirror'`` mode: pad by ``(window - step) / 2`` on each side with reflection, then slide by
 ``step`` and add one last window flush with the far edge, so the central ``step x step`` regions of the
-windows tile the whole image and each lies inside it.
+windows tile the whole image and each lies inside it. Its index logic is :func:`src.inference.window_grid`
+(``last='flush'``), the one shared with the inference grid.
 
 :func:`extract_dataset` cuts every image of a data set (read by :mod:`dataset.readers`) into named patches,
 ``<image>_<row>_<col>``, written in a patch format of :mod:`dataset.patches`. ``row``/``col`` (4 digits,
@@ -32,8 +33,9 @@ from tqdm import tqdm
 from dataset.patches import save_patch, split_by_source
 from dataset.readers import get_reader, merge_types
 from misc.io import InputError, move_aside, remove_stale_partials
+from src.inference import grid_starts, window_grid
 
-__all__ = ["window_origins", "mirror_pad", "extract_windows", "sample_patches", "extract_dataset",
+__all__ = ["window_origins", "mirror_pad", "cut_patches", "sample_patches", "extract_dataset",
            "extract_sets"]
 
 
@@ -50,10 +52,9 @@ def window_origins(length: int, window: int, step: int) -> list[int]:
         raise ValueError(f"window ({window}) and step ({step}) must be positive")
     if length < window:
         raise ValueError(f"length {length} is shorter than the window {window}")
-    origins = list(range(0, length - window + 1, step))
-    if origins[-1] != length - window:
-        origins.append(length - window)
-    return origins
+    # Windows starting at s end at s + window <= length: the flush grid of step-long pieces over the
+    # length - window + step first pixels.
+    return grid_starts(length - window + step, step, "flush")
 
 
 def mirror_pad(array: np.ndarray, window: int, step: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -66,19 +67,13 @@ def mirror_pad(array: np.ndarray, window: int, step: int) -> tuple[np.ndarray, t
     Returns:
         ``(padded, (pad_top, pad_left))``; ``padded`` has the dtype and trailing axes of ``array``.
     """
-    if window < step:
-        raise ValueError(f"window ({window}) must be at least the step ({step})")
-    before = (window - step) // 2
-    pads = []
-    for size in array.shape[:2]:
-        after = window - step - before + max(0, step - size)
-        pads.append((before, after))
+    pads = [tuple(window_grid(size, window, step, "flush")[1:]) for size in array.shape[:2]]
     pads += [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pads, mode="reflect"), (before, before)
+    return np.pad(array, pads, mode="reflect"), (pads[0][0], pads[1][0])
 
 
-def extract_windows(array: np.ndarray, window: int, step: int,
-                    mode: str = "mirror") -> list[tuple[tuple[int, int], np.ndarray]]:
+def cut_patches(array: np.ndarray, window: int, step: int,
+                mode: str = "mirror") -> list[tuple[tuple[int, int], np.ndarray]]:
     """Cut ``array`` (HxW[xC], any dtype) into ``window x window`` patches on a ``step`` grid.
 
     Args:
@@ -100,12 +95,12 @@ def extract_windows(array: np.ndarray, window: int, step: int,
         raise ValueError(f"array must be at least 2-D, got shape {array.shape}")
     if mode == "mirror":
         padded, _ = mirror_pad(array, window, step)
+        rows, cols = (window_grid(size, window, step, "flush")[0] for size in array.shape[:2])
     elif mode == "valid":
         padded = array
+        rows, cols = (window_origins(size, window, step) for size in array.shape[:2])
     else:
         raise ValueError(f"unknown mode {mode!r}; choose 'mirror' or 'valid'")
-    rows = window_origins(padded.shape[0], window, step)
-    cols = window_origins(padded.shape[1], window, step)
     return [((r, c), padded[r:r + window, c:c + window]) for r in rows for c in cols]
 
 
@@ -121,7 +116,7 @@ def sample_patches(name: str, image: np.ndarray, inst_map: np.ndarray, type_map:
     stacked = np.concatenate([image.astype(np.int32), inst_map[..., None].astype(np.int32),
                               type_map[..., None].astype(np.int32)], axis=-1)
     return [(f"{name}_{row:04d}_{col:04d}", patch)
-            for (row, col), patch in extract_windows(stacked, patch_size, step, mode="mirror")]
+            for (row, col), patch in cut_patches(stacked, patch_size, step, mode="mirror")]
 
 
 def _check_output(output_dir: Path, overwrite: bool) -> None:

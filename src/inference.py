@@ -15,19 +15,64 @@ length 1 repeats its only pixel. Rather than building the padded image (55 MB fo
 tile, and 4x that once a caller has converted to float32), windows are gathered straight from the image
 through the reflected index of each padded row and column: same pixels, memory bounded by one batch.
 
+Grid. :func:`window_grid` is the index logic of both reflect-padded window grids of the project: this one
+(``last='cover'``: ceil(size / output) windows, the last output square may reach into the padding) and the
+training patch extraction's (``dataset.extraction.cut_patches``, ``last='flush'``: the last window's central
+square ends flush with the image edge, as the published extractor). It lives here, numpy-only, so that
+``dataset`` may import it while ``src`` never imports ``dataset``.
+
 Nothing here imports TensorFlow: ``predict_tile`` takes any ``predict_fn``, so it is tested with fakes
 and reused by the TF runner (``predict_fn`` = an ``OfflinePredictor`` call).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WindowLayout", "window_layout", "reflect_index", "extract_windows", "iter_window_batches",
-           "stitch", "predict_tile"]
+__all__ = ["GRID_EDGES", "grid_starts", "window_grid", "WindowLayout", "window_layout", "reflect_index",
+           "gather_windows", "iter_window_batches", "stitch", "predict_tile"]
+
+GRID_EDGES = ("cover", "flush")  # how a grid ends at the far edge; see grid_starts
+
+
+def grid_starts(span: int, step: int, last: str) -> list[int]:
+    """Starts ``0, step, 2 * step, ...`` of ``step``-long pieces that cover ``[0, span)``.
+
+    ``last='cover'``: ``ceil(span / step)`` pieces; the last one may run past ``span``. ``last='flush'``: the
+    pieces that fit, plus one ending exactly at ``span`` when the last regular one stops short of it (it then
+    overlaps its neighbour); a ``span`` shorter than ``step`` gets one piece at 0. Raises ``ValueError`` for a
+    non-positive ``span`` or ``step`` or an unknown ``last``.
+    """
+    if span <= 0 or step <= 0:
+        raise ValueError(f"span ({span}) and step ({step}) must be positive")
+    if last == "cover":
+        return list(range(0, span, step))
+    if last != "flush":
+        raise ValueError(f"last must be one of {GRID_EDGES}, got {last!r}")
+    end = max(span - step, 0)
+    starts = list(range(0, end + 1, step))
+    if starts[-1] != end:
+        starts.append(end)
+    return starts
+
+
+def window_grid(length: int, window: int, step: int, last: str) -> tuple[list[int], int, int]:
+    """The reflect-padded grid of ``window``-px windows whose central ``step`` px tile an axis of ``length`` px.
+
+    The axis is padded by ``pad_before = (window - step) // 2`` px in front, so that a window starting at padded
+    coordinate ``s`` has its central ``step`` px at image coordinate ``s``; the starts are
+    :func:`grid_starts` ``(length, step, last)`` and ``pad_after`` makes the last window end exactly at the
+    padded edge (``starts[-1] + window == pad_before + length + pad_after``).
+
+    Returns ``(starts, pad_before, pad_after)``. Raises ``ValueError`` when ``window < step``.
+    """
+    if window < step:
+        raise ValueError(f"window ({window}) must be at least the step ({step})")
+    starts = grid_starts(length, step, last)
+    pad_before = (window - step) // 2
+    return starts, pad_before, starts[-1] + window - pad_before - length
 
 
 @dataclass(frozen=True)
@@ -85,15 +130,13 @@ def window_layout(height: int, width: int, input_shape: int, output_shape: int) 
     if (input_shape - output_shape) % 2:
         raise ValueError(f"input_shape - output_shape must be even (a centred output), got "
                          f"{input_shape} - {output_shape}")
-    margin = (input_shape - output_shape) // 2
-    rows = math.ceil(height / output_shape)
-    cols = math.ceil(width / output_shape)
     # Padded side = (n - 1) * step + input: the last window ends exactly at the padded edge.
+    row_starts, pad_top, pad_bottom = window_grid(int(height), int(input_shape), int(output_shape), "cover")
+    col_starts, pad_left, pad_right = window_grid(int(width), int(input_shape), int(output_shape), "cover")
     return WindowLayout(
         height=int(height), width=int(width), input_shape=int(input_shape), output_shape=int(output_shape),
-        pad_top=margin, pad_bottom=rows * output_shape + margin - height,
-        pad_left=margin, pad_right=cols * output_shape + margin - width,
-        rows=rows, cols=cols,
+        pad_top=pad_top, pad_bottom=pad_bottom, pad_left=pad_left, pad_right=pad_right,
+        rows=len(row_starts), cols=len(col_starts),
     )
 
 
@@ -130,8 +173,8 @@ def _padded_indices(layout: WindowLayout) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def extract_windows(image: np.ndarray, layout: WindowLayout, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Windows ``start .. stop`` (row-major) of the reflect-padded image.
+def gather_windows(image: np.ndarray, layout: WindowLayout, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Windows ``start .. stop`` (row-major) of the reflect-padded image, gathered as one batch array.
 
     ``image``: HxWx3 (any channel order; passed through unchanged), uint8 or float. Returns
     ``(stop - start) x input_shape x input_shape x 3`` of the image's dtype. Only the requested
@@ -161,7 +204,7 @@ def iter_window_batches(image: np.ndarray, layout: WindowLayout,
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     for start in range(0, layout.n_windows, batch_size):
-        yield start, extract_windows(image, layout, start, start + batch_size)
+        yield start, gather_windows(image, layout, start, start + batch_size)
 
 
 def _place(canvas: np.ndarray, outputs: np.ndarray, start: int, layout: WindowLayout) -> None:
@@ -190,7 +233,7 @@ def _check_outputs(outputs, n: int, layout: WindowLayout, channels: int | None) 
 def stitch(outputs: np.ndarray, layout: WindowLayout) -> np.ndarray:
     """Place all window outputs side by side and crop to the image.
 
-    ``outputs``: n_windows x output_shape x output_shape x C, row-major as :func:`extract_windows`.
+    ``outputs``: n_windows x output_shape x output_shape x C, row-major as :func:`gather_windows`.
     Returns height x width x C float32.
     """
     outputs = _check_outputs(outputs, layout.n_windows, layout, None)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dataset.extraction import extract_windows, mirror_pad, window_origins
+from dataset.extraction import cut_patches, mirror_pad, window_origins
 
 WINDOW, STEP = 540, 80
 OFFSET = (WINDOW - STEP) // 2  # 230: the central STEP x STEP region's offset inside a patch
@@ -36,10 +36,10 @@ def test_mirror_pad_reflects_without_repeating_the_edge():
     np.testing.assert_array_equal(padded[3:13, 3:15], array)
 
 
-def test_extract_windows_tiles_the_image_with_central_regions():
+def test_cut_patches_tiles_the_image_with_central_regions():
     image, inst, types = _tile()
     stacked = np.dstack([image, inst, types]).astype(np.int32)
-    windows = extract_windows(stacked, WINDOW, STEP)
+    windows = cut_patches(stacked, WINDOW, STEP)
     assert len(windows) == 4 * 3  # rows 0, 80, 160, 220; cols 0, 80, 120
     assert [origin for origin, _ in windows[:4]] == [(0, 0), (0, 80), (0, 120), (80, 0)]
     covered = np.zeros(inst.shape, int)
@@ -51,11 +51,11 @@ def test_extract_windows_tiles_the_image_with_central_regions():
     assert covered.min() >= 1  # every pixel is in some window's centre
 
 
-def test_extract_windows_small_image_and_valid_mode():
+def test_cut_patches_small_image_and_valid_mode():
     small = np.arange(50 * 60).reshape(50, 60)
-    windows = extract_windows(small, 100, 80)  # smaller than the step: one window, centre runs past the edge
+    windows = cut_patches(small, 100, 80)  # smaller than the step: one window, centre runs past the edge
     assert [origin for origin, _ in windows] == [(0, 0)] and windows[0][1].shape == (100, 100)
     np.testing.assert_array_equal(windows[0][1][10:60, 10:70], small)
-    valid = extract_windows(np.arange(100).reshape(10, 10), 4, 3, mode="valid")
+    valid = cut_patches(np.arange(100).reshape(10, 10), 4, 3, mode="valid")
     assert [origin for origin, _ in valid][:4] == [(0, 0), (0, 3), (0, 6), (3, 0)]
     np.testing.assert_array_equal(valid[1][1], np.arange(100).reshape(10, 10)[0:4, 3:7])

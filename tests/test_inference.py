@@ -8,11 +8,13 @@ import pytest
 
 from src.geometry import derive_geometry
 from src.inference import (
-    extract_windows,
+    gather_windows,
+    grid_starts,
     iter_window_batches,
     predict_tile,
     reflect_index,
     stitch,
+    window_grid,
     window_layout,
 )
 
@@ -81,9 +83,30 @@ def test_windows_equal_numpy_reflect_padding():
         padded = np.pad(image, ((layout.pad_top, layout.pad_bottom), (layout.pad_left, layout.pad_right), (0, 0)),
                         mode="reflect")
         assert padded.shape[:2] == layout.padded_shape
-        windows = extract_windows(image, layout)
+        windows = gather_windows(image, layout)
         for window, (y, x) in zip(windows, layout.origins, strict=True):
             np.testing.assert_array_equal(window, padded[y:y + 270, x:x + 270])
+
+
+def test_window_grid_is_the_index_logic_of_both_grids():
+    """One function gives the inference grid ('cover') and the patch extraction grid ('flush')."""
+    # inference: ceil(173 / 80) = 3 windows; the last output square runs 67 px into the padding
+    assert grid_starts(173, 80, "cover") == [0, 80, 160]
+    assert window_grid(173, 270, 80, "cover") == ([0, 80, 160], 95, 162)  # 160 + 270 == 95 + 173 + 162
+    layout = window_layout(173, 91, 270, 80)
+    assert (layout.rows, layout.pad_top, layout.pad_bottom) == (3, 95, 162)
+    assert (layout.cols, layout.pad_left, layout.pad_right) == (2, 95, 164)  # 80 + 270 == 95 + 91 + 164
+    # extraction: the last central square ends flush with the image edge, overlapping its neighbour
+    assert grid_starts(173, 80, "flush") == [0, 80, 93]
+    assert window_grid(173, 540, 80, "flush") == ([0, 80, 93], 230, 230)  # 93 + 540 == 230 + 173 + 230
+    assert window_grid(160, 540, 80, "flush") == ([0, 80], 230, 230)  # exact fit: no extra window
+    assert window_grid(50, 100, 80, "flush") == ([0], 10, 40)  # shorter than the step: one window
+    assert window_grid(9, 8, 3, "flush") == ([0, 3, 6], 2, 3)  # odd window - step: the odd pixel after
+    for bad in [(0, 80, "cover"), (10, 0, "flush"), (10, 3, "edge")]:
+        with pytest.raises(ValueError):
+            grid_starts(*bad)
+    with pytest.raises(ValueError, match="at least the step"):
+        window_grid(10, 2, 3, "flush")
 
 
 def test_reflect_index_mirrors_without_repeating_the_edge():
