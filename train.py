@@ -20,7 +20,6 @@ the CPU; --gpu 0,1 trains one synchronous tower on each listed GPU (set as CUDA_
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -78,21 +77,19 @@ def main(argv=None) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     setup_logging(args.verbose)  # before TensorFlow loads
 
+    from dataset.dataflow import get_train_dataflow, get_valid_dataflow
     from src.config import config_from_args
-    from src.training import TrainingIncomplete, train
+    from src.training import Dataflows, Towers, TrainingIncomplete, TrainOptions, train
 
     try:
         check_writable(args.out_dir, "--out_dir")
         cfg = config_from_args(args.config, is_training=True)
-        import tensorflow as tf
-
-        use_gpu = bool(tf.config.list_physical_devices("GPU"))
-        if gpus and not use_gpu:
-            logging.warning("no GPU visible: the %d tower(s) will run on the CPU", len(gpus))
-        train(cfg, args.data_dir, args.valid_dir, args.out_dir, num_towers=max(1, len(gpus)), use_gpu=use_gpu,
-              phases=(args.phase,) if args.phase else None, pretrained=args.pretrained, epochs=args.epochs,
-              steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, num_workers=args.workers,
-              overwrite=args.overwrite)
+        options = TrainOptions(
+            train_dir=args.data_dir, out_dir=args.out_dir, valid_dir=args.valid_dir, towers=Towers.detect(gpus),
+            phases=(args.phase,) if args.phase else None, pretrained=args.pretrained, epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, num_workers=args.workers,
+            overwrite=args.overwrite)
+        train(cfg, options, Dataflows(train=get_train_dataflow, valid=get_valid_dataflow))
     except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,10 @@
 trained lives here, so it is testable and the CLI stays thin (tensorpack ``examples/FasterRCNN``).
 Published setting (spec section 4): synchronous data-parallel towers, Adam, two phases (opt/),
 validation Dice of the NP output every epoch, best checkpoint by that Dice.
+
+What a run is asked to do is one :class:`TrainOptions`; the towers (GPU awareness) one :class:`Towers`; the
+data arrives through :class:`Dataflows`, factories the caller passes in (``train.py`` passes
+``dataset.dataflow``'s), so that ``src`` never imports ``dataset`` (which imports ``src``).
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tensorflow as tf
@@ -32,7 +37,6 @@ from tensorpack.callbacks import Callback, Inferencer
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.utils import logger as tp_logger
 
-from dataset.dataflow import get_train_dataflow, get_valid_dataflow
 from misc.io import InputError, atomic_path, move_aside
 from misc.viz import plot_training_curves
 from opt.schedules import Phase, get_phase, get_schedule
@@ -41,9 +45,9 @@ from src.model.weights import make_session_init
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunState", "inspect_run_dir", "prepare_run_dir", "select_trainer", "make_callbacks", "train_phase",
-           "train", "resume_point", "TrainingIncomplete", "PooledDice", "VALID_STAT", "BEST_CHECKPOINT",
-           "FINISHED_MARKER", "RUN_HISTORY"]
+__all__ = ["RunState", "inspect_run_dir", "check_run_dir", "prepare_run_dir", "select_trainer", "make_callbacks",
+           "train_phase", "train", "resume_point", "TrainingIncomplete", "PooledDice", "Towers", "TrainOptions",
+           "Dataflows", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY"]
 
 # The validation statistic and the name of its best checkpoint.
 VALID_STAT = f"validation_{NP_DICE_NAME}"
@@ -56,6 +60,70 @@ _STARTUP_FILES = {"log.log", "run.json", RUN_HISTORY}
 
 class TrainingIncomplete(RuntimeError):
     """Training ended (tensorpack stopped its main loop) before the phase ran all its epochs."""
+
+
+@dataclass(frozen=True)
+class Towers:
+    """The synchronous data-parallel towers of a run: the one place that knows about GPUs.
+
+    ``count``: towers (one per GPU asked for with ``--gpu``, at least 1); ``on_gpu``: whether TensorFlow sees a
+    GPU (without one every tower shares the CPU through soft placement).
+    """
+
+    count: int = 1
+    on_gpu: bool = False
+
+    @classmethod
+    def detect(cls, gpu_ids: Sequence[str]) -> Towers:
+        """One tower per id in ``gpu_ids`` (already set as ``CUDA_VISIBLE_DEVICES``), one when empty; warns when
+        GPUs were asked for but TensorFlow sees none."""
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        if gpu_ids and not on_gpu:
+            log.warning("no GPU visible: the %d tower(s) will run on the CPU", len(gpu_ids))
+        return cls(max(1, len(gpu_ids)), on_gpu)
+
+    @property
+    def parallel_validation(self) -> bool:
+        """Validate on every tower's GPU at once (tensorpack's DataParallelInferenceRunner needs real GPUs)."""
+        return self.count > 1 and self.on_gpu
+
+
+@dataclass(frozen=True)
+class Dataflows:
+    """Where a phase's batches come from: factories passed in by the caller (``train.py`` passes
+    ``dataset.dataflow.get_train_dataflow`` / ``get_valid_dataflow``; tests may pass fakes).
+
+    ``train(cfg, data_dir, batch_size=, num_workers=)``: shuffled, augmented batches, ``len()`` = batches per
+    epoch; ``valid(cfg, data_dir, batch_size=)``: every validation patch once per pass.
+    """
+
+    train: Callable
+    valid: Callable
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What one ``train.py`` run asks for, beside the config (built from its arguments).
+
+    ``train_dir`` / ``valid_dir``: patch folders (``valid_dir`` None: no validation, only the last checkpoints
+    kept); ``out_dir``: the run folder, one ``phase<k>`` sub-folder per phase; ``phases``: the schedule's phases
+    to run (None: all, in order); ``pretrained``: weights for the first phase run (ImageNet ``.npz`` or a
+    checkpoint); ``epochs`` / ``steps_per_epoch`` / ``batch_size`` (patches per tower per step): None for the
+    schedule's / one pass over the patches; ``num_workers``: augmentation processes (None: cfg.DATA.NUM_WORKERS,
+    0 in-process); ``overwrite``: move earlier phase folders aside and start afresh.
+    """
+
+    train_dir: str | os.PathLike
+    out_dir: str | os.PathLike
+    valid_dir: str | os.PathLike | None = None
+    towers: Towers = field(default_factory=Towers)
+    phases: tuple[int, ...] | None = None
+    pretrained: str | os.PathLike | None = None
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+    num_workers: int | str | None = None
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,23 +222,36 @@ def _refusal(path: Path, state: RunState) -> InputError:
                       "(the old directory is kept as <dir>.old-<time>)")
 
 
+def check_run_dir(path: str | os.PathLike, overwrite: bool, epochs: int | None = None,
+                  skip_finished: bool = False) -> RunState:
+    """Inspect a phase directory (:func:`inspect_run_dir`) and refuse what must not be touched; changes nothing.
+
+    The one place that decides the refusal: without ``overwrite``, a directory that is not a run, and a finished
+    run unless ``skip_finished`` (:func:`train` skips finished phases), raise :class:`InputError`.
+    """
+    path = Path(path)
+    state = inspect_run_dir(path, epochs)
+    refused = ("foreign",) if skip_finished else ("finished", "foreign")
+    if not overwrite and state.kind in refused:
+        raise _refusal(path, state)
+    return state
+
+
 def prepare_run_dir(path: str | os.PathLike, overwrite: bool, epochs: int | None = None) -> RunState:
     """Decide what to do with a phase directory; never destroys a previous run.
 
     A new or half-started directory is used as is; an interrupted run, or one that finished with
     fewer than ``epochs`` epochs, is resumed from its last checkpoint (the same command simply
     continues; the finished marker of a shorter run is removed); a finished run, or a non-empty
-    directory that is not a run, is refused. With ``overwrite`` every directory that is not new
-    (finished, interrupted or foreign) is moved aside to ``<path>.old-<timestamp>``, never deleted,
+    directory that is not a run, is refused (:func:`check_run_dir`). With ``overwrite`` every directory that
+    is not new (finished, interrupted or foreign) is moved aside to ``<path>.old-<timestamp>``, never deleted,
     so the phase starts afresh.
     """
     path = Path(path)
-    state = inspect_run_dir(path, epochs)
+    state = check_run_dir(path, overwrite, epochs)
     if overwrite and state.kind != "new":
         log.warning("moved the existing %s to %s", path, move_aside(path))
         state = RunState("new")
-    elif state.kind in ("finished", "foreign"):
-        raise _refusal(path, state)
     if state.kind == "resume" and (path / FINISHED_MARKER).is_file():
         log.info("%s finished after epoch %s; continuing to epoch %s", path, state.last_epoch, epochs)
         (path / FINISHED_MARKER).unlink()
@@ -257,7 +338,7 @@ class CurvesPlot(Callback):
         self._plot()
 
 
-def make_callbacks(phase: Phase, valid_df, num_towers: int, use_gpu: bool, max_to_keep: int = 2) -> list:
+def make_callbacks(phase: Phase, valid_df, towers: Towers, max_to_keep: int = 2) -> list:
     """Schedule, validation and saving callbacks for one phase (order matters: save, validate, keep best)."""
     callbacks = [
         ModelSaver(max_to_keep=max_to_keep),
@@ -266,8 +347,8 @@ def make_callbacks(phase: Phase, valid_df, num_towers: int, use_gpu: bool, max_t
     ]
     if valid_df is not None:
         inferencers = [PooledDice()]
-        if num_towers > 1 and use_gpu:
-            callbacks.append(DataParallelInferenceRunner(valid_df, inferencers, list(range(num_towers))))
+        if towers.parallel_validation:
+            callbacks.append(DataParallelInferenceRunner(valid_df, inferencers, list(range(towers.count))))
         else:
             callbacks.append(InferenceRunner(valid_df, inferencers))
         callbacks.append(_ResumableMaxSaver(VALID_STAT, filename=BEST_CHECKPOINT))
@@ -301,12 +382,10 @@ def phase_init_checkpoint(out_dir: Path, phase_index: int, init: str = "last") -
     return (last or best) if init == "last" else (best or last)
 
 
-def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_dir, num_towers: int,
-                use_gpu: bool, pretrained=None, epochs: int | None = None, steps_per_epoch: int | None = None,
-                batch_size: int | None = None, num_workers=None, overwrite: bool = False) -> Path:
-    """Train one phase into ``out_dir/phase<k>``; returns that directory.
+def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, dataflows: Dataflows) -> Path:
+    """Train one phase into ``options.out_dir/phase<k>``; returns that directory.
 
-    ``pretrained`` (an ImageNet ``.npz`` or a checkpoint) is loaded by variable name, reporting what was and
+    ``options.pretrained`` (an ImageNet ``.npz`` or a checkpoint) is loaded by variable name, reporting what was and
     was not loaded; without it a phase whose init is 'previous' starts from the previous phase's checkpoint
     chosen by ``cfg.TRAIN.PHASE2_INIT`` (published: the last), and phase 1 from random weights (with a
     warning: the published phase 1 starts from ImageNet Preact-ResNet50). An interrupted phase, or one
@@ -314,15 +393,14 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
     checked before the phase directory is touched. Raises :class:`TrainingIncomplete` when tensorpack's loop
     ends before the last epoch; ``finished.json`` is written (atomically) only after all epochs ran.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(options.out_dir)
     phase_dir = out_dir / f"phase{phase_index}"
-    max_epoch = epochs if epochs is not None else phase.epochs
-    state = inspect_run_dir(phase_dir, max_epoch)
-    if not overwrite and state.kind in ("finished", "foreign"):
-        raise _refusal(phase_dir, state)
+    towers, train_dir, valid_dir = options.towers, options.train_dir, options.valid_dir
+    max_epoch = options.epochs if options.epochs is not None else phase.epochs
+    check_run_dir(phase_dir, options.overwrite, max_epoch)
 
     # Weights and data first: a bad --pretrained or patch folder fails before anything is written.
-    init_path = pretrained
+    init_path = options.pretrained
     if init_path is None and phase.init == "previous":
         init_path = phase_init_checkpoint(out_dir, phase_index, cfg.TRAIN.PHASE2_INIT)
         if init_path is None:
@@ -333,19 +411,20 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
         log.warning("phase %d starts from random weights: no --pretrained ImageNet .npz was given", phase_index)
     session_init = make_session_init(str(init_path), strict=False) if init_path is not None else None
 
-    batch_size = batch_size or phase.batch_size_per_gpu
-    train_df = get_train_dataflow(cfg, train_dir, batch_size=batch_size, num_workers=num_workers)
-    valid_df = get_valid_dataflow(cfg, valid_dir, batch_size=cfg.TRAIN.VALID_BATCH_SIZE) if valid_dir else None
+    batch_size = options.batch_size or phase.batch_size_per_gpu
+    train_df = dataflows.train(cfg, train_dir, batch_size=batch_size, num_workers=options.num_workers)
+    valid_df = dataflows.valid(cfg, valid_dir, batch_size=cfg.TRAIN.VALID_BATCH_SIZE) if valid_dir else None
+    steps_per_epoch = options.steps_per_epoch
     if steps_per_epoch is None:
         # One epoch = every training patch once, split across the towers.
-        steps_per_epoch = max(1, len(train_df) // num_towers)
+        steps_per_epoch = max(1, len(train_df) // towers.count)
 
-    state = prepare_run_dir(phase_dir, overwrite, max_epoch)
+    state = prepare_run_dir(phase_dir, options.overwrite, max_epoch)
     if state.kind == "resume":
         log.info("resuming %s after epoch %s", phase_dir, state.last_epoch)
     tp_logger.set_logger_dir(str(phase_dir), action="k")
     _record_run(phase_dir, state, {
-        "phase": phase.name, "towers": num_towers, "batch_size_per_tower": batch_size, "epochs": max_epoch,
+        "phase": phase.name, "towers": towers.count, "batch_size_per_tower": batch_size, "epochs": max_epoch,
         "steps_per_epoch": steps_per_epoch, "init": str(init_path), "train_dir": str(train_dir),
         "valid_dir": str(valid_dir) if valid_dir else None, "config": cfg.to_dict()})
 
@@ -359,12 +438,12 @@ def train_phase(cfg, phase: Phase, phase_index: int, train_dir, valid_dir, out_d
     if session_init is not None:
         kwargs["session_init"] = session_init
     train_config = TrainConfig(
-        model=model, data=QueueInput(train_df), callbacks=make_callbacks(phase, valid_df, num_towers, use_gpu),
+        model=model, data=QueueInput(train_df), callbacks=make_callbacks(phase, valid_df, towers),
         steps_per_epoch=steps_per_epoch, max_epoch=max_epoch, **kwargs)
     if train_config.starting_epoch > max_epoch:
         log.info("%s already ran %d epochs", phase_dir, max_epoch)
     else:
-        launch_train_with_config(train_config, select_trainer(num_towers))
+        launch_train_with_config(train_config, select_trainer(towers.count))
     # tensorpack returns normally when its loop ends early (StopTraining, OutOfRangeError from the data),
     # so only the epoch history says whether the phase is complete.
     last_epoch = _last_epoch(phase_dir) or 0
@@ -401,23 +480,26 @@ def _record_run(phase_dir: Path, state: RunState, settings: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def train(cfg, train_dir, valid_dir, out_dir, num_towers: int, use_gpu: bool, phases=None, pretrained=None,
-          epochs: int | None = None, steps_per_epoch: int | None = None, batch_size: int | None = None,
-          num_workers=None, overwrite: bool = False) -> list[Path]:
-    """Run the given phases (default all) of ``cfg.TRAIN.SCHEDULE`` in order; phase k>1 starts from phase k-1."""
+def train(cfg, options: TrainOptions, dataflows: Dataflows) -> list[Path]:
+    """Run ``options.phases`` (default all) of ``cfg.TRAIN.SCHEDULE`` in order; phase k>1 starts from phase k-1.
+
+    Every requested phase directory is checked before any phase runs: a foreign one is refused up front, finished
+    ones are skipped (all finished: refused), unless ``options.overwrite``.
+    """
     schedule = get_schedule(cfg.TRAIN.SCHEDULE)  # fail on an unknown schedule before any work
-    phases = tuple(range(1, len(schedule) + 1)) if phases is None else tuple(phases)
+    phases = tuple(range(1, len(schedule) + 1)) if options.phases is None else tuple(options.phases)
     for index in phases:
         get_phase(cfg.TRAIN.SCHEDULE, index)
-    out_dir = Path(out_dir)
+    out_dir = Path(options.out_dir)
     first_phase = phases[0]
+    epochs = options.epochs
     # Epochs now asked of each phase: a phase finished with fewer continues to this many.
     requested = {i: epochs if epochs is not None else get_phase(cfg.TRAIN.SCHEDULE, i).epochs for i in phases}
-    states = {i: inspect_run_dir(out_dir / f"phase{i}", requested[i]) for i in phases}
-    if not overwrite:  # with --overwrite every requested phase is moved aside and run afresh
-        for i in phases:  # refuse before any phase runs, not at the foreign phase's turn
-            if states[i].kind == "foreign":
-                raise _refusal(out_dir / f"phase{i}", states[i])
+    # Refuse before any phase runs, not at the foreign phase's turn; with --overwrite every requested phase is
+    # moved aside and run afresh.
+    states = {i: check_run_dir(out_dir / f"phase{i}", options.overwrite, requested[i], skip_finished=True)
+              for i in phases}
+    if not options.overwrite:
         finished = [i for i in phases if states[i].kind == "finished"]
         if len(finished) == len(phases):
             raise InputError(f"{out_dir} already holds finished phase(s) {finished} with the requested epochs; "
@@ -431,10 +513,8 @@ def train(cfg, train_dir, valid_dir, out_dir, num_towers: int, use_gpu: bool, ph
     for index in phases:
         phase = get_phase(cfg.TRAIN.SCHEDULE, index)
         # An explicit --pretrained initialises the first phase run; later phases chain from it.
-        init = pretrained if index == first_phase else None
+        phase_options = replace(options, pretrained=options.pretrained if index == first_phase else None)
         tf.compat.v1.reset_default_graph()  # also after a phase that raised (e.g. Ctrl-C) in this process
-        done.append(train_phase(cfg, phase, index, train_dir, valid_dir, out_dir, num_towers, use_gpu,
-                                pretrained=init, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                batch_size=batch_size, num_workers=num_workers, overwrite=overwrite))
+        done.append(train_phase(cfg, phase, index, phase_options, dataflows))
         tf.compat.v1.reset_default_graph()
     return done

@@ -22,7 +22,7 @@ from tensorpack.dataflow import DataFromList
 from tensorpack.utils import logger
 
 import train
-from dataset.dataflow import TrainingDataPreprocessor
+from dataset.dataflow import TrainingDataPreprocessor, get_train_dataflow, get_valid_dataflow
 from misc.io import InputError
 from src import training
 from src.config import config_from_args
@@ -32,7 +32,11 @@ from src.training import (
     BEST_CHECKPOINT,
     FINISHED_MARKER,
     RUN_HISTORY,
+    Dataflows,
     PooledDice,
+    Towers,
+    TrainOptions,
+    check_run_dir,
     inspect_run_dir,
     phase_init_checkpoint,
     prepare_run_dir,
@@ -40,6 +44,8 @@ from src.training import (
 )
 
 pytestmark = pytest.mark.slow
+
+DATAFLOWS = Dataflows(train=get_train_dataflow, valid=get_valid_dataflow)  # what train.py passes
 
 # Same geometry as the published model, widths shrunk: group outputs (16, 16, 32, 64); the decoder sums
 # need conv_bot = group2 output, 2*u3 = group1 output, 2*u2 = group0 output.
@@ -134,13 +140,40 @@ def test_run_dir_failed_start_short_run_and_overwrite(tmp_path):
     assert all((b / "checkpoint").is_file() for b in backups)
 
 
+def test_check_run_dir_is_the_one_refusal_and_changes_nothing(tmp_path):
+    run = tmp_path / "run"
+    _finished_phase(run, 1)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(InputError, match="finished run"):
+        check_run_dir(run, overwrite=False, epochs=1)
+    assert check_run_dir(run, overwrite=False, epochs=1, skip_finished=True).kind == "finished"  # train() skips it
+    assert check_run_dir(run, overwrite=False, epochs=2).kind == "resume"
+    assert check_run_dir(run, overwrite=True, epochs=1).kind == "finished"  # only prepare_run_dir moves it
+    assert sorted(p.name for p in run.iterdir()) == before
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(InputError, match="not a training run"):
+        check_run_dir(foreign, overwrite=False, skip_finished=True)
+
+
+def test_towers_are_the_one_place_that_knows_the_gpus(monkeypatch, caplog):
+    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind=None: [])
+    assert Towers.detect([]) == Towers(count=1, on_gpu=False) == TrainOptions("t", "o").towers
+    towers = Towers.detect(["0", "1"])
+    assert towers == Towers(count=2, on_gpu=False) and not towers.parallel_validation
+    assert "no GPU visible: the 2 tower(s) will run on the CPU" in caplog.text
+    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0", "GPU:1"])
+    assert Towers.detect(["0", "1"]).parallel_validation and not Towers.detect(["0"]).parallel_validation
+
+
 def test_train_refuses_foreign_phase_before_any_work(tmp_path):
     out = tmp_path / "run"
     (out / "phase2").mkdir(parents=True)
     (out / "phase2" / "holiday.jpg").write_bytes(b"x")
     with pytest.raises(InputError, match="not a training run"):
-        training.train(config_from_args(TINY, is_training=True), tmp_path / "no_patches", None, out, num_towers=1,
-                     use_gpu=False, phases=(1, 2), epochs=1)
+        training.train(config_from_args(TINY, is_training=True),
+                       TrainOptions(tmp_path / "no_patches", out, phases=(1, 2), epochs=1), DATAFLOWS)
     assert not (out / "phase1").exists()
 
 
@@ -347,8 +380,10 @@ def test_interrupt_during_validation_resumes_without_repeating_an_epoch(patch_di
 
     monkeypatch.setattr(PooledDice, "_after_inference", interrupted_second_validation)
     with pytest.raises(KeyboardInterrupt):
-        training.train(config_from_args([*TINY, SPLIT1]), patch_dir, patch_dir, out, num_towers=1, use_gpu=False,
-                       phases=(1,), epochs=3, steps_per_epoch=2, batch_size=1, num_workers=0)
+        training.train(config_from_args([*TINY, SPLIT1]),
+                       TrainOptions(patch_dir, out, valid_dir=patch_dir, towers=Towers(count=1, on_gpu=False),
+                                    phases=(1,), epochs=3, steps_per_epoch=2, batch_size=1, num_workers=0),
+                       DATAFLOWS)
     phase1 = out / "phase1"
     assert [s["global_step"] for s in json.loads((phase1 / "stats.json").read_text())] == [2]
     assert (phase1 / "model-4.index").is_file()  # the checkpoint one epoch ahead of stats.json

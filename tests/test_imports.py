@@ -1,0 +1,74 @@
+"""The house rule on imports between the project's folders, checked by parsing every module with ``ast``.
+
+Imports run one way, from the bottom up (a folder may import only the folders listed under it):
+
+    misc, opt          import nothing of the project (misc: TF-free helpers for files, images, processes;
+                       opt: the learning-rate schedules)
+    src                misc, opt                    (network, targets, post-processing, inference, training)
+    dataset            misc, src                    (readers, patches, augmentation, dataflows)
+    metrics            misc, src                    (scores; the CLI reads src.config)
+    benchmarks         misc, src, dataset, metrics
+    xla_runner         misc, opt, src, dataset, benchmarks
+    scripts, tests, the root command lines (train.py, infer.py, extract_patches.py)   anything
+
+So ``src`` never imports ``dataset`` (train.py passes the dataflow factories into ``src.training``), and no
+package imports a root command line (their library code lives in the packages). Every import counts, also
+one inside a function.
+"""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("misc", "opt", "src", "dataset", "metrics", "benchmarks", "xla_runner")
+SCRIPTS = ("train", "infer", "extract_patches")
+ALLOWED = {
+    "misc": set(),
+    "opt": set(),
+    "src": {"misc", "opt"},
+    "dataset": {"misc", "src"},
+    "metrics": {"misc", "src"},
+    "benchmarks": {"misc", "src", "dataset", "metrics"},
+    "xla_runner": {"misc", "opt", "src", "dataset", "benchmarks"},
+}
+# Known until the branch that fixes it is merged (issue 12.2: misc/outputs.py's default type names from
+# src.config, fixed by the pipeline refactor); delete the entry then.
+PENDING = {("misc/outputs.py", "src")}
+
+
+def _imported_tops(path: Path) -> set[str]:
+    """Top-level names of every absolute import in the module at ``path``."""
+    tops = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            tops.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            tops.add(node.module.split(".")[0])
+    return tops
+
+
+def _violations() -> set[tuple[str, str]]:
+    found = set()
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for top in _imported_tops(path) & (set(PACKAGES) | set(SCRIPTS)):
+                if top != package and top not in ALLOWED[package]:
+                    found.add((path.relative_to(ROOT).as_posix(), top))
+    return found
+
+
+def test_every_package_imports_only_the_folders_below_it():
+    assert _violations() - PENDING == set()
+
+
+def test_the_rule_is_acyclic_and_sees_the_imports():
+    # No folder may reach itself through the allowed imports (a folder loop).
+    def below(package, seen=()):
+        for other in ALLOWED[package]:
+            assert other not in seen + (package,), f"loop {seen + (package, other)}"
+            below(other, seen + (package,))
+
+    for package in ALLOWED:
+        below(package)
+    # The parser finds imports inside functions too (src/wsi_cluster.py imports src.predictor in one).
+    assert {"src", "misc"} <= _imported_tops(ROOT / "src" / "wsi_cluster.py")
+    assert _imported_tops(ROOT / "train.py") >= {"src", "dataset", "misc"}
