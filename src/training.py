@@ -392,6 +392,7 @@ def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, data
     finished with fewer epochs than now requested, resumes from its last checkpoint. Weights and data are
     checked before the phase directory is touched. Raises :class:`TrainingIncomplete` when tensorpack's loop
     ends before the last epoch; ``finished.json`` is written (atomically) only after all epochs ran.
+    ``dataflows`` builds the phase's training (and, with ``options.valid_dir``, validation) batches.
     """
     out_dir = Path(options.out_dir)
     phase_dir = out_dir / f"phase{phase_index}"
