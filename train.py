@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)  # before TensorFlow loads
 
     from src.config import config_from_args
-    from src.training import TrainingIncomplete, train
+    from src.training import TrainingIncompleteError, train
 
     try:
         check_writable(args.out_dir, "--out_dir")
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
-    except TrainingIncomplete as exc:
+    except TrainingIncompleteError as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -26,9 +27,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-_UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
-os.umask(_UMASK)
 
 
 class InputError(ValueError):
@@ -219,10 +217,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer's pid in the name tells a later run whether the file is stale (see remove_stale_temporaries).
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}-", suffix=f".part{path.suffix}", dir=path.parent)
-    os.close(fd)
-    # mkstemp creates the file 0600; give the result the permissions a plain open() would have.
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    tmp = _new_temporary(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -232,6 +227,24 @@ def atomic_path(path: str | os.PathLike):
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
             raise DiskFullError(errno.ENOSPC, f"disk full writing {path}") from exc
         raise
+
+
+def _new_temporary(path: Path) -> Path:
+    """Create an empty new file ``.<stem>.<pid>-<random>.part<suffix>`` beside ``path`` and return its path.
+
+    Created with mode 0o666 and ``O_EXCL``, so the kernel gives it exactly the permissions a plain ``open()``
+    would (the umask, and a folder's default ACL, applied as usual) without this process reading or
+    changing its umask (``os.umask`` can only be read by setting it, which would race with other threads).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.part{path.suffix}"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
 
 
 def save_label_mat(path: str | os.PathLike, inst_map: np.ndarray, type_map: np.ndarray | None = None,

@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label as _label_same_value
 
-__all__ = ["gen_hv_map", "gen_targets", "relabel_connected", "center_crop_window"]
+__all__ = ["gen_hv_map", "gen_targets", "relabel_connected", "centre_crop_window"]
 
 # Above this many ids per pixel, ids are compacted before find_objects (its output list has one
 # entry per id up to the largest one).
@@ -77,7 +77,7 @@ def _compact_ids(inst_map: np.ndarray) -> np.ndarray:
     return inverse.reshape(inst_map.shape).astype(np.int32)
 
 
-def center_crop_window(shape, crop_shape) -> tuple[slice, slice]:
+def centre_crop_window(shape, crop_shape) -> tuple[slice, slice]:
     """Row and column slices of the centred ``crop_shape`` window inside ``shape``.
 
     ``crop_shape`` is an int (square) or ``(h, w)``. The offset is ``int((H - h) * 0.5)``, i.e. rounded
@@ -220,7 +220,7 @@ def gen_targets(inst_map, type_map, crop_shape, *, min_instance_size: int = 30,
         ``"tp"``: hxw int32 type ids, the cropped ``type_map`` unchanged (only when it is not None).
     """
     inst_map = _check_inst_map(inst_map)
-    row_win, col_win = center_crop_window(inst_map.shape, crop_shape)
+    row_win, col_win = centre_crop_window(inst_map.shape, crop_shape)
     top, left = row_win.start, col_win.start
     crop_h, crop_w = row_win.stop - top, col_win.stop - left
 
