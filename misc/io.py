@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import scipy.io
 
+from misc.arrays import check_label_map
+
 __all__ = [
     "InputError", "DiskFullError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat",
     "atomic_path", "check_writable", "pid_alive", "remove_stale_partials", "remove_stale_temporaries",
@@ -115,16 +117,10 @@ def check_integer_map(array, path, what: str = "instance map") -> np.ndarray:
     Float maps holding whole numbers are accepted (MATLAB saves doubles); anything else raises
     :class:`InputError` naming ``path`` and ``what``.
     """
-    array = np.asarray(array)
-    if array.ndim != 2:
-        raise InputError(f"{path}: {what} must be a 2-D map, got shape {array.shape}")
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise InputError(f"{path}: {what} holds non-integer values")
-    elif array.dtype.kind not in "iub":
-        raise InputError(f"{path}: {what} has dtype {array.dtype}, an integer map is required")
-    if array.size and array.min() < 0:
-        raise InputError(f"{path}: {what} holds negative ids")
+    try:
+        array = check_label_map(array, what, whole_floats=True)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
     if array.size and array.max() > np.iinfo(np.int32).max:
         raise InputError(f"{path}: {what} holds ids beyond the int32 range")
     return array.astype(np.int32)
