@@ -78,6 +78,7 @@ def test_check_rgb_image():
 
 
 def test_every_stage_uses_the_one_copy():
+    import dataset.convert
     import metrics.stats
     import misc.io
     import misc.outputs
@@ -88,7 +89,7 @@ def test_every_stage_uses_the_one_copy():
 
     assert src.postproc._CROSS is src.targets._CROSS is CROSS_4
     assert metrics.stats.relabel_contiguous is src.postproc.relabel_contiguous is src.targets.relabel_contiguous \
-        is relabel_contiguous
+        is dataset.convert.relabel_contiguous is relabel_contiguous
     for module in (metrics.stats, misc.io, misc.outputs, misc.viz, src.targets):
         assert module.check_label_map is check_label_map
     assert misc.viz.check_rgb_image is src.tissue.check_rgb_image is check_rgb_image
