@@ -52,7 +52,6 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | is_hole[background]
 
 
-
 def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_threshold: float = 0.4,
                          sobel_ksize: int = 21, min_size: int = 10, energy_blur: int = 3,
                          marker_opening: int = 5) -> np.ndarray:

@@ -57,7 +57,6 @@ ENCODER_SCOPES = ("conv0", "group0", "group1", "group2", "group3")
 DECODER_SCOPES = {b: (b, f"preact_out_{b}", f"conv_out_{b}") for b in ("np", "hv", "tp")}
 
 
-
 def input_names(nr_types: int | None) -> list[str]:
     """Names of ``HoVerNet.inputs()`` in order: the images, then the targets (no tp_target if ``nr_types`` is None)."""
     return INFERENCE_INPUTS + [n for n in TARGET_INPUTS if nr_types is not None or n != "tp_target"]
