@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
     from dataset.dataflow import get_train_dataflow, get_valid_dataflow
     from src.config import config_from_args
-    from src.training import Dataflows, Towers, TrainingIncomplete, TrainOptions, train
+    from src.training import Dataflows, Towers, TrainingIncompleteError, TrainOptions, train
 
     try:
         check_writable(args.out_dir, "--out_dir")
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
-    except TrainingIncomplete as exc:
+    except TrainingIncompleteError as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

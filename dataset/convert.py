@@ -56,6 +56,7 @@ import scipy.io
 from scipy import ndimage as ndi
 
 from dataset.readers import get_reader, merge_types
+from misc.arrays import relabel_contiguous
 from misc.io import (
     IMAGE_SUFFIXES,
     InputError,
@@ -94,15 +95,7 @@ def instance_record(inst_map: np.ndarray, type_map: np.ndarray | None = None
         (N,) int32 majority type per instance (0 ignored when the instance has typed pixels); (N, 2)
         float64 pixel-mean centroids, x (column) then y (row).
     """
-    inst_map = np.asarray(inst_map)
-    ids, inverse = np.unique(inst_map, return_inverse=True)
-    inverse = inverse.reshape(inst_map.shape).astype(np.int32)
-    if ids.size and ids[0] == 0:
-        ids = ids[1:]
-    else:
-        inverse = inverse + 1  # no background pixel: the smallest id becomes 1
-    n = ids.size
-    contiguous = inverse if n else np.zeros(inst_map.shape, np.int32)
+    contiguous, n = relabel_contiguous(inst_map, dtype=np.int32)
     if n:
         rows, cols = _means(contiguous, n)
         centroid = np.stack([cols, rows], axis=1)

@@ -31,6 +31,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from misc.arrays import check_label_map, relabel_contiguous
+
 __all__ = [
     "relabel_contiguous", "InstanceOverlap", "instance_overlap",
     "dice1", "dice2", "aji", "aji_plus", "pq", "PQResult", "instance_metrics", "INSTANCE_KEYS",
@@ -53,43 +55,8 @@ _DENSE_TABLE_MAX_CELLS = 1 << 23
 # ----------------------------------------------------------------------------------------------------
 # Relabelling and the shared contingency table
 # ----------------------------------------------------------------------------------------------------
-def _check_map(inst_map: np.ndarray, name: str) -> np.ndarray:
-    inst_map = np.asarray(inst_map)
-    if inst_map.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D instance map, got shape {inst_map.shape}")
-    if inst_map.dtype.kind not in "iub":
-        raise ValueError(f"{name} must hold integer ids, got dtype {inst_map.dtype}")
-    if inst_map.dtype.kind == "i" and inst_map.size and inst_map.min() < 0:
-        raise ValueError(f"{name} holds negative ids")
-    return inst_map
-
-
-def relabel_contiguous(inst_map: np.ndarray) -> tuple[np.ndarray, int]:
-    """Relabel an instance map to ids 1..N in increasing order of the original ids.
-
-    Args:
-        inst_map: HxW non-negative integer (or bool) ids, 0 background.
-
-    Returns:
-        (HxW int64 map with ids 0..N, N). Pixel partition and background are unchanged.
-    """
-    inst_map = _check_map(inst_map, "instance map")
-    flat = inst_map.ravel().astype(np.int64, copy=False)
-    if flat.size == 0:
-        return np.zeros(inst_map.shape, np.int64), 0
-    max_id = int(flat.max())
-    if max_id <= 4 * flat.size + 1024:
-        # Lookup table: O(pixels + max id) and no sort; ids are ranked by a cumulative count of presence.
-        present = np.bincount(flat, minlength=max_id + 1) > 0
-        present[0] = False
-        lut = np.cumsum(present)  # absent ids never occur, so their entries are never read
-        return lut[flat].reshape(inst_map.shape), int(lut[-1])
-    # Huge sparse ids (e.g. hashes): a sort is cheaper than a table of max_id entries.
-    uniq, inverse = np.unique(flat, return_inverse=True)
-    if uniq[0] != 0:
-        inverse = inverse + 1
-    n_inst = len(uniq) - int(uniq[0] == 0)
-    return inverse.reshape(inst_map.shape).astype(np.int64), n_inst
+# relabel_contiguous (misc.arrays, re-exported here): HxW ids -> (HxW int64 ids 1..N in increasing order of
+# the original ids, N); check_label_map: the project's one check of an HxW non-negative integer map.
 
 
 @dataclass(frozen=True)
@@ -283,8 +250,8 @@ def dice1(true: np.ndarray, pred: np.ndarray) -> float:
 
     Returns 1.0 when both foregrounds are empty (published: NaN).
     """
-    true = _check_map(true, "true")
-    pred = _check_map(pred, "pred")
+    true = check_label_map(true, "true")
+    pred = check_label_map(pred, "pred")
     if true.shape != pred.shape:
         raise ValueError(f"true and pred shapes differ: {true.shape} vs {pred.shape}")
     t_fg, p_fg = true > 0, pred > 0

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -19,6 +20,8 @@ import cv2
 import numpy as np
 import scipy.io
 
+from misc.arrays import check_label_map
+
 __all__ = [
     "InputError", "DiskFullError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat",
     "atomic_path", "check_writable", "pid_alive", "remove_stale_partials", "remove_stale_temporaries",
@@ -26,9 +29,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-_UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
-os.umask(_UMASK)
 
 
 class InputError(ValueError):
@@ -117,16 +117,10 @@ def check_integer_map(array, path, what: str = "instance map") -> np.ndarray:
     Float maps holding whole numbers are accepted (MATLAB saves doubles); anything else raises
     :class:`InputError` naming ``path`` and ``what``.
     """
-    array = np.asarray(array)
-    if array.ndim != 2:
-        raise InputError(f"{path}: {what} must be a 2-D map, got shape {array.shape}")
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise InputError(f"{path}: {what} holds non-integer values")
-    elif array.dtype.kind not in "iub":
-        raise InputError(f"{path}: {what} has dtype {array.dtype}, an integer map is required")
-    if array.size and array.min() < 0:
-        raise InputError(f"{path}: {what} holds negative ids")
+    try:
+        array = check_label_map(array, what, whole_floats=True)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
     if array.size and array.max() > np.iinfo(np.int32).max:
         raise InputError(f"{path}: {what} holds ids beyond the int32 range")
     return array.astype(np.int32)
@@ -219,10 +213,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer's pid in the name tells a later run whether the file is stale (see remove_stale_temporaries).
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}-", suffix=f".part{path.suffix}", dir=path.parent)
-    os.close(fd)
-    # mkstemp creates the file 0600; give the result the permissions a plain open() would have.
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    tmp = _new_temporary(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -232,6 +223,24 @@ def atomic_path(path: str | os.PathLike):
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
             raise DiskFullError(errno.ENOSPC, f"disk full writing {path}") from exc
         raise
+
+
+def _new_temporary(path: Path) -> Path:
+    """Create an empty new file ``.<stem>.<pid>-<random>.part<suffix>`` beside ``path`` and return its path.
+
+    Created with mode 0o666 and ``O_EXCL``, so the kernel gives it exactly the permissions a plain ``open()``
+    would (the umask, and a folder's default ACL, applied as usual) without this process reading or
+    changing its umask (``os.umask`` can only be read by setting it, which would race with other threads).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.part{path.suffix}"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
 
 
 def save_label_mat(path: str | os.PathLike, inst_map: np.ndarray, type_map: np.ndarray | None = None,

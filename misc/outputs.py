@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from misc.arrays import check_label_map
 from misc.io import InputError, atomic_path, save_label_mat
 from misc.viz import save_overlay, type_entry
 
@@ -106,9 +107,7 @@ def _dump_json(path: Path, obj) -> None:
 
 
 def _check_inst_map(inst_map: np.ndarray, inst_info: Mapping) -> np.ndarray:
-    inst_map = np.asarray(inst_map)
-    if inst_map.ndim != 2 or inst_map.dtype.kind not in "iu":
-        raise ValueError(f"inst_map must be an HxW integer map, got shape {inst_map.shape} dtype {inst_map.dtype}")
+    inst_map = check_label_map(inst_map, "inst_map", allow_bool=False)
     ids = np.unique(inst_map)
     ids = ids[ids != 0]
     if set(ids.tolist()) != {int(k) for k in inst_info}:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import scipy.ndimage
 
+from misc.arrays import check_label_map, check_rgb_image
 from misc.io import atomic_path
 
 __all__ = ["UNTYPED_NAME", "UNTYPED_COLOUR", "type_entry", "instance_contours", "visualize_instances",
@@ -46,9 +47,7 @@ def instance_contours(inst_map: np.ndarray) -> dict[int, np.ndarray]:
 
     One contour per id (the longest, should an id be split into several pieces).
     """
-    inst_map = np.asarray(inst_map)
-    if inst_map.ndim != 2 or inst_map.dtype.kind not in "iu":
-        raise ValueError(f"inst_map must be an HxW integer map, got shape {inst_map.shape} dtype {inst_map.dtype}")
+    inst_map = check_label_map(inst_map, "inst_map", allow_bool=False)
     contours = {}
     for index, window in enumerate(scipy.ndimage.find_objects(inst_map.astype(np.int64, copy=False))):
         if window is None:  # an id absent from the map
@@ -67,13 +66,6 @@ def _distinct_colour(index: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be HxWx3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
-    return image
-
-
 def visualize_instances(image: np.ndarray, instances, type_info: Mapping | None = None,
                         line_thickness: int = 2) -> np.ndarray:
     """Draw nuclear contours on a copy of ``image`` (HxWx3 uint8 RGB); returns HxWx3 uint8 RGB.
@@ -82,7 +74,7 @@ def visualize_instances(image: np.ndarray, instances, type_info: Mapping | None 
     drawn in each type's colour from ``type_info`` (id -> (name, (r, g, b))), or an HxW instance map,
     drawn with one distinct colour per instance (no types known).
     """
-    overlay = _check_image(image).copy()
+    overlay = check_rgb_image(image).copy()
     groups: dict[tuple[int, int, int], list[np.ndarray]] = {}
     if isinstance(instances, Mapping):
         for inst_id in sorted(instances):

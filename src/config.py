@@ -14,12 +14,14 @@ import ast
 import logging
 import pprint
 
+from opt.schedules import SCHEDULES
 from src.geometry import MODES, derive_geometry
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "validate_config", "MODEL_PRESETS",
-           "MSGE_VARIANTS", "MSGE_FOCUS_MODES", "PHASE2_INIT_CHOICES"]
+__all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "validate_config", "check_value",
+           "MODEL_PRESETS", "MSGE_VARIANTS", "MSGE_FOCUS_MODES", "PHASE2_INIT_CHOICES", "DATA_FORMATS",
+           "TARGETS_FROM_CHOICES"]
 
 
 class AttrDict(dict):
@@ -86,6 +88,10 @@ MSGE_FOCUS_MODES = ("published", "binary")
 # Which phase-1 checkpoint phase 2 starts from (spec section 4): the released train.py takes the one with
 # the largest global step ('last'); 'best' is the one with the highest validation NP Dice.
 PHASE2_INIT_CHOICES = ("last", "best")
+# MODEL.DATA_FORMAT: 'auto' resolves to NCHW on a GPU, NHWC on the CPU (src.model.graph.resolve_data_format).
+DATA_FORMATS = ("auto", "NCHW", "NHWC")
+# TARGETS.FROM: where the training targets are computed (see make_config).
+TARGETS_FROM_CHOICES = ("input", "patch")
 
 # Named network sizes, as data: MODEL.PRESET picks one and its values replace the MODEL defaults before any
 # other --config override is applied. 'full' is the published network (54.7M parameters); 'small' divides
@@ -106,7 +112,7 @@ MODEL_PRESETS = {
 }
 
 
-# --- value rules: one line per key, checked by finalize_config (keys without a rule are not checked) ---
+# --- value rules: one line per key of make_config(), all checked by finalize_config (validate_config) ---
 def _int(lo: int = 0) -> tuple:
     return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"an integer >= {lo}"
 
@@ -146,7 +152,7 @@ _RULES = {
     "MODEL.PRESET": _one_of(*MODEL_PRESETS),
     "MODEL.CONV0_CHANNELS": _int(1),
     "MODEL.NR_TYPES": ((lambda v: v is None or _int(2)[0](v)), "None or an integer >= 2"),
-    "MODEL.DATA_FORMAT": _one_of("auto", "NCHW", "NHWC"),
+    "MODEL.DATA_FORMAT": _one_of(*DATA_FORMATS),
     "MODEL.ENCODER_UNITS": _ints(4),
     "MODEL.ENCODER_CHANNELS": _ints(4),
     "MODEL.ENCODER_STRIDES": _ints(4),
@@ -162,7 +168,7 @@ _RULES = {
     "LOSS.DICE_EPS": _num(0, lo_open=True),
     "TARGETS.MIN_INSTANCE_SIZE": _int(0),
     "TARGETS.HV_PUBLISHED_OFFSET": _BOOL,
-    "TARGETS.FROM": _one_of("input", "patch"),
+    "TARGETS.FROM": _one_of(*TARGETS_FROM_CHOICES),
     "DATA.PATCH_SIZE": ((lambda v: v is None or _int(1)[0](v)), "None (derived) or an integer >= 1"),
     "DATA.PATCH_STEP": ((lambda v: v is None or _int(1)[0](v)), "None (derived) or an integer >= 1"),
     "DATA.TYPE_MERGE": _map(_int(0)[0], _int(0)[0], "a dict of type id -> type id (integers >= 0)"),
@@ -181,7 +187,7 @@ _RULES = {
     "AUG.SATURATION": _num(),
     "AUG.BRIGHTNESS": _num(),
     "AUG.CONTRAST": _pair(0),
-    "TRAIN.SCHEDULE": ((lambda v: isinstance(v, str) and bool(v)), "a schedule name (opt/schedules.py)"),
+    "TRAIN.SCHEDULE": _one_of(*SCHEDULES),  # opt/schedules.py
     "TRAIN.VALID_BATCH_SIZE": _int(1),
     "TRAIN.PHASE2_INIT": _one_of(*PHASE2_INIT_CHOICES),
     "POSTPROC.NP_THRESHOLD": _num(0, 1),
@@ -191,17 +197,34 @@ _RULES = {
     "POSTPROC.ENERGY_BLUR": _odd(1),
     "POSTPROC.MARKER_OPENING": _int(1),
     "INFER.BATCH_SIZE": _int(1),
+    "WSI.MODEL_MPP": _num(0, lo_open=True),
+    "WSI.MPP_TOLERANCE": _num(0),
+    "WSI.TILE_SIZE": _int(1),
+    "WSI.MAX_NUCLEUS_PX": _int(0),
+    "WSI.TISSUE_MPP": _num(0, lo_open=True),
+    "WSI.TISSUE_MIN_SATURATION": ((lambda v: _int(0)[0](v) and v <= 255), "an integer in [0, 255]"),
+    "WSI.TISSUE_CLOSE_PX": _int(0),
+    "WSI.TISSUE_OPEN_PX": _int(0),
+    "WSI.TISSUE_MIN_AREA_PX": _int(0),
+    "WSI.THUMB_MAX_SIDE": _int(1),
     "EVAL.MATCH_IOU": _num(0, 1, lo_open=True),
     "EVAL.RADIUS": _num(0, lo_open=True),
 }
 
 
+def check_value(key: str, value) -> None:
+    """ValueError ``config KEY=VALUE: expected <allowed values>`` (one line) when ``value`` breaks ``key``'s rule."""
+    ok, what = _RULES[key]
+    if not ok(value):
+        raise ValueError(f"config {key}={value!r}: expected {what}")
+
+
 def validate_config(C: AttrDict) -> None:
     """Check every key that has a rule in ``_RULES``; ValueError naming the first bad key, in one line."""
-    for key, (ok, what) in _RULES.items():
+    for key in _RULES:
         section, leaf = key.split(".")
-        if section in C and leaf in C[section] and not ok(C[section][leaf]):
-            raise ValueError(f"config {key}={C[section][leaf]!r}: expected {what}")
+        if section in C and leaf in C[section]:
+            check_value(key, C[section][leaf])
 
 
 def make_config() -> AttrDict:
@@ -213,23 +236,23 @@ def make_config() -> AttrDict:
     C.MODEL.PRESET = "full"  # a key of MODEL_PRESETS: 'full' (published) or 'small' (bundled CPU model)
     C.MODEL.NR_TYPES = 5  # tp output channels incl. background; None = np+hv only (no type labels)
     C.MODEL.DATA_FORMAT = "auto"  # 'NCHW' on GPU, 'NHWC' on CPU (TF has no NCHW conv on CPU); or force one
-    C.MODEL.CONV0_CHANNELS = 64  # the 7x7 conv0
-    C.MODEL.ENCODER_UNITS = (3, 4, 6, 3)  # Preact-ResNet50 bottleneck units per group
-    C.MODEL.ENCODER_CHANNELS = (64, 128, 256, 512)  # bottleneck width per group (output is 4x)
-    C.MODEL.ENCODER_STRIDES = (1, 2, 2, 2)  # total down-sampling 8, not ResNet's 32
-    C.MODEL.BOTTLENECK_CHANNELS = 1024  # conv_bot 1x1
+    C.MODEL.CONV0_CHANNELS = 64  # output channels of the 7x7 conv0
+    C.MODEL.ENCODER_UNITS = (3, 4, 6, 3)  # Preact-ResNet50 bottleneck units (count) per group 0..3
+    C.MODEL.ENCODER_CHANNELS = (64, 128, 256, 512)  # bottleneck width (channels) per group (output is 4x)
+    C.MODEL.ENCODER_STRIDES = (1, 2, 2, 2)  # px stride of each group's first unit; total down-sampling 8, not 32
+    C.MODEL.BOTTLENECK_CHANNELS = 1024  # output channels of the 1x1 conv_bot
     C.MODEL.DECODER_CHANNELS = (256, 128, 64)  # 'conva' width in u3, u2, u1 (5x5 original, 3x3 fast)
-    C.MODEL.DENSE_UNITS = (8, 4)  # (code) dense units in u3, u2; the paper's text says (4, 8)
+    C.MODEL.DENSE_UNITS = (8, 4)  # (code) dense units (count) in u3, u2; the paper's text says (4, 8)
     C.MODEL.DENSE_GROWTH = 32  # channels added by each dense unit
     C.MODEL.DENSE_BOTTLENECK = 128  # 1x1 width inside a dense unit
-    C.MODEL.DENSE_SPLIT = 4  # groups of the dense unit's 5x5 (fast: 3x3) conv
+    C.MODEL.DENSE_SPLIT = 4  # groups (count) of the dense unit's 5x5 (fast: 3x3) conv
 
     # --- loss (spec section 3, equation 1) ---
     C.LOSS.MSGE = "published"  # 'published': cross derivatives as in the released code; 'paper': eq. (3)
-    C.LOSS.WEIGHTS = {  # term -> weight; every term is a named summarised tensor
+    C.LOSS.WEIGHTS = {  # term -> unitless weight in eq. (1); every term is a named summarised tensor
         "hv_mse": 2.0, "hv_msge": 1.0, "np_ce": 1.0, "np_dice": 1.0, "tp_ce": 1.0, "tp_dice": 1.0,
     }
-    C.LOSS.DICE_EPS = 1e-3
+    C.LOSS.DICE_EPS = 1e-3  # smoothing added to the soft Dice numerator and denominator (probability sums)
     # (code) MSGE focus: 'published' weights each nuclear pixel by its instance id, as the released
     # graph did (its focus was label channel 0, the raw id map whenever types are trained; binarised, so
     # binary, in a model without types); 'binary' is the paper's mean over nuclear pixels (and the
@@ -253,38 +276,39 @@ def make_config() -> AttrDict:
     C.DATA.PATCH_SIZE = None
     C.DATA.PATCH_STEP = None  # stride of the extraction windows (px); None = the output size (80 / 164)
     C.DATA.TYPE_MERGE = {1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4, 7: 4}  # CoNSeP 7 types -> 4
+    # type id (after TYPE_MERGE) -> name, for the output files and overlays (type_info.json)
     C.DATA.TYPE_NAMES = {0: "background", 1: "miscellaneous", 2: "inflammatory", 3: "epithelial", 4: "spindle"}
-    C.DATA.NUM_WORKERS = "auto"  # dataflow processes; 'auto' = all cores but one
-    C.AUG.SHEAR_DEG = 5.0
-    C.AUG.SCALE = (0.8, 1.2)
-    C.AUG.ROTATE_DEG = 179.0
-    C.AUG.TRANSLATE_FRAC = 0.01
-    C.AUG.FLIP = True  # vertical and horizontal
-    C.AUG.BLUR_NOISE_PROB = 0.5  # one of gaussian blur / median blur / gaussian noise
-    C.AUG.BLUR_KSIZE = (3, 5)  # odd kernel sizes, inclusive
-    C.AUG.NOISE_SIGMA = 1.0  # additive Gaussian noise, tensorpack GaussianNoise() default as published
-    C.AUG.HUE = (-8, 8)
-    C.AUG.SATURATION = 0.2
-    C.AUG.BRIGHTNESS = 26.0
-    C.AUG.CONTRAST = (0.75, 1.25)
+    C.DATA.NUM_WORKERS = "auto"  # dataflow processes (count; 0 = map in the main process); 'auto' = all cores but one
+    C.AUG.SHEAR_DEG = 5.0  # degrees: max |shear|
+    C.AUG.SCALE = (0.8, 1.2)  # (low, high) isotropic scale factor
+    C.AUG.ROTATE_DEG = 179.0  # degrees: max |rotation|
+    C.AUG.TRANSLATE_FRAC = 0.01  # max |shift| as a fraction of the patch side (rounded to whole px)
+    C.AUG.FLIP = True  # random vertical and horizontal flips, each with probability 0.5
+    C.AUG.BLUR_NOISE_PROB = 0.5  # probability of one of gaussian blur / median blur / gaussian noise
+    C.AUG.BLUR_KSIZE = (3, 5)  # px: (smallest, largest) odd blur kernel side, inclusive
+    C.AUG.NOISE_SIGMA = 1.0  # 0-255 intensity units: sigma of the additive noise (tensorpack GaussianNoise() default)
+    C.AUG.HUE = (-8, 8)  # (low, high) hue offset in OpenCV 8-bit hue units (1 unit = 2 degrees)
+    C.AUG.SATURATION = 0.2  # max |change| of the saturation factor around 1
+    C.AUG.BRIGHTNESS = 26.0  # 0-255 intensity units: max |offset| added to every channel
+    C.AUG.CONTRAST = (0.75, 1.25)  # (low, high) contrast factor around each channel's mean
 
     # --- schedule (spec section 4; see opt/ for the phases as data) ---
-    C.TRAIN.SCHEDULE = "published"  # name of a schedule in opt.schedules
-    C.TRAIN.VALID_BATCH_SIZE = 16
+    C.TRAIN.SCHEDULE = "published"  # name of a schedule in opt.schedules: 'published' (two phases) or 'scratch'
+    C.TRAIN.VALID_BATCH_SIZE = 16  # patches per validation batch
     # (code) phase 2 starts from phase 1's checkpoint with the largest global step ('last', as the released
     # train.py); 'best' = phase 1's model-best (highest validation NP Dice). --pretrained overrides both.
     C.TRAIN.PHASE2_INIT = "last"
 
     # --- post-processing (spec section 5) ---
-    C.POSTPROC.NP_THRESHOLD = 0.5
-    C.POSTPROC.MARKER_THRESHOLD = 0.4
-    C.POSTPROC.SOBEL_KSIZE = 21
+    C.POSTPROC.NP_THRESHOLD = 0.5  # nuclear probability (0..1) at or above which a pixel is foreground
+    C.POSTPROC.MARKER_THRESHOLD = 0.4  # HV Sobel energy (0..1) at or above which a pixel is not a marker
+    C.POSTPROC.SOBEL_KSIZE = 21  # px: odd side of the Sobel kernel on the HV maps
     C.POSTPROC.MIN_SIZE = 10  # px, both blobs and markers
-    C.POSTPROC.ENERGY_BLUR = 3  # Gaussian kernel on the energy
-    C.POSTPROC.MARKER_OPENING = 5  # elliptical structuring element
+    C.POSTPROC.ENERGY_BLUR = 3  # px: odd side of the Gaussian kernel on the energy
+    C.POSTPROC.MARKER_OPENING = 5  # px: side of the elliptical opening applied to the markers
 
     # --- inference (spec section 6) ---
-    C.INFER.BATCH_SIZE = 16
+    C.INFER.BATCH_SIZE = 16  # input windows per forward pass
 
     # --- whole-slide inference (infer.py --mode wsi; src/wsi.py) ---
     C.WSI.MODEL_MPP = 0.25  # um/px the model was trained at (CoNSeP: 40x, 0.25); inputs are resampled to it
@@ -292,22 +316,21 @@ def make_config() -> AttrDict:
     C.WSI.TILE_SIZE = 4096  # px at model resolution: core side of a large tile (rounded down to the output size)
     C.WSI.MAX_NUCLEUS_PX = 80  # px at model resolution: widest nucleus the tile margin must hold whole (20 um)
     C.WSI.TISSUE_MPP = 8.0  # um/px of the tissue mask (about 1.25x)
-    C.WSI.TISSUE_MIN_SATURATION = 20  # HSV saturation 0..255: floor of the Otsu threshold (white slides stay empty)
+    C.WSI.TISSUE_MIN_SATURATION = 20  # HSV saturation 0..255: Otsu threshold floor (white slides stay empty)
     C.WSI.TISSUE_CLOSE_PX = 5  # mask px: closing that joins tissue fragments
     C.WSI.TISSUE_OPEN_PX = 3  # mask px: opening that removes dust
     C.WSI.TISSUE_MIN_AREA_PX = 16  # mask px: smaller tissue components are dropped
     C.WSI.THUMB_MAX_SIDE = 4000  # px: longer side of the <name>.png overlay
 
     # --- evaluation (spec section 7) ---
-    C.EVAL.MATCH_IOU = 0.5
-    C.EVAL.RADIUS = 12  # px at 40x (6 at 20x)
+    C.EVAL.MATCH_IOU = 0.5  # IoU (0..1) above which a true and a predicted nucleus are a match (PQ)
+    C.EVAL.RADIUS = 12  # px at 40x (6 at 20x): max centroid distance of a type match
     return C
 
 
 def apply_preset(C: AttrDict, preset: str) -> None:
     """Set ``MODEL.PRESET`` and replace the MODEL values it names (see :data:`MODEL_PRESETS`)."""
-    if preset not in MODEL_PRESETS:
-        raise ValueError(f"MODEL.PRESET must be one of {sorted(MODEL_PRESETS)}, got {preset!r}")
+    check_value("MODEL.PRESET", preset)
     C.MODEL.PRESET = preset
     for key, value in MODEL_PRESETS[preset].items():
         setattr(C.MODEL, key, value)

@@ -16,10 +16,10 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-__all__ = ["instances_from_np_hv", "process", "remove_small_labels"]
+from misc.arrays import CROSS_4 as _CROSS  # 4-connectivity, as every labelling of the released code
+from misc.arrays import relabel_contiguous
 
-# 4-connectivity, the default structure of scipy.ndimage.label used throughout the released code.
-_CROSS = ndi.generate_binary_structure(2, 1)
+__all__ = ["instances_from_np_hv", "process", "remove_small_labels"]
 
 
 def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -50,15 +50,6 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     is_hole[border_labels] = False
     is_hole[0] = False  # label 0 is the foreground itself
     return mask | is_hole[background]
-
-
-def _relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Ids 1..N in increasing order of the old ids; 0 stays background. Returns int32."""
-    present = np.flatnonzero(np.bincount(labels.ravel()))
-    present = present[present > 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
-    lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
-    return lut[labels]
 
 
 def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_threshold: float = 0.4,
@@ -114,7 +105,7 @@ def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_thres
 
     # 5. Watershed from the markers within the blobs (skimage default connectivity 1 = 4-connected).
     inst_map = watershed(energy, markers, mask=blb > 0)
-    return _relabel_sequential(inst_map)
+    return relabel_contiguous(inst_map, dtype=np.int32)[0]  # ids 1..N in the watershed's order
 
 
 def _instance_type(type_crop: np.ndarray, n_types: int) -> tuple[int, float]:

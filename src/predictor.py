@@ -5,7 +5,9 @@ network variable must be in the file with the right shape, or :class:`WeightsMis
 missing, unexpected and wrongly-shaped ones: a partly random network must never run silently) and
 returns, for a batch of N x 270 x 270 x 3 RGB windows, N x 80 x 80 x C float32 maps in the channel
 order :func:`src.pipeline.split_channels` expects: nuclear probability, hv x, hv y, then the type
-probabilities when the model has a type branch.
+probabilities when the model has a type branch. The tensors it feeds and fetches are the ones
+:mod:`src.model.graph` declares, checked by :func:`src.model.graph.check_inference_tensors` right after the
+graph is built, so a graph that does not provide them fails with one message naming them.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import logging
 import os
 
 import numpy as np
+import tensorflow as tf
 from tensorpack.predict import OfflinePredictor, PredictConfig
 
 from misc.io import InputError
-from src.model.graph import INFERENCE_INPUTS, HoVerNet, inference_output_names
+from src.model.graph import INFERENCE_INPUTS, HoVerNet, check_inference_tensors, inference_output_names
 from src.model.weights import NOT_WEIGHTS, WeightsMismatchError, make_session_init, read_weight_shapes
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,9 @@ class HoVerNetPredictor:
         cfg: finalised config (geometry, data format). The number of types is read from the file.
 
     Raises :class:`misc.io.InputError` when the file is missing or unreadable and when its variables do
-    not fit the network (the message lists them).
+    not fit the network (the message lists them); ``KeyError`` from
+    :func:`src.model.graph.check_inference_tensors` when the built graph lacks a tensor the predictor feeds or
+    fetches (a code mismatch, not a bad file).
     """
 
     def __init__(self, model_path, cfg):
@@ -55,8 +60,16 @@ class HoVerNetPredictor:
         self.input_shape = cfg.MODEL.INPUT_SHAPE
         self.output_names = inference_output_names(self.nr_types)
         model = HoVerNet(nr_types=self.nr_types, freeze=False, cfg=cfg)
+        nr_types = self.nr_types
+
+        def build_and_check(*inputs):
+            # the tower tensorpack builds, then the name contract, before tensorpack looks the names up
+            model.build_graph(*inputs)
+            check_inference_tensors(tf.compat.v1.get_default_graph(), nr_types)
+
         predict_config = PredictConfig(
-            model=model, input_names=list(INFERENCE_INPUTS), output_names=self.output_names,
+            tower_func=build_and_check, input_signature=model.get_input_signature(),
+            input_names=list(INFERENCE_INPUTS), output_names=self.output_names,
             session_init=make_session_init(model_path, strict=True))
         try:
             self._predict = OfflinePredictor(predict_config)

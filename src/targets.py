@@ -41,29 +41,22 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label as _label_same_value
 
-__all__ = ["gen_hv_map", "gen_targets", "relabel_connected", "center_crop_window"]
+from misc.arrays import CROSS_4 as _CROSS  # 4-connectivity, as every labelling of the released code
+from misc.arrays import check_label_map, relabel_contiguous
+
+__all__ = ["gen_hv_map", "gen_targets", "relabel_connected", "centre_crop_window"]
 
 # Above this many ids per pixel, ids are compacted before find_objects (its output list has one
 # entry per id up to the largest one).
 _MAX_SPARSE_IDS_PER_PIXEL = 4
-# 4-connectivity: the default structure of scipy.ndimage.label, used by the released code.
-_CROSS = ndi.generate_binary_structure(2, 1)
 
 
 def _check_inst_map(inst_map) -> np.ndarray:
-    inst_map = np.asarray(inst_map)
-    if inst_map.ndim != 2:
-        raise ValueError(f"instance map must be HxW, got shape {inst_map.shape}")
-    if not np.issubdtype(inst_map.dtype, np.integer):
-        if inst_map.dtype == bool:
-            inst_map = inst_map.astype(np.int32)
-        elif np.all(np.mod(inst_map, 1) == 0):
-            inst_map = inst_map.astype(np.int64)  # float maps loaded from .npy patches hold integer ids
-        else:
-            raise ValueError(f"instance map must hold integer ids, got dtype {inst_map.dtype}")
-    if inst_map.size and inst_map.min() < 0:
-        raise ValueError("instance ids must be non-negative (0 = background)")
-    return inst_map
+    # float maps loaded from .npy patches hold integer ids
+    inst_map = check_label_map(inst_map, "instance map", whole_floats=True)
+    if inst_map.dtype == bool:
+        return inst_map.astype(np.int32)
+    return inst_map.astype(np.int64) if inst_map.dtype.kind == "f" else inst_map
 
 
 def _compact_ids(inst_map: np.ndarray) -> np.ndarray:
@@ -71,13 +64,10 @@ def _compact_ids(inst_map: np.ndarray) -> np.ndarray:
     max_id = int(inst_map.max()) if inst_map.size else 0
     if max_id <= _MAX_SPARSE_IDS_PER_PIXEL * inst_map.size + 1024:
         return inst_map if inst_map.dtype.kind == "i" else inst_map.astype(np.int64)
-    ids, inverse = np.unique(inst_map, return_inverse=True)
-    if ids[0] != 0:
-        inverse = inverse + 1  # no background pixel: keep 0 meaning background
-    return inverse.reshape(inst_map.shape).astype(np.int32)
+    return relabel_contiguous(inst_map, dtype=np.int32)[0]
 
 
-def center_crop_window(shape, crop_shape) -> tuple[slice, slice]:
+def centre_crop_window(shape, crop_shape) -> tuple[slice, slice]:
     """Row and column slices of the centred ``crop_shape`` window inside ``shape``.
 
     ``crop_shape`` is an int (square) or ``(h, w)``. The offset is ``int((H - h) * 0.5)``, i.e. rounded
@@ -220,7 +210,7 @@ def gen_targets(inst_map, type_map, crop_shape, *, min_instance_size: int = 30,
         ``"tp"``: hxw int32 type ids, the cropped ``type_map`` unchanged (only when it is not None).
     """
     inst_map = _check_inst_map(inst_map)
-    row_win, col_win = center_crop_window(inst_map.shape, crop_shape)
+    row_win, col_win = centre_crop_window(inst_map.shape, crop_shape)
     top, left = row_win.start, col_win.start
     crop_h, crop_w = row_win.stop - top, col_win.stop - left
 

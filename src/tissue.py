@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from misc.arrays import check_rgb_image
 from misc.io import InputError
 
 __all__ = ["tissue_mask", "load_user_mask"]
@@ -26,9 +27,7 @@ def tissue_mask(rgb: np.ndarray, *, min_saturation: int = 20, close_px: int = 5,
     ``min_saturation`` (0..255) floors the Otsu threshold; ``close_px`` / ``open_px`` are elliptical
     kernel sides (0 skips the step); components under ``min_area_px`` pixels are dropped.
     """
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected HxWx3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
+    rgb = check_rgb_image(rgb, "tissue thumbnail")
     saturation = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1])
     otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     mask = (saturation > max(float(otsu), float(min_saturation))).astype(np.uint8)

@@ -46,7 +46,7 @@ from src.model.weights import make_session_init
 log = logging.getLogger(__name__)
 
 __all__ = ["RunState", "inspect_run_dir", "check_run_dir", "prepare_run_dir", "select_trainer", "make_callbacks",
-           "train_phase", "train", "resume_point", "TrainingIncomplete", "PooledDice", "Towers", "TrainOptions",
+           "train_phase", "train", "resume_point", "TrainingIncompleteError", "PooledDice", "Towers", "TrainOptions",
            "Dataflows", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY"]
 
 # The validation statistic and the name of its best checkpoint.
@@ -58,7 +58,7 @@ RUN_HISTORY = "run_history.jsonl"  # one JSON line per start of a phase (run.jso
 _STARTUP_FILES = {"log.log", "run.json", RUN_HISTORY}
 
 
-class TrainingIncomplete(RuntimeError):
+class TrainingIncompleteError(RuntimeError):
     """Training ended (tensorpack stopped its main loop) before the phase ran all its epochs."""
 
 
@@ -390,7 +390,7 @@ def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, data
     chosen by ``cfg.TRAIN.PHASE2_INIT`` (published: the last), and phase 1 from random weights (with a
     warning: the published phase 1 starts from ImageNet Preact-ResNet50). An interrupted phase, or one
     finished with fewer epochs than now requested, resumes from its last checkpoint. Weights and data are
-    checked before the phase directory is touched. Raises :class:`TrainingIncomplete` when tensorpack's loop
+    checked before the phase directory is touched. Raises :class:`TrainingIncompleteError` when tensorpack's loop
     ends before the last epoch; ``finished.json`` is written (atomically) only after all epochs ran.
     ``dataflows`` builds the phase's training (and, with ``options.valid_dir``, validation) batches.
     """
@@ -449,7 +449,7 @@ def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, data
     # so only the epoch history says whether the phase is complete.
     last_epoch = _last_epoch(phase_dir) or 0
     if last_epoch < max_epoch:
-        raise TrainingIncomplete(f"training stopped after epoch {last_epoch} of {max_epoch}; "
+        raise TrainingIncompleteError(f"training stopped after epoch {last_epoch} of {max_epoch}; "
                                  f"see {phase_dir / 'log.log'}")
     with atomic_path(phase_dir / FINISHED_MARKER) as tmp:
         tmp.write_text(json.dumps({"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))

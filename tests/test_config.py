@@ -2,7 +2,7 @@
 import pytest
 
 from opt.schedules import get_phase, get_schedule, lr_for_epoch
-from src.config import config_from_args, make_config
+from src.config import _RULES, config_from_args, make_config
 
 
 def test_published_defaults_and_derived_geometry():
@@ -82,7 +82,7 @@ def test_small_preset_sets_its_widths_and_explicit_overrides_win():
     cfg = config_from_args(["MODEL.DENSE_UNITS=(8,4)", "MODEL.PRESET=small"])
     assert cfg.MODEL.DENSE_UNITS == (8, 4) and cfg.MODEL.ENCODER_CHANNELS == (8, 16, 32, 64)
     assert config_from_args().MODEL.PRESET == "full"
-    with pytest.raises(ValueError, match="MODEL.PRESET must be one of"):
+    with pytest.raises(ValueError, match=r"config MODEL.PRESET='tiny': expected one of \['full', 'small'\]"):
         config_from_args(["MODEL.PRESET=tiny"])
 
 
@@ -138,3 +138,43 @@ def test_every_value_is_checked_in_one_line_naming_the_key(override, key):
 def test_published_and_fast_configs_pass_validation():
     config_from_args()
     config_from_args(["MODEL.MODE=fast", "MODEL.NR_TYPES=None", "DATA.NUM_WORKERS=0", "AUG.SCALE=(1,1)"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("MODEL.MODE=slow", "config MODEL.MODE='slow': expected one of ['original', 'fast']"),
+    ("MODEL.PRESET=tiny", "config MODEL.PRESET='tiny': expected one of ['full', 'small']"),
+    ("MODEL.DATA_FORMAT=NCWH", "config MODEL.DATA_FORMAT='NCWH': expected one of ['auto', 'NCHW', 'NHWC']"),
+    ("LOSS.MSGE=eq3", "config LOSS.MSGE='eq3': expected one of ['published', 'paper']"),
+    ("LOSS.MSGE_FOCUS=ids", "config LOSS.MSGE_FOCUS='ids': expected one of ['published', 'binary']"),
+    ("TARGETS.FROM=output", "config TARGETS.FROM='output': expected one of ['input', 'patch']"),
+    ("DATA.NUM_WORKERS=all", "config DATA.NUM_WORKERS='all': expected 'auto' or an integer >= 0"),
+    ("TRAIN.SCHEDULE=fast", "config TRAIN.SCHEDULE='fast': expected one of ['published', 'scratch']"),
+    ("TRAIN.SCHEDULE=''", "config TRAIN.SCHEDULE='': expected one of ['published', 'scratch']"),
+    ("TRAIN.PHASE2_INIT=first", "config TRAIN.PHASE2_INIT='first': expected one of ['last', 'best']"),
+    ("WSI.TISSUE_MIN_SATURATION=300", "config WSI.TISSUE_MIN_SATURATION=300: expected an integer in [0, 255]"),
+    ("WSI.MODEL_MPP=0", "config WSI.MODEL_MPP=0: expected a number in (0, inf]"),
+])
+def test_each_enumerated_setting_refuses_a_bad_value_naming_the_key_and_the_allowed_values(override, expected):
+    """Issue 12.5: finalize_config is the one place every setting is checked; the message lists what is allowed."""
+    with pytest.raises(ValueError) as info:
+        config_from_args([override])
+    assert str(info.value) == expected
+
+
+def test_every_config_key_has_a_rule():
+    """Issue 12.5: no key of make_config() escapes validate_config (derived keys are added by finalize_config)."""
+    defaults = make_config()
+    keys = {f"{section}.{key}" for section, values in defaults.items() for key in values}
+    assert keys == set(_RULES)
+
+
+def test_every_config_key_is_commented():
+    """Issue 12.5: every ``C.SECTION.KEY = value`` line of make_config carries a comment, on it or just above it."""
+    import inspect
+
+    import src.config
+
+    lines = inspect.getsource(src.config.make_config).splitlines()
+    bare = [line.strip() for k, line in enumerate(lines)
+            if line.strip().startswith("C.") and "#" not in line and not lines[k - 1].strip().startswith("#")]
+    assert bare == []

@@ -370,3 +370,47 @@ def test_fast_mode_shapes_and_parameter_counts(fast5):
     assert kernels["np/u3/conva/W"] == (3, 3, 1024, 256) and kernels["tp/u1/conva/W"] == (3, 3, 256, 64)
     assert kernels["hv/u2/dense/blk/3/conv2/W"] == (3, 3, 32, 32)
 
+
+
+# --- the tensor-name contract (issue 12.8); no graph is built here ---
+def test_input_names_are_declared_once_and_match_the_dataflow():
+    from dataset.patches import datapoint_names
+    from src.model.graph import TARGET_INPUTS, input_names
+
+    cfg = config_from_args()
+    assert input_names(5) == ["images", "np_target", "hv_target", "tp_target"] == INFERENCE_INPUTS + TARGET_INPUTS
+    assert input_names(None) == ["images", "np_target", "hv_target"]
+    for nr_types in (5, None):
+        names = [s.name for s in HoVerNet(cfg, nr_types=nr_types).inputs()]
+        assert names == input_names(nr_types) == datapoint_names(nr_types)
+
+
+def test_hovernet_requires_a_finalised_config():
+    from src.config import make_config
+
+    for cfg in (None, make_config()):
+        with pytest.raises(ValueError, match=r"HoVerNet needs a finalised config \(src.config.config_from_args\)"):
+            HoVerNet(cfg)
+    with pytest.raises(TypeError):
+        HoVerNet()
+
+
+def test_data_format_is_checked_by_the_config_rule():
+    from src.model.graph import resolve_data_format
+
+    assert resolve_data_format("NCHW") == "NCHW" and resolve_data_format("NHWC") == "NHWC"
+    with pytest.raises(ValueError) as info:
+        resolve_data_format("NCWH")
+    assert str(info.value) == "config MODEL.DATA_FORMAT='NCWH': expected one of ['auto', 'NCHW', 'NHWC']"
+
+
+def test_check_inference_tensors_names_every_missing_tensor():
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.placeholder(tf.float32, [None, 4, 4, 3], INFERENCE_INPUTS[0])
+        tf.identity(tf1.placeholder(tf.float32, [None, 4, 4, 2]), name="np_prob")
+    with pytest.raises(KeyError) as info:
+        check_inference_tensors(graph, 5)
+    assert "graph lacks the inference tensors ['hv', 'tp_prob'] of a HoVer-Net with 5 type channels" in str(info.value)
+    with pytest.raises(KeyError, match=r"\['hv'\] of a HoVer-Net with no type branch"):
+        check_inference_tensors(graph, None)

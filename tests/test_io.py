@@ -203,3 +203,41 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
         assert remove_stale_temporaries(tmp_path) == [stale]
         assert mine.exists() and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_importing_misc_io_leaves_the_umask_alone():
+    """Issue 12.10: reading the umask means setting it (a race with other threads), so misc.io never does."""
+    import subprocess
+    import sys
+
+    probe = ("import os\n"
+             "calls = []\n"
+             "real = os.umask\n"
+             "os.umask = lambda mask: calls.append(mask) or real(mask)\n"
+             "import misc.io\n"
+             "from misc.io import atomic_path\n"
+             "import tempfile, pathlib\n"
+             "with tempfile.TemporaryDirectory() as folder:\n"
+             "    with atomic_path(pathlib.Path(folder) / 'x.txt') as tmp:\n"
+             "        tmp.write_text('x')\n"
+             "print(calls)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout == "[]\n"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077, 0o002])
+def test_atomic_path_gives_the_mode_a_plain_open_gives(tmp_path, mask):
+    import misc.io
+
+    previous = os.umask(mask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        with atomic_path(tmp_path / "atomic.txt") as tmp:
+            match = misc.io._TEMPORARY.match(tmp.name)  # a later run can tell whether it is stale
+            assert match and int(match.group(1)) == os.getpid()
+            tmp.write_text("x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask

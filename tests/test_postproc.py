@@ -11,9 +11,9 @@ from src.targets import gen_hv_map
 SHAPE = (64, 84)
 
 
-def _disc(center, radius, shape=SHAPE):
+def _disc(centre, radius, shape=SHAPE):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
 
 
 def _two_touching_discs():
@@ -57,8 +57,8 @@ def _reference_instances(np_prob, hv):
 def _random_instance_map(shape, n_nuclei, rng):
     inst_map = np.zeros(shape, np.int32)
     for idx in range(n_nuclei):
-        center = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
-        inst_map[_disc(center, rng.uniform(4, 10), shape) & (inst_map == 0)] = idx + 1
+        centre = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        inst_map[_disc(centre, rng.uniform(4, 10), shape) & (inst_map == 0)] = idx + 1
     return inst_map
 
 

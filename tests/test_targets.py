@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from src.targets import center_crop_window, gen_hv_map, gen_targets, relabel_connected
+from src.targets import centre_crop_window, gen_hv_map, gen_targets, relabel_connected
 
 
 def _random_instance_map(shape, n_nuclei, rng, radius=(3.0, 9.0)):
@@ -136,10 +136,10 @@ def test_background_and_empty_map():
 
 
 def test_crop_window_offsets():
-    assert center_crop_window((540, 540), 80) == (slice(230, 310), slice(230, 310))
-    assert center_crop_window((11, 10), (4, 5)) == (slice(3, 7), slice(2, 7))  # int((11-4)*0.5) = 3
+    assert centre_crop_window((540, 540), 80) == (slice(230, 310), slice(230, 310))
+    assert centre_crop_window((11, 10), (4, 5)) == (slice(3, 7), slice(2, 7))  # int((11-4)*0.5) = 3
     with pytest.raises(ValueError):
-        center_crop_window((10, 10), 12)
+        centre_crop_window((10, 10), 12)
 
 
 def test_cut_instance_keeps_true_centre():

@@ -76,14 +76,14 @@ def test_train_resumes_exactly_after_a_kill(xla_artifacts, tmp_path):
 
     whole = train_phase(artifacts, 2, train_dir, valid_dir, tmp_path / "whole", **kwargs)
 
-    class Killed(Exception):
+    class KilledError(Exception):
         pass
 
     def kill(epoch):
         if epoch == 1:
-            raise Killed
+            raise KilledError
 
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         train_phase(artifacts, 2, train_dir, valid_dir, tmp_path / "killed", on_epoch_end=kill, **kwargs)
     killed = tmp_path / "killed" / "phase2"
     assert json.loads((killed / "checkpoint.json").read_text())["epoch"] == 1

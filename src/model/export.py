@@ -157,7 +157,7 @@ def export_forward(cfg, nr_types: int | None, batch_size: int, out_dir, target: 
     """Write ``forward_b<batch_size>.mlirbc`` into ``out_dir``; returns its manifest entry."""
     size = cfg.MODEL.INPUT_SHAPE
     out_names = inference_output_names(nr_types)
-    specs = [tf.TensorSpec([batch_size, size, size, 3], tf.float32, "images")]
+    specs = [tf.TensorSpec([batch_size, size, size, 3], tf.float32, graph_module.INFERENCE_INPUTS[0])]
 
     def forward(images):
         with PredictTowerContext(""):

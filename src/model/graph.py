@@ -13,7 +13,8 @@ Architecture, scope names and loss follow the published TensorFlow/tensorpack co
 
 Inputs are NHWC RGB images in 0..255; outputs are NHWC whatever the internal data format (NCHW on a
 GPU, NHWC on the CPU, where TensorFlow has no NCHW convolution). Inference tensor names are declared
-once, in :data:`INFERENCE_INPUTS` / :func:`inference_output_names`.
+once, in :data:`INFERENCE_INPUTS` / :data:`TARGET_INPUTS` / :data:`INFERENCE_OUTPUTS`, and checked against a
+built graph by :func:`check_inference_tensors` (the predictor does so before it fetches them).
 """
 from __future__ import annotations
 
@@ -28,18 +29,22 @@ from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.tfutils.tower import get_current_tower_context
 
 from opt.schedules import get_schedule
+from src.config import check_value
 from src.geometry import CONV0_KSIZE, DENSE_BOTTLENECK_KSIZE, Geometry, derive_geometry
 from src.model.losses import get_loss, hard_dice_terms, msge_focus
 
 log = logging.getLogger(__name__)
 tf1 = tf.compat.v1
 
-__all__ = ["HoVerNet", "INFERENCE_INPUTS", "INFERENCE_OUTPUTS", "inference_output_names", "check_inference_tensors",
-           "resolve_data_format", "ENCODER_SCOPES",
+__all__ = ["HoVerNet", "INFERENCE_INPUTS", "TARGET_INPUTS", "INFERENCE_OUTPUTS", "input_names",
+           "inference_output_names", "check_inference_tensors", "resolve_data_format", "ENCODER_SCOPES",
            "DECODER_SCOPES", "LOSS_TENSOR_PREFIX", "COST_NAME", "NP_DICE_NAME"]
 
 # --- tensor names: the one place inference and validation look them up ---
-INFERENCE_INPUTS = ["images"]
+INFERENCE_INPUTS = ["images"]  # float32 N x in x in x 3 RGB 0..255
+# The training/validation inputs after the images, in ``inputs()`` order (dataset.patches.datapoint_names must
+# yield the same order); tp_target only when the model has a type branch.
+TARGET_INPUTS = ["np_target", "hv_target", "tp_target"]
 INFERENCE_OUTPUTS = ["np_prob", "hv", "tp_prob"]  # tp_prob only when the model has a type branch
 LOSS_TENSOR_PREFIX = "loss_"  # each term of cfg.LOSS.WEIGHTS is a tensor 'loss_<term>', e.g. 'loss_hv_msge'
 COST_NAME = "overall_cost"
@@ -52,6 +57,10 @@ ENCODER_SCOPES = ("conv0", "group0", "group1", "group2", "group3")
 DECODER_SCOPES = {b: (b, f"preact_out_{b}", f"conv_out_{b}") for b in ("np", "hv", "tp")}
 
 
+def input_names(nr_types: int | None) -> list[str]:
+    """Names of ``HoVerNet.inputs()`` in order: the images, then the targets (no tp_target if ``nr_types`` is None)."""
+    return INFERENCE_INPUTS + [n for n in TARGET_INPUTS if nr_types is not None or n != "tp_target"]
+
 
 def inference_output_names(nr_types: int | None) -> list[str]:
     """Output tensor names of a model with (``nr_types`` int) or without (None) the type branch."""
@@ -59,7 +68,12 @@ def inference_output_names(nr_types: int | None) -> list[str]:
 
 
 def check_inference_tensors(graph: tf.Graph, nr_types: int | None, prefix: str = "") -> None:
-    """Raise ``KeyError`` naming every declared input/output tensor missing from ``graph``."""
+    """Raise ``KeyError`` naming every declared input/output tensor missing from ``graph``.
+
+    The names are :data:`INFERENCE_INPUTS` and :func:`inference_output_names` (``nr_types``), each looked up as
+    ``<prefix><name>:0``: a graph built by another model version than the one its caller expects fails
+    here, in one message, instead of deep inside a predictor.
+    """
     missing = []
     for name in INFERENCE_INPUTS + inference_output_names(nr_types):
         try:
@@ -67,15 +81,16 @@ def check_inference_tensors(graph: tf.Graph, nr_types: int | None, prefix: str =
         except KeyError:
             missing.append(name)
     if missing:
-        raise KeyError(f"graph lacks the inference tensors {missing}")
+        kind = f"{nr_types} type channels" if nr_types is not None else "no type branch"
+        raise KeyError(f"graph lacks the inference tensors {missing} of a HoVer-Net with {kind} "
+                       f"(names declared in src.model.graph: INFERENCE_INPUTS, INFERENCE_OUTPUTS)")
 
 
 def resolve_data_format(data_format: str) -> str:
     """'auto' -> 'NCHW' when TensorFlow sees a GPU, else 'NHWC'; 'NCHW'/'NHWC' pass through."""
     if data_format == "auto":
         return "NCHW" if tf.config.list_physical_devices("GPU") else "NHWC"
-    if data_format not in ("NCHW", "NHWC"):
-        raise ValueError(f"MODEL.DATA_FORMAT must be 'auto', 'NCHW' or 'NHWC', got {data_format!r}")
+    check_value("MODEL.DATA_FORMAT", data_format)
     return data_format
 
 
@@ -238,7 +253,8 @@ class HoVerNet(ModelDesc):
 
     def __init__(self, cfg, nr_types: int | None = 5, freeze: bool = False):
         super().__init__()
-        if "INPUT_SHAPE" not in cfg.MODEL:
+        # never a silent default: the geometry, widths and losses must be the caller's
+        if cfg is None or "MODEL" not in cfg or "INPUT_SHAPE" not in cfg.MODEL:
             raise ValueError("HoVerNet needs a finalised config (src.config.config_from_args)")
         self.cfg = cfg
         if nr_types is not None and nr_types < 2:
@@ -255,14 +271,10 @@ class HoVerNet(ModelDesc):
 
     def inputs(self):
         size_in, size_out = self.cfg.MODEL.INPUT_SHAPE, self.cfg.MODEL.OUTPUT_SHAPE
-        specs = [
-            tf.TensorSpec([None, size_in, size_in, 3], tf.float32, "images"),
-            tf.TensorSpec([None, size_out, size_out], tf.int32, "np_target"),
-            tf.TensorSpec([None, size_out, size_out, 2], tf.float32, "hv_target"),
-        ]
-        if self.nr_types is not None:
-            specs.append(tf.TensorSpec([None, size_out, size_out], tf.int32, "tp_target"))
-        return specs
+        shapes = [([None, size_in, size_in, 3], tf.float32), ([None, size_out, size_out], tf.int32),
+                  ([None, size_out, size_out, 2], tf.float32), ([None, size_out, size_out], tf.int32)]
+        return [tf.TensorSpec(shape, dtype, name)
+                for (shape, dtype), name in zip(shapes, input_names(self.nr_types), strict=False)]
 
     def build_outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """The network alone: NHWC 0..255 RGB images -> {'np_prob', 'hv', 'tp_prob'} named NHWC tensors."""
