@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -33,13 +34,14 @@ from misc.io import (
     remove_stale_temporaries,
 )
 from misc.outputs import FORMATS, output_paths, outputs_complete, write_outputs
+from misc.slide_io import resample
 from src.inference import predict_tile
-from src.postproc import process
+from src.postproc import instance_info, process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["collect_inputs", "split_channels", "postproc_kwargs", "InferenceReport", "run_inference",
-           "check_output_dir", "SUMMARY_NAME", "RUN_INFO_NAME"]
+__all__ = ["collect_inputs", "split_channels", "postproc_kwargs", "mpp_scale", "to_model_mpp", "instances_to_input",
+           "InferenceReport", "run_inference", "check_output_dir", "SUMMARY_NAME", "RUN_INFO_NAME"]
 
 SUMMARY_NAME = "summary.csv"
 RUN_INFO_NAME = "run_info.json"  # which model and settings made the outputs in a folder
@@ -125,6 +127,52 @@ def postproc_kwargs(cfg) -> dict:
             "min_size": p.MIN_SIZE, "energy_blur": p.ENERGY_BLUR, "marker_opening": p.MARKER_OPENING}
 
 
+def mpp_scale(input_mpp: float | None, model_mpp: float, tolerance: float) -> float:
+    """Input px per model px, ``model_mpp / input_mpp`` (0.5 for a 0.5-um/px 20x tile and a 0.25-um/px model).
+
+    1.0 (the input is used as it is) without ``input_mpp`` or when the ratio is within the relative
+    ``tolerance`` of 1. ``ValueError`` for a non-positive ``input_mpp``.
+    """
+    if input_mpp is None:
+        return 1.0
+    if not input_mpp > 0:
+        raise ValueError(f"microns per pixel must be > 0, got {input_mpp}")
+    scale = model_mpp / input_mpp
+    return 1.0 if abs(scale - 1.0) <= tolerance else scale
+
+
+def to_model_mpp(image: np.ndarray, scale: float) -> np.ndarray:
+    """An HxWx3 uint8 tile resampled to the model's resolution: ``round(H / scale) x round(W / scale)``
+    (:func:`misc.slide_io.resample`, the slides' resampling); the image itself when ``scale`` is 1."""
+    if scale == 1.0:
+        return image
+    height, width = image.shape[:2]
+    return resample(image, max(1, round(width / scale)), max(1, round(height / scale)))
+
+
+def instances_to_input(inst_map: np.ndarray, inst_info: dict, shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    """Instances found at the model's resolution mapped back onto the input tile's ``shape`` (H, W).
+
+    The label map is resized by nearest neighbour (pixel centres, ``INTER_NEAREST_EXACT``), so ids are kept
+    and no id is blended with another; a nucleus that covers no input pixel centre disappears and the
+    ids are renumbered 1..N in their old order. bbox, centroid and contour are recomputed from the resized
+    map (:func:`src.postproc.instance_info`), so the ``.mat``, the JSON/GeoJSON and the overlay describe the
+    same pixels; type and type_prob are kept from the model-resolution vote.
+    """
+    height, width = shape
+    resized = cv2.resize(np.asarray(inst_map, np.int32), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    present = np.unique(resized)
+    present = present[present > 0]
+    lut = np.zeros(int(inst_map.max()) + 1 if inst_map.size else 1, np.int32)
+    lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
+    resized = lut[resized]
+    info = instance_info(resized)
+    for new_id, old_id in enumerate(present.tolist(), start=1):
+        info[new_id]["type"] = inst_info[old_id]["type"]
+        info[new_id]["type_prob"] = inst_info[old_id]["type_prob"]
+    return resized, info
+
+
 @dataclass
 class InferenceReport:
     """What a run did: images written, images already complete, and bad inputs with their reasons."""
@@ -194,14 +242,17 @@ def _write_summary(path: Path, rows: dict[str, dict]) -> None:
 def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarray], np.ndarray], type_info: dict,
                   *, input_shape: int, output_shape: int, formats=FORMATS, overwrite: bool = False,
                   batch_size: int = 16, postproc_kwargs: dict | None = None, run_info: dict | None = None,
-                  progress: bool = True, report: InferenceReport | None = None) -> InferenceReport:
+                  progress: bool = True, report: InferenceReport | None = None, scale: float = 1.0) -> InferenceReport:
     """Run the whole per-image job over ``files`` into ``out_dir``; never raises for one bad image.
 
     Images whose outputs in ``formats`` all exist are skipped unless ``overwrite`` (writes are atomic,
     so an existing file is a complete one). ``summary.csv`` (image, size, nuclei per type, seconds)
     is rewritten after every image, so it is current even if the run is killed. ``run_info`` (JSON-able:
     model, settings) is recorded in ``run_info.json``; :func:`check_output_dir` runs first and raises
-    :class:`InputError` for an output folder that would overwrite inputs or mix runs. ``report`` (filled in
+    :class:`InputError` for an output folder that would overwrite inputs or mix runs. ``scale``: input px per
+    model px (:func:`mpp_scale`); when not 1 each image is resampled to the model's resolution
+    (:func:`to_model_mpp`) and its nuclei mapped back (:func:`instances_to_input`), so every output is in the
+    input's own pixels and size. ``report`` (filled in
     place) lets a caller count what was done when the run is interrupted or stopped by a full disk
     (:class:`misc.io.DiskFullError`, raised: every later image would fail the same way).
     """
@@ -235,6 +286,8 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
         start = time.perf_counter()
         np_prob, hv, tp_prob = split_channels(maps)
         inst_map, inst_info = process(np_prob, hv, tp_prob, **postproc_kwargs)
+        if inst_map.shape != image.shape[:2]:  # found at the model's resolution (scale != 1)
+            inst_map, inst_info = instances_to_input(inst_map, inst_info, image.shape[:2])
         post_s = time.perf_counter() - start
         start = time.perf_counter()
         write_outputs(out_dir, file.stem, image, inst_map, inst_info, type_info, formats=formats)
@@ -277,8 +330,8 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
             try:
                 image = read_image_rgb(file)
                 start = time.perf_counter()
-                maps = predict_tile(image, predict_fn, batch_size=batch_size, input_shape=input_shape,
-                                    output_shape=output_shape, progress=window_progress(file))
+                maps = predict_tile(to_model_mpp(image, scale), predict_fn, batch_size=batch_size,
+                                    input_shape=input_shape, output_shape=output_shape, progress=window_progress(file))
                 forward_s = time.perf_counter() - start
             except InputError as exc:
                 collect(pending)

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-__all__ = ["instances_from_np_hv", "process", "remove_small_labels"]
+__all__ = ["instances_from_np_hv", "process", "instance_info", "remove_small_labels"]
 
 # 4-connectivity, the default structure of scipy.ndimage.label used throughout the released code.
 _CROSS = ndi.generate_binary_structure(2, 1)
@@ -178,7 +178,15 @@ def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, d
             raise ValueError(f"tp_prob must be HxWxC or HxW, got shape {tp_prob.shape}")
         if type_map.shape != inst_map.shape:
             raise ValueError(f"tp_prob shape {tp_prob.shape} does not match np_prob {inst_map.shape}")
+    return inst_map, instance_info(inst_map, type_map, n_types)
 
+
+def instance_info(inst_map: np.ndarray, type_map: np.ndarray | None = None, n_types: int = 1) -> dict:
+    """Per-instance bbox, centroid, contour (and type when ``type_map`` is given) of an HxW int instance map.
+
+    ``type_map``: None or HxW int per-pixel type ids in [0, ``n_types``). Returns id -> the dict that
+    :func:`process` documents (ids as present in ``inst_map``, ascending).
+    """
     inst_info = {}
     for index, bbox in enumerate(ndi.find_objects(inst_map)):
         if bbox is None:
@@ -203,4 +211,4 @@ def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, d
         if type_map is not None:
             info["type"], info["type_prob"] = _instance_type(type_map[bbox][mask_crop > 0], n_types)
         inst_info[inst_id] = info
-    return inst_map, inst_info
+    return inst_info

@@ -54,7 +54,7 @@ from misc.outputs import geojson_feature, nucleus_record
 from misc.slide_io import SLIDE_SUFFIXES, SlideReader, is_slide
 from misc.viz import type_entry
 from src.inference import predict_tile
-from src.pipeline import _read_summary, _type_name, _write_summary, split_channels
+from src.pipeline import _read_summary, _type_name, _write_summary, mpp_scale, split_channels
 from src.postproc import process
 from src.tissue import load_user_mask, tissue_mask
 
@@ -179,8 +179,7 @@ class SlidePlan:
 
 
 def _slide_scale(slide_mpp: float, settings: WsiSettings) -> float:
-    scale = settings.model_mpp / slide_mpp
-    return 1.0 if abs(scale - 1.0) <= settings.mpp_tolerance else scale
+    return mpp_scale(slide_mpp, settings.model_mpp, settings.mpp_tolerance)
 
 
 def plan_slide(path, settings: WsiSettings, *, mpp: float | None = None,

@@ -15,7 +15,7 @@ from metrics.compute_stats import main as compute_stats
 from misc.io import InputError, load_label_mat, save_label_mat
 from misc.outputs import default_type_info
 from src.geometry import derive_geometry
-from src.pipeline import RUN_INFO_NAME, SUMMARY_NAME, collect_inputs, run_inference, split_channels
+from src.pipeline import RUN_INFO_NAME, SUMMARY_NAME, collect_inputs, mpp_scale, run_inference, split_channels
 from src.targets import gen_hv_map
 
 N_TYPES = 5  # background + CoNSeP's four types
@@ -24,17 +24,17 @@ _ORIGINAL = derive_geometry("original")
 GEOM = {"input_shape": _ORIGINAL.input_shape, "output_shape": _ORIGINAL.output_shape}
 
 
-def _disc_scene(height, width, seed):
+def _disc_scene(height, width, seed, radii=(5, 9), gap=2):
     """Instance map with non-touching discs, their types, and the image encoding the exact maps."""
     rng = np.random.default_rng(seed)
     inst = np.zeros((height, width), np.int32)
     types = {}
     yy, xx = np.mgrid[:height, :width]
     for inst_id in range(1, 40):
-        r = int(rng.integers(5, 9))
+        r = int(rng.integers(*radii))
         cy, cx = int(rng.integers(r, height - r)), int(rng.integers(r, width - r))
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 2) ** 2
+        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + gap) ** 2
         if inst[grown].any():
             continue
         inst[disc] = inst_id
@@ -52,7 +52,7 @@ def fake_predict(batch, output_shape=_ORIGINAL.output_shape):
     """Decode the centre output_shape crop of each input window into [np, hv x, hv y, tp...] maps."""
     off = (batch.shape[1] - output_shape) // 2
     centre = batch[:, off:off + output_shape, off:off + output_shape].astype(np.float32)
-    type_id = np.rint(centre[..., 0] / TYPE_LEVEL).astype(int)
+    type_id = np.clip(np.rint(centre[..., 0] / TYPE_LEVEL).astype(int), 0, N_TYPES - 1)  # resampled: overshoot
     tp = np.eye(N_TYPES, dtype=np.float32)[type_id]
     fg = (type_id > 0).astype(np.float32)
     hv = (centre[..., 1:3] / 127.5 - 1.0) * fg[..., None]
@@ -286,3 +286,69 @@ def test_progress_advances_per_batch_of_windows_on_large_images(tiles, tmp_path,
     err = capsys.readouterr().err
     assert "a.png windows" in err and "/9 [" in err  # 200x170 -> 3x3 windows of 80, 5 batches
     assert "1/1" in err  # the image bar
+
+
+def _nuclei(out, name):
+    doc = json.loads((out / f"{name}.json").read_text())
+    return doc["image_shape"], sorted((n["centroid"], n["type"]) for n in doc["nuclei"])
+
+
+def test_mpp_scale():
+    assert mpp_scale(None, 0.25, 0.05) == 1.0
+    assert mpp_scale(0.25, 0.25, 0.05) == 1.0 and mpp_scale(0.26, 0.25, 0.05) == 1.0  # within the tolerance
+    assert mpp_scale(0.5, 0.25, 0.05) == 0.5 and mpp_scale(0.125, 0.25, 0.05) == 2.0
+    for bad in (0.0, -0.5):
+        with pytest.raises(ValueError, match="must be > 0"):
+            mpp_scale(bad, 0.25, 0.05)
+
+
+def test_20x_tile_with_mpp_gives_the_40x_nuclei_in_its_own_pixels(tmp_path):
+    """Issue 10: a 20x tile (0.5 um/px) run with --mpp 0.5 on a 0.25-um/px model is upsampled for the network
+    and its nuclei mapped back: same nuclei as the 40x tile's, at half the coordinates, outputs of its own size."""
+    image40, _, _ = _disc_scene(320, 288, 3, radii=(10, 15), gap=6)
+    image20 = cv2.resize(image40, (144, 160), interpolation=cv2.INTER_AREA)
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for name, image in (("x40", image40), ("x20", image20)):
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    run_inference([folder / "x40.png"], tmp_path / "o40", fake_predict, default_type_info(), **GEOM, progress=False)
+    run_inference([folder / "x20.png"], tmp_path / "o20", fake_predict, default_type_info(), **GEOM, progress=False,
+                  scale=mpp_scale(0.5, 0.25, 0.05))
+    shape40, nuclei40 = _nuclei(tmp_path / "o40", "x40")
+    shape20, nuclei20 = _nuclei(tmp_path / "o20", "x20")
+    assert shape40 == [320, 288] and shape20 == [160, 144]
+    assert len(nuclei20) == len(nuclei40) >= 10
+    expected = sorted((((x + 0.5) / 2 - 0.5, (y + 0.5) / 2 - 0.5), t) for (x, y), t in nuclei40)
+    for (got, got_type), (want, want_type) in zip(nuclei20, expected, strict=True):
+        assert np.abs(np.subtract(got, want)).max() <= 1.0 and got_type == want_type
+    label = load_label_mat(tmp_path / "o20" / "x20.mat", with_types=True)
+    assert label["inst_map"].shape == (160, 144)
+    assert sorted(np.unique(label["inst_map"]).tolist()) == list(range(len(nuclei20) + 1))  # ids 1..N
+    doc = json.loads((tmp_path / "o20" / "x20.json").read_text())
+    for nucleus in doc["nuclei"]:  # contours and boxes are the resized map's
+        mask = label["inst_map"] == nucleus["id"]
+        (r0, c0), (r1, c1) = nucleus["bbox"]
+        rows, cols = np.nonzero(mask)
+        assert (r0, c0, r1, c1) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
+        x, y = np.asarray(nucleus["contour"]).T
+        assert mask[y, x].all()
+    overlay = cv2.imread(str(tmp_path / "o20" / "x20.png"))
+    assert overlay.shape == (160, 144, 3)
+    with open(tmp_path / "o20" / SUMMARY_NAME) as handle:
+        row = next(csv.DictReader(handle))
+    assert (row["height"], row["width"], row["nuclei"]) == ("160", "144", str(len(nuclei20)))
+
+
+def test_mpp_equal_to_the_models_changes_nothing(tiles, tmp_path):
+    folder, _ = tiles
+    files = collect_inputs(str(folder))
+    run_inference(files, tmp_path / "plain", fake_predict, default_type_info(), **GEOM, progress=False)
+    run_inference(files, tmp_path / "same", fake_predict, default_type_info(), **GEOM, progress=False,
+                  scale=mpp_scale(0.25, 0.25, 0.05))
+    for name in ("a", "b"):
+        for suffix in (".json", ".png", ".geojson"):
+            assert (tmp_path / "plain" / f"{name}{suffix}").read_bytes() == \
+                (tmp_path / "same" / f"{name}{suffix}").read_bytes()
+        plain, same = (load_label_mat(tmp_path / d / f"{name}.mat", with_types=True) for d in ("plain", "same"))
+        for key in plain:  # the .mat header holds its creation time
+            np.testing.assert_array_equal(plain[key], same[key])
