@@ -147,10 +147,10 @@ def main(argv=None) -> int:
     from src.model.weights import weights_digest
     from src.pipeline import (
         InferenceReport,
+        PostprocParams,
+        TileSettings,
         check_output_dir,
         collect_inputs,
-        mpp_scale,
-        postproc_kwargs,
         run_inference,
     )
     from src.wsi import input_suffixes, split_inputs
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
         # The weights by content: new weights at the same path (model-best after more training) are another model.
         run_info = {"weights": weights_digest(args.model), "model_path": str(Path(args.model).resolve()),
-                    "postproc": postproc_kwargs(cfg)}
+                    "postproc": PostprocParams.from_config(cfg).kwargs()}
         if args.mpp is not None:  # recorded only when given, so folders of runs without it stay as they were
             run_info.update(mpp=args.mpp, model_mpp=float(cfg.WSI.MODEL_MPP))
         check_output_dir(args.output, files + slides, args.formats, run_info, args.overwrite)
@@ -204,12 +204,9 @@ def main(argv=None) -> int:
     report = InferenceReport()
     try:
         if files:
-            run_inference(
-                files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
-                batch_size=args.batch_size or cfg.INFER.BATCH_SIZE, input_shape=cfg.MODEL.INPUT_SHAPE,
-                output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=run_info["postproc"], run_info=run_info,
-                progress=not args.quiet, report=report,
-                scale=mpp_scale(args.mpp, cfg.WSI.MODEL_MPP, cfg.WSI.MPP_TOLERANCE))
+            settings = TileSettings.from_config(cfg, batch_size=args.batch_size, input_mpp=args.mpp)
+            run_inference(files, args.output, predictor, type_info, settings, formats=args.formats,
+                          overwrite=args.overwrite, run_info=run_info, progress=not args.quiet, report=report)
             print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
                   f"{len(report.failed)} skipped -> {args.output}")
             for path, reason in report.failed.items():  # the reasons of InputError name the file already

@@ -16,6 +16,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from misc.viz import instance_contour
+
 __all__ = ["instances_from_np_hv", "process", "instance_info", "remove_small_labels"]
 
 # 4-connectivity, the default structure of scipy.ndimage.label used throughout the released code.
@@ -131,21 +133,6 @@ def _instance_type(type_crop: np.ndarray, n_types: int) -> tuple[int, float]:
     return inst_type, float(counts[inst_type] / (type_crop.size + 1.0e-6))
 
 
-def _instance_contour(mask_crop: np.ndarray) -> np.ndarray:
-    """Largest external contour of a uint8 mask, Kx2 int32 (x, y) in crop coordinates.
-
-    The released code took the first contour of ``RETR_TREE``, which for an instance with a hole can
-    be the hole; here holes are ignored (``RETR_EXTERNAL``) and the largest outline wins. A 1-2 pixel
-    instance gives 1-2 points, kept as Kx2 (the released ``np.squeeze`` broke on them).
-    """
-    contours, _ = cv2.findContours(mask_crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if len(contours) > 1:
-        contour = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
-    else:
-        contour = contours[0]
-    return contour.reshape(-1, 2).astype(np.int32)
-
-
 def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, dict]:
     """Instance map plus per-instance bbox, centroid, contour and type (spec section 5, steps 1-6).
 
@@ -159,7 +146,8 @@ def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, d
         ``(inst_map, inst_info)``: HxW int32 instance map with ids 1..N, and a dict id -> {
         ``"bbox"``: 2x2 int32 array ``[[rmin, cmin], [rmax, cmax]]`` (max exclusive);
         ``"centroid"``: float64 array ``[x, y]`` (column, row; image moments);
-        ``"contour"``: Kx2 int32 array of (x, y) boundary points (largest external contour);
+        ``"contour"``: Kx2 int32 array of (x, y) boundary points (:func:`misc.viz.instance_contour`, the
+        outline the overlays draw);
         ``"type"``: int type id, or None without ``tp_prob``;
         ``"type_prob"``: float fraction of the instance's pixels voting for that type, or None }.
     """
@@ -197,7 +185,7 @@ def instance_info(inst_map: np.ndarray, type_map: np.ndarray | None = None, n_ty
         moments = cv2.moments(mask_crop, binaryImage=True)
         centroid = np.array([moments["m10"] / moments["m00"] + col_slice.start,
                              moments["m01"] / moments["m00"] + row_slice.start])
-        contour = _instance_contour(mask_crop)
+        contour = instance_contour(mask_crop)
         contour[:, 0] += col_slice.start
         contour[:, 1] += row_slice.start
         info = {

@@ -203,3 +203,16 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
         assert remove_stale_temporaries(tmp_path) == [stale]
         assert mine.exists() and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_write_json_atomic_keeps_each_call_sites_format(tmp_path):
+    from misc.io import write_json_atomic
+
+    obj = {"b": 1, "a": [1.5, None]}
+    assert write_json_atomic(tmp_path / "x.json", obj) == tmp_path / "x.json"
+    assert (tmp_path / "x.json").read_text() == '{"b": 1, "a": [1.5, null]}'
+    write_json_atomic(tmp_path / "y.json", obj, indent=1, sort_keys=True, newline=True)
+    assert (tmp_path / "y.json").read_text() == '{\n "a": [\n  1.5,\n  null\n ],\n "b": 1\n}\n'
+    with pytest.raises(ValueError):  # NaN is not JSON: nothing is left behind
+        write_json_atomic(tmp_path / "z.json", {"p": float("nan")}, allow_nan=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "y.json"]

@@ -37,7 +37,7 @@ from src.wsi_cluster import dask_client, tissue_mask_files
 
 N_TYPES = 5
 TYPE_LEVEL = 50
-TYPES = default_type_info()
+TYPES = default_type_info(config_from_args().DATA.TYPE_NAMES)
 # Small large-tiles so a 600x520 slide has a 4x4 grid; room for the 17-px test discs.
 TEST_CONFIG = ["WSI.TILE_SIZE=160", "WSI.MAX_NUCLEUS_PX=30"]
 
