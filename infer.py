@@ -81,8 +81,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tile: images read whole; wsi: whole-slide images through OpenSlide; auto (default): "
                              "wsi for files OpenSlide recognises as slides, tile for the others")
     parser.add_argument("--mpp", type=float, default=None,
-                        help="slides: microns per level-0 pixel, overriding a missing or wrong value in the file "
-                             "(a slide with neither is refused); not used for tiles yet")
+                        help="microns per pixel of the inputs. Slides: per level-0 pixel, overriding a missing or "
+                             "wrong value in the file (a slide with neither is refused). Tiles: e.g. 0.5 for 20x "
+                             "tiles; when it differs from the model's (config WSI.MODEL_MPP, 0.25 = 40x) by more "
+                             "than WSI.MPP_TOLERANCE, each tile is resampled to the model's mpp, and its nuclei are "
+                             "mapped back (instance map by nearest neighbour, contours/centroids/bboxes recomputed "
+                             "from it), so every output is in the tile's own pixels and size. Default: tiles are "
+                             "taken to be at the model's mpp; slides use their file's value. Recorded in "
+                             "run_info.json")
     parser.add_argument("--tissue_mask", default=None,
                         help="slides: a tissue mask image (non-zero = tissue, any size) for one slide, or a folder "
                              "of <slide name>.png masks; default: automatic (Otsu on saturation)")
@@ -139,7 +145,14 @@ def main(argv=None) -> int:
     from src.model.bundle import resolve_model
     from src.model.model_config import model_config, resolve_model_path
     from src.model.weights import weights_digest
-    from src.pipeline import InferenceReport, check_output_dir, collect_inputs, postproc_kwargs, run_inference
+    from src.pipeline import (
+        InferenceReport,
+        PostprocParams,
+        TileSettings,
+        check_output_dir,
+        collect_inputs,
+        run_inference,
+    )
     from src.wsi import input_suffixes, split_inputs
 
     if args.gpu:  # like train.py: asking for a GPU that is not there must not pass silently
@@ -158,7 +171,9 @@ def main(argv=None) -> int:
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
         # The weights by content: new weights at the same path (model-best after more training) are another model.
         run_info = {"weights": weights_digest(args.model), "model_path": str(Path(args.model).resolve()),
-                    "postproc": postproc_kwargs(cfg)}
+                    "postproc": PostprocParams.from_config(cfg).kwargs()}
+        if args.mpp is not None:  # recorded only when given, so folders of runs without it stay as they were
+            run_info.update(mpp=args.mpp, model_mpp=float(cfg.WSI.MODEL_MPP))
         check_output_dir(args.output, files + slides, args.formats, run_info, args.overwrite)
         from src.predictor import HoVerNetPredictor, detect_nr_types
 
@@ -186,17 +201,12 @@ def main(argv=None) -> int:
     Path(args.output).mkdir(parents=True, exist_ok=True)
     attach_log_file(Path(args.output) / "infer.log")  # the full logs, whatever the console showed
     ok = True
-    if files and args.mpp is not None:
-        logging.getLogger("infer").warning("--mpp is used for slides only; the %d tile(s) are read as they are",
-                                           len(files))
     report = InferenceReport()
     try:
         if files:
-            run_inference(
-                files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
-                batch_size=args.batch_size or cfg.INFER.BATCH_SIZE, input_shape=cfg.MODEL.INPUT_SHAPE,
-                output_shape=cfg.MODEL.OUTPUT_SHAPE, postproc_kwargs=run_info["postproc"], run_info=run_info,
-                progress=not args.quiet, report=report)
+            settings = TileSettings.from_config(cfg, batch_size=args.batch_size, input_mpp=args.mpp)
+            run_inference(files, args.output, predictor, type_info, settings, formats=args.formats,
+                          overwrite=args.overwrite, run_info=run_info, progress=not args.quiet, report=report)
             print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
                   f"{len(report.failed)} skipped -> {args.output}")
             for path, reason in report.failed.items():  # the reasons of InputError name the file already

@@ -29,7 +29,7 @@ from misc.outputs import default_type_info, write_outputs
 from src.config import MODEL_PRESETS, config_from_args
 from src.geometry import MODES
 from src.inference import gather_windows, window_layout
-from src.pipeline import postproc_kwargs
+from src.pipeline import PostprocParams
 
 
 def conv_gflop_per_window(graph) -> float:
@@ -104,11 +104,11 @@ def main(argv=None) -> int:
     from src.postproc import process
 
     start = time.perf_counter()
-    inst_map, inst_info = process(np_prob, hv, tp_prob, **postproc_kwargs(cfg))
+    inst_map, inst_info = process(np_prob, hv, tp_prob, **PostprocParams.from_config(cfg).kwargs())
     post_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        write_outputs(tmp, "tile", tile, inst_map, inst_info, default_type_info())
+        write_outputs(tmp, "tile", tile, inst_map, inst_info, default_type_info(cfg.DATA.TYPE_NAMES))
         write_s = time.perf_counter() - start
 
     print(f"device: {device}; tile {args.size}x{args.size}; preset {args.preset}; batch {args.batch_size}")

@@ -4,14 +4,19 @@ Run from the repository root (CPU, or the GPU TensorFlow sees)::
 
     python -m benchmarks.wsi_speed --config MODEL.MODE=fast MODEL.PRESET=small [--size 6000] [--model WEIGHTS]
     python -m benchmarks.wsi_speed --memory_only --size 40000     # peak RSS on a large slide, fake network
+    python -m benchmarks.wsi_speed --model small-consep --crops <shared>/data/consep256/test/Images --size 3000
 
 A synthetic slide is written first (a pyramidal tiled TIFF at WSI.MODEL_MPP): tissue-like stained texture
-with ~1,400 synthetic nuclei per 1000x1000 px on a white background over ``--tissue`` of its area. Then
+with ~1,400 synthetic nuclei per 1000x1000 px on a white background over ``--tissue`` of its area, or with
+``--crops DIR`` a mosaic of the real H&E images in DIR (e.g. the 256x256 CoNSeP crops), so a trained model finds
+real nuclei. Then
 ``src.wsi.run_wsi`` runs on it through an embedded one-worker Dask cluster, exactly as ``infer.py`` does.
-The network has untrained weights unless ``--model`` is given (its speed does not depend on the
-weights); with untrained weights post-processing sees the network's meaningless maps, so its time is
-only indicative. ``--memory_only`` replaces the network by a fake that calls dark pixels nuclei instantly, to
-measure what the tiling, post-processing and assembly hold on a slide of any size.
+The network has untrained weights unless ``--model`` is given (a bundled model's name such as
+``small-consep``, a checkpoint or an .npz, built with the config recorded with it, as ``infer.py`` does; its
+speed does not depend on the weights); with untrained weights post-processing sees the network's
+meaningless maps, so its time is only indicative. ``--memory_only`` replaces the network by a fake that
+calls dark pixels (red < 150) nuclei instantly, with their exact hv maps, to measure what the tiling,
+post-processing and assembly hold on a slide of any size (with ``--crops``, the dark nuclei of real H&E).
 
 Reported: read / forward / post-process / write seconds summed over tiles (worker time), wall time,
 seconds per mm^2 of tissue, and peak RSS of the client and of the worker process (``ru_maxrss`` of the
@@ -32,8 +37,36 @@ from misc.outputs import default_type_info
 from src.config import config_from_args
 
 
-def synthetic_slide(path: Path, size: int, tissue: float, mpp: float, seed: int = 0, strip: int = 1024) -> None:
-    """Write a ``size`` x ``size`` pyramidal TIFF: a stained band covering ``tissue`` of the width, dark discs."""
+def _mosaic(crops: list[np.ndarray], y: int, h: int, w: int) -> np.ndarray:
+    """Rows ``[y, y + h)`` and columns ``[0, w)`` of an endless mosaic of the equal square ``crops``; the crop of
+    each cell is fixed by the cell's position, so every pyramid level shows the same mosaic."""
+    cell = crops[0].shape[0]
+    r0, r1, cols = y // cell, (y + h - 1) // cell + 1, -(-w // cell)
+    out = np.empty(((r1 - r0) * cell, cols * cell, 3), np.uint8)
+    for r in range(r0, r1):
+        for c in range(cols):
+            out[(r - r0) * cell:(r - r0 + 1) * cell, c * cell:(c + 1) * cell] = crops[(r * 7919 + c * 104729)
+                                                                                       % len(crops)]
+    return out[y - r0 * cell:y - r0 * cell + h, :w]
+
+
+def load_crops(folder: Path, limit: int = 64) -> list[np.ndarray]:
+    """Up to ``limit`` square RGB crops of one size from ``folder`` (sorted names, spread over the folder)."""
+    from misc.io import IMAGE_SUFFIXES, read_image_rgb
+
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = files[::max(1, len(files) // limit)][:limit]
+    crops = [read_image_rgb(p) for p in files]
+    crops = [c for c in crops if c.shape[0] == c.shape[1] == crops[0].shape[0]]
+    if not crops:
+        raise SystemExit(f"--crops {folder}: no square images")
+    return crops
+
+
+def synthetic_slide(path: Path, size: int, tissue: float, mpp: float, seed: int = 0, strip: int = 1024,
+                    crops: list[np.ndarray] | None = None) -> None:
+    """Write a ``size`` x ``size`` pyramidal TIFF: a stained band covering ``tissue`` of the width, dark discs
+    (or, with ``crops``, a mosaic of those real images; their side must be divisible by the pyramid's factors)."""
     import cv2
     import tifffile
 
@@ -43,10 +76,16 @@ def synthetic_slide(path: Path, size: int, tissue: float, mpp: float, seed: int 
     def strips(level: int):
         factor = 2 ** level
         side = -(-size // factor)
+        small = None if crops is None else [cv2.resize(c, (c.shape[1] // factor, c.shape[0] // factor),
+                                                       interpolation=cv2.INTER_AREA) for c in crops]
         for y in range(0, side, strip):
             h = min(strip, side - y)
             block = np.full((h, side, 3), 242, np.uint8)
             w = -(-width_tissue // factor)
+            if small is not None:
+                block[:, :w] = _mosaic(small, y, h, w)
+                yield block
+                continue
             pink = np.array([230, 160, 200], np.uint8)
             block[:, :w] = pink
             texture = np.tile(rng.integers(-12, 12, (64, 64, 3)), (-(-h // 64), -(-w // 64), 1))[:h, :w]
@@ -130,7 +169,12 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=6000, help="slide side in level-0 px (default 6000)")
     parser.add_argument("--tissue", type=float, default=0.5, help="fraction of the width that is tissue (0.5)")
     parser.add_argument("--batch_size", type=int, default=16, help="windows per forward pass (default 16)")
-    parser.add_argument("--model", default=None, help="trained weights; default: untrained weights")
+    parser.add_argument("--model", default=None,
+                        help="trained weights: a bundled model's name (small-consep), a checkpoint or an .npz; "
+                             "default: untrained weights")
+    parser.add_argument("--crops", default=None,
+                        help="folder of square H&E crops (e.g. consep256/test/Images) tiled into the tissue band "
+                             "instead of the drawn discs, so a trained model finds real nuclei")
     parser.add_argument("--memory_only", action="store_true",
                         help="fake network (dark pixels = nuclei, instant): memory of the rest")
     parser.add_argument("--workers", type=int, default=1, help="embedded Dask workers (default 1)")
@@ -140,13 +184,21 @@ def main(argv=None) -> int:
     from src.wsi import plan_slide, run_wsi, wsi_settings
     from src.wsi_cluster import ModelFactory, dask_client
 
-    cfg = config_from_args(args.config)
+    if args.model is not None:
+        from src.model.bundle import resolve_model
+        from src.model.model_config import model_config, resolve_model_path
+
+        args.model = str(resolve_model_path(resolve_model(args.model)))
+        cfg = model_config(args.model, args.config)  # the network recorded with the weights, as infer.py builds it
+    else:
+        cfg = config_from_args(args.config)
     settings = wsi_settings(cfg, batch_size=args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
         slide = tmp / "synthetic.tif"
-        synthetic_slide(slide, args.size, args.tissue, cfg.WSI.MODEL_MPP)
+        synthetic_slide(slide, args.size, args.tissue, cfg.WSI.MODEL_MPP,
+                        crops=load_crops(Path(args.crops)) if args.crops else None)
         make_s = time.perf_counter() - start
         if args.memory_only:
             factory = DarkPixelMaps(cfg.MODEL.OUTPUT_SHAPE)
@@ -166,8 +218,8 @@ def main(argv=None) -> int:
 
                 client.run(lambda: cached_predictor(factory) and None)
             start = time.perf_counter()
-            report = run_wsi([slide], tmp / "out", factory, default_type_info(), settings, client=client,
-                             progress=False)
+            report = run_wsi([slide], tmp / "out", factory, default_type_info(cfg.DATA.TYPE_NAMES), settings,
+                             client=client, progress=False)
             wall = time.perf_counter() - start
             worker_rss = max(client.run(lambda: _rss_mb(resource.RUSAGE_SELF)).values())
         if not report.ok:
@@ -185,7 +237,8 @@ def main(argv=None) -> int:
           f"{settings.tile_size} px (+{settings.margin} px margin); model {cfg.MODEL.PRESET}/{cfg.MODEL.MODE} "
           f"{cfg.MODEL.INPUT_SHAPE}->{cfg.MODEL.OUTPUT_SHAPE}, batch {args.batch_size}, {args.workers} worker(s)"
           + ("; FAKE network (dark pixels)" if args.memory_only else "; untrained weights" if not args.model
-             else ""))
+             else f"; weights {args.model}") + (f"; tissue = mosaic of the crops in {args.crops}" if args.crops
+                                                 else "; tissue = drawn discs"))
     for stage in ("read", "forward", "postproc"):
         print(f"{stage:9s} {seconds[stage]:9.2f} s  {seconds[stage] / mm2:8.2f} s/mm^2")
     print(f"write     {write_s:9.2f} s  {write_s / mm2:8.2f} s/mm^2  (part files, then the assembly: .json, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import secrets
@@ -25,7 +26,7 @@ from misc.arrays import check_label_map
 __all__ = [
     "InputError", "DiskFullError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat",
     "atomic_path", "check_writable", "pid_alive", "remove_stale_partials", "remove_stale_temporaries",
-    "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES",
+    "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES", "write_json_atomic",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -241,6 +242,19 @@ def _new_temporary(path: Path) -> Path:
             continue
         return tmp
     raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
+
+
+def write_json_atomic(path: str | os.PathLike, obj, *, newline: bool = False, **dumps_kwargs) -> Path:
+    """Write ``obj`` as JSON to ``path`` through :func:`atomic_path`; returns ``path``.
+
+    ``dumps_kwargs`` go to :func:`json.dumps` (``indent``, ``sort_keys``, ``allow_nan=False`` for files strict
+    readers such as QuPath load, ``default``); ``newline`` ends the file with one. The text is made before the
+    temporary file, so an object that cannot be serialised leaves nothing behind.
+    """
+    text = json.dumps(obj, **dumps_kwargs) + ("\n" if newline else "")
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def save_label_mat(path: str | os.PathLike, inst_map: np.ndarray, type_map: np.ndarray | None = None,

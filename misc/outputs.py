@@ -5,8 +5,9 @@ Inputs shared by the writers (as post-processing returns them, spec section 5):
 * ``inst_map``: HxW int32, 0 background, nucleus ids 1..N.
 * ``inst_info``: id -> {"bbox": [[rmin, cmin], [rmax, cmax]] (max exclusive), "centroid": [x, y],
   "contour": Kx2 int (x, y), "type": int or None, "type_prob": float or None}.
-* ``type_info``: type id -> (name, (r, g, b)); colours RGB ints in [0, 255]. ``None`` means
-  :func:`default_type_info` (CoNSeP's four merged types).
+* ``type_info``: type id -> (name, (r, g, b)); colours RGB ints in [0, 255]; always given by the caller
+  (:func:`default_type_info` of the config's ``DATA.TYPE_NAMES``, or :func:`load_type_info`), so nothing in
+  ``misc/`` reads the config.
 
 Every file is written through :func:`misc.io.atomic_path`, so a file present under its final name is
 complete; :func:`outputs_complete` relies on that to skip finished images when a run is resumed.
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from misc.arrays import check_label_map
-from misc.io import InputError, atomic_path, save_label_mat
+from misc.io import InputError, save_label_mat, write_json_atomic
 from misc.viz import save_overlay, type_entry
 
 __all__ = ["FORMATS", "default_type_info", "load_type_info", "save_mat", "save_nuclei_json", "save_geojson",
@@ -38,15 +39,12 @@ _TYPE_COLOURS = {0: (0, 0, 0), 1: (255, 255, 0), 2: (255, 0, 0), 3: (0, 255, 0),
 _EXTRA = ((255, 0, 255), (0, 255, 255), (255, 128, 0), (128, 0, 255), (0, 128, 128), (128, 64, 0))
 
 
-def default_type_info(type_names: Mapping[int, str] | None = None) -> dict[int, tuple[str, tuple[int, int, int]]]:
-    """Type id -> (name, (r, g, b)) for ``type_names`` (default: ``DATA.TYPE_NAMES`` of the config).
+def default_type_info(type_names: Mapping[int, str]) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    """Type id -> (name, (r, g, b)) for ``type_names`` (id -> name: the config's ``DATA.TYPE_NAMES``).
 
-    CoNSeP: 0 background black, 1 miscellaneous yellow, 2 inflammatory red, 3 epithelial green,
-    4 spindle blue.
+    Colours are fixed per id; for CoNSeP's names: 0 background black, 1 miscellaneous yellow,
+    2 inflammatory red, 3 epithelial green, 4 spindle blue.
     """
-    if type_names is None:
-        from src.config import make_config  # the published defaults; nothing else of the config is needed
-        type_names = make_config().DATA.TYPE_NAMES
     return {int(k): (str(name), _TYPE_COLOURS.get(int(k), _EXTRA[int(k) % len(_EXTRA)]))
             for k, name in sorted(type_names.items())}
 
@@ -84,10 +82,6 @@ def load_type_info(path: str | os.PathLike) -> dict[int, tuple[str, tuple[int, i
     return dict(sorted(out.items()))
 
 
-def _type_info(type_info):
-    return default_type_info() if type_info is None else type_info
-
-
 def _finite_or_none(value) -> float | None:
     if value is None:
         return None
@@ -97,13 +91,6 @@ def _finite_or_none(value) -> float | None:
 
 def _type_or_none(value) -> int | None:
     return None if value is None else int(value)
-
-
-def _dump_json(path: Path, obj) -> None:
-    # allow_nan=False: NaN/Infinity are not JSON and would break strict readers such as QuPath's
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, allow_nan=False)
 
 
 def _check_inst_map(inst_map: np.ndarray, inst_info: Mapping) -> np.ndarray:
@@ -152,7 +139,7 @@ def nucleus_record(inst_id: int, info: Mapping, type_info: Mapping) -> dict:
     }
 
 
-def save_nuclei_json(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping | None = None,
+def save_nuclei_json(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping,
                      image_shape: tuple[int, int] | None = None) -> Path:
     """Write every nucleus as JSON: ``{"image_shape": [H, W], "type_info": {"<id>": [name, [r, g, b]]},
     "nuclei": [{"id", "bbox", "centroid", "contour", "type", "type_name", "type_prob"}, ...]}``.
@@ -161,14 +148,13 @@ def save_nuclei_json(path: str | os.PathLike, inst_info: Mapping, type_info: Map
     [x, y], ``contour`` [[x, y], ...]; ``type``/``type_prob`` null for untyped nuclei.
     ``image_shape`` is left out when not given.
     """
-    type_info = _type_info(type_info)
     doc = {}
     if image_shape is not None:
         doc["image_shape"] = [int(image_shape[0]), int(image_shape[1])]
     doc["type_info"] = {str(k): [str(name), [int(v) for v in colour]] for k, (name, colour) in type_info.items()}
     doc["nuclei"] = [nucleus_record(int(i), inst_info[i], type_info) for i in sorted(inst_info, key=int)]
     path = Path(path)
-    _dump_json(path, doc)
+    write_json_atomic(path, doc, allow_nan=False)  # NaN/Infinity are not JSON: strict readers (QuPath) fail
     return path
 
 
@@ -263,7 +249,7 @@ def geojson_feature(inst_id: int, info: Mapping, type_info: Mapping) -> dict:
     }
 
 
-def save_geojson(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping | None = None) -> Path:
+def save_geojson(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping) -> Path:
     """Write nuclei as a GeoJSON FeatureCollection that QuPath (>= 0.4) imports as classified detections.
 
     One Feature per nucleus, ascending id: ``geometry`` a Polygon (see :func:`geojson_ring`) in pixel
@@ -274,10 +260,9 @@ def save_geojson(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping
     ``nucleus_id`` (the id in the ``.mat``/JSON, for other readers). Conventions follow QuPath's own
     GeoJSON export (qupath-core ``PathObjectTypeAdapters``; the v0.4 format of qupath/qupath#1099).
     """
-    type_info = _type_info(type_info)
     features = [geojson_feature(inst_id, inst_info[inst_id], type_info) for inst_id in sorted(inst_info, key=int)]
     path = Path(path)
-    _dump_json(path, {"type": "FeatureCollection", "features": features})
+    write_json_atomic(path, {"type": "FeatureCollection", "features": features}, allow_nan=False)
     return path
 
 
@@ -298,14 +283,12 @@ def output_paths(out_dir: str | os.PathLike, name: str, formats: Iterable[str] =
 
 
 def write_outputs(out_dir: str | os.PathLike, name: str, image: np.ndarray, inst_map: np.ndarray,
-                  inst_info: Mapping, type_info: Mapping | None = None,
-                  formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+                  inst_info: Mapping, type_info: Mapping, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
     """Write the requested outputs of one image and return format -> path.
 
     ``image``: HxWx3 uint8 RGB (used by the ``png`` overlay); ``inst_map`` HxW int32; ``inst_info`` and
     ``type_info`` as in the module docstring. Each file is written atomically.
     """
-    type_info = _type_info(type_info)
     paths = output_paths(out_dir, name, formats)
     image = np.asarray(image)
     if image.shape[:2] != np.shape(inst_map):

@@ -17,7 +17,7 @@ import numpy as np
 
 from misc.io import InputError
 
-__all__ = ["SLIDE_SUFFIXES", "is_slide", "SlideReader"]
+__all__ = ["SLIDE_SUFFIXES", "is_slide", "SlideReader", "resample"]
 
 # Suffixes worth asking OpenSlide about when a folder is listed (generic .tif/.tiff are also tiles).
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
@@ -115,10 +115,7 @@ class SlideReader:
         w = max(1, math.ceil((x1 - x0) / factor))
         h = max(1, math.ceil((y1 - y0) / factor))
         region = self.read(int(math.floor(x0)), int(math.floor(y0)), w, h, level)
-        if region.shape[:2] == (out_h, out_w):
-            return region
-        shrinking = w > out_w
-        return cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+        return resample(region, out_w, out_h)
 
     def read_downsampled(self, downsample: float, strip: int = 512) -> np.ndarray:
         """The whole slide shrunk by ``downsample`` (>= 1): round(H / d) x round(W / d) x 3 uint8 RGB.
@@ -133,6 +130,16 @@ class SlideReader:
             r1 = min(out_h, r0 + strip)
             out[r0:r1] = self.read_scaled(0, r0 * sy, self.width, r1 * sy, out_w, r1 - r0)
         return out
+
+
+def resample(image: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """An HxWx3 uint8 RGB image resized to ``out_h`` x ``out_w``: area averaging when shrinking, bicubic when
+    enlarging, the image itself when the size already matches. The one resampling of slides and of tiles
+    read at another magnification (``infer.py --mpp``)."""
+    if image.shape[:2] == (out_h, out_w):
+        return image
+    shrinking = image.shape[1] > out_w
+    return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
 
 
 def _file_mpp(props) -> float | None:

@@ -18,8 +18,8 @@ import scipy.ndimage
 from misc.arrays import check_label_map, check_rgb_image
 from misc.io import atomic_path
 
-__all__ = ["UNTYPED_NAME", "UNTYPED_COLOUR", "type_entry", "instance_contours", "visualize_instances",
-           "save_overlay", "plot_training_curves"]
+__all__ = ["UNTYPED_NAME", "UNTYPED_COLOUR", "type_entry", "type_name", "instance_contour", "instance_contours",
+           "visualize_instances", "save_overlay", "plot_training_curves"]
 
 # Nuclei without a type (a model trained without the tp branch) are drawn and named neutrally.
 # "Unclassified" is also what QuPath calls an object without a classification.
@@ -42,21 +42,44 @@ def type_entry(type_info: Mapping | None, type_id) -> tuple[str, tuple[int, int,
     return str(name), tuple(int(v) for v in colour)
 
 
-def instance_contours(inst_map: np.ndarray) -> dict[int, np.ndarray]:
-    """Outer contour of every instance of an HxW integer map: id -> Kx2 int32 (x, y), ids ascending.
+def type_name(type_info: Mapping | None, type_id) -> str:
+    """The name of :func:`type_entry`, or ``"type<id>"`` for an id ``type_info`` does not list (a summary
+    column rebuilt from an old ``.mat`` must not stop a run)."""
+    try:
+        return type_entry(type_info, type_id)[0]
+    except ValueError:
+        return f"type{type_id}"
 
-    One contour per id (the longest, should an id be split into several pieces).
+
+def instance_contour(mask: np.ndarray) -> np.ndarray:
+    """Outline of one nucleus: the largest external contour of a uint8 0/1 mask, Kx2 int32 (x, y) in the mask's
+    coordinates. The one contour extraction behind the JSON/GeoJSON contours (``src.postproc.process``) and the
+    overlays, so an overlay shows exactly the outlines written to the files.
+
+    OpenCV's ``RETR_EXTERNAL`` with ``CHAIN_APPROX_SIMPLE`` (corner points of straight runs): holes are ignored
+    (the released code took the first contour of ``RETR_TREE``, which for an instance with a hole can be the
+    hole), and of several pieces the one of largest area (then most points) wins. A 1-2 pixel instance gives
+    1-2 points, kept as Kx2 (the released ``np.squeeze`` broke on them).
     """
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if len(contours) > 1:
+        contour = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
+    else:
+        contour = contours[0]
+    return contour.reshape(-1, 2).astype(np.int32)
+
+
+def instance_contours(inst_map: np.ndarray) -> dict[int, np.ndarray]:
+    """:func:`instance_contour` of every instance of an HxW integer map: id -> Kx2 int32 (x, y) in map
+    coordinates, ids ascending (the contours post-processing reports for the same map)."""
     inst_map = check_label_map(inst_map, "inst_map", allow_bool=False)
     contours = {}
     for index, window in enumerate(scipy.ndimage.find_objects(inst_map.astype(np.int64, copy=False))):
         if window is None:  # an id absent from the map
             continue
         inst_id = index + 1
-        mask = (inst_map[window] == inst_id).astype(np.uint8)
-        found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        longest = max(found, key=len).reshape(-1, 2)
-        contours[inst_id] = (longest + [window[1].start, window[0].start]).astype(np.int32)
+        contour = instance_contour((inst_map[window] == inst_id).astype(np.uint8))
+        contours[inst_id] = (contour + [window[1].start, window[0].start]).astype(np.int32)
     return contours
 
 

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     from src.inference import predict_tile
     from src.model.model_config import model_config
-    from src.pipeline import postproc_kwargs, split_channels
+    from src.pipeline import PostprocParams, split_channels
     from src.postproc import process
     from src.predictor import HoVerNetPredictor
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         maps = predict_tile(read_image_rgb(image_path), predictor, batch_size=cfg.INFER.BATCH_SIZE,
                             input_shape=cfg.MODEL.INPUT_SHAPE, output_shape=cfg.MODEL.OUTPUT_SHAPE)
         cases.append((split_channels(maps), load_label_mat(data / "Labels" / f"{name}.mat")["inst_map"]))
-    base = postproc_kwargs(cfg)
+    base = PostprocParams.from_config(cfg).kwargs()
     results = []
     for threshold, ksize in itertools.product([float(v) for v in args.thresholds.split(",")],
                                               [int(v) for v in args.ksizes.split(",")]):

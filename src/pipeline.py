@@ -9,17 +9,16 @@ of image k+1. Bad images are reported by name with the reason and skipped. No Te
 """
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -27,21 +26,22 @@ from misc.io import (
     IMAGE_SUFFIXES,
     DiskFullError,
     InputError,
-    atomic_path,
-    load_label_mat,
     read_image_rgb,
     remove_stale_temporaries,
+    write_json_atomic,
 )
 from misc.outputs import FORMATS, output_paths, outputs_complete, write_outputs
+from misc.slide_io import resample
+from misc.summary import SUMMARY_NAME, read_summary, restore_summary_rows, summary_row, write_summary
 from src.inference import predict_tile
-from src.postproc import process
+from src.postproc import instance_info, process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["collect_inputs", "split_channels", "postproc_kwargs", "InferenceReport", "run_inference",
-           "check_output_dir", "SUMMARY_NAME", "RUN_INFO_NAME"]
+__all__ = ["collect_inputs", "split_channels", "PostprocParams", "TileSettings", "mpp_scale", "to_model_mpp",
+           "instances_to_input", "InferenceReport", "OutputSink", "postprocess_and_write", "WindowProgress",
+           "run_inference", "check_output_dir", "SUMMARY_NAME", "RUN_INFO_NAME"]
 
-SUMMARY_NAME = "summary.csv"
 RUN_INFO_NAME = "run_info.json"  # which model and settings made the outputs in a folder
 _RUN_INFO_NOTES = ("model_path",)  # recorded for the reader, not compared: weights are compared by content
 
@@ -118,11 +118,106 @@ def split_channels(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return maps[..., 0], maps[..., 1:3], tp
 
 
-def postproc_kwargs(cfg) -> dict:
-    """The POSTPROC section of the config as keyword arguments of :func:`src.postproc.process`."""
-    p = cfg.POSTPROC
-    return {"np_threshold": p.NP_THRESHOLD, "marker_threshold": p.MARKER_THRESHOLD, "sobel_ksize": p.SOBEL_KSIZE,
-            "min_size": p.MIN_SIZE, "energy_blur": p.ENERGY_BLUR, "marker_opening": p.MARKER_OPENING}
+def mpp_scale(input_mpp: float | None, model_mpp: float, tolerance: float) -> float:
+    """Input px per model px, ``model_mpp / input_mpp`` (0.5 for a 0.5-um/px 20x tile and a 0.25-um/px model).
+
+    1.0 (the input is used as it is) without ``input_mpp`` or when the ratio is within the relative
+    ``tolerance`` of 1. ``ValueError`` for a non-positive ``input_mpp``.
+    """
+    if input_mpp is None:
+        return 1.0
+    if not input_mpp > 0:
+        raise ValueError(f"microns per pixel must be > 0, got {input_mpp}")
+    scale = model_mpp / input_mpp
+    return 1.0 if abs(scale - 1.0) <= tolerance else scale
+
+
+def to_model_mpp(image: np.ndarray, scale: float) -> np.ndarray:
+    """An HxWx3 uint8 tile resampled to the model's resolution: ``round(H / scale) x round(W / scale)``
+    (:func:`misc.slide_io.resample`, the slides' resampling); the image itself when ``scale`` is 1."""
+    if scale == 1.0:
+        return image
+    height, width = image.shape[:2]
+    return resample(image, max(1, round(width / scale)), max(1, round(height / scale)))
+
+
+def instances_to_input(inst_map: np.ndarray, inst_info: dict, shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    """Instances found at the model's resolution mapped back onto the input tile's ``shape`` (H, W).
+
+    The label map is resized by nearest neighbour (pixel centres, ``INTER_NEAREST_EXACT``), so ids are kept
+    and no id is blended with another; a nucleus that covers no input pixel centre disappears and the
+    ids are renumbered 1..N in their old order. bbox, centroid and contour are recomputed from the resized
+    map (:func:`src.postproc.instance_info`), so the ``.mat``, the JSON/GeoJSON and the overlay describe the
+    same pixels; type and type_prob are kept from the model-resolution vote.
+    """
+    height, width = shape
+    resized = cv2.resize(np.asarray(inst_map, np.int32), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    present = np.unique(resized)
+    present = present[present > 0]
+    lut = np.zeros(int(inst_map.max()) + 1 if inst_map.size else 1, np.int32)
+    lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
+    resized = lut[resized]
+    info = instance_info(resized)
+    for new_id, old_id in enumerate(present.tolist(), start=1):
+        info[new_id]["type"] = inst_info[old_id]["type"]
+        info[new_id]["type_prob"] = inst_info[old_id]["type_prob"]
+    return resized, info
+
+
+@dataclass(frozen=True)
+class PostprocParams:
+    """Post-processing settings (spec section 5), the keyword arguments of :func:`src.postproc.process`;
+    build with :meth:`from_config` from ``cfg.POSTPROC``.
+
+    Attributes:
+        np_threshold: foreground probability threshold, in [0, 1].
+        marker_threshold: threshold of the marker energy, in [0, 1].
+        sobel_ksize: odd Sobel kernel side (px) on the hv maps.
+        min_size: px; smaller blobs and markers are dropped.
+        energy_blur: odd Gaussian kernel side (px) on the energy.
+        marker_opening: side (px) of the elliptical opening of the markers.
+    """
+
+    np_threshold: float
+    marker_threshold: float
+    sobel_ksize: int
+    min_size: int
+    energy_blur: int
+    marker_opening: int
+
+    @classmethod
+    def from_config(cls, cfg) -> PostprocParams:
+        p = cfg.POSTPROC
+        return cls(np_threshold=p.NP_THRESHOLD, marker_threshold=p.MARKER_THRESHOLD, sobel_ksize=p.SOBEL_KSIZE,
+                   min_size=p.MIN_SIZE, energy_blur=p.ENERGY_BLUR, marker_opening=p.MARKER_OPENING)
+
+    def kwargs(self) -> dict:
+        """``{name: value}``: keyword arguments of :func:`src.postproc.process`, and the ``postproc`` record of
+        ``run_info.json``."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """How :func:`run_inference` runs each image: network geometry, batch, post-processing, magnification.
+
+    ``scale``: input px per model px (:func:`mpp_scale`; 1 = the images are at the model's mpp). Build with
+    :meth:`from_config`.
+    """
+
+    input_shape: int  # network window side (px)
+    output_shape: int  # network output side (px)
+    batch_size: int  # windows per forward pass
+    postproc: PostprocParams
+    scale: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg, *, batch_size: int | None = None, input_mpp: float | None = None) -> TileSettings:
+        """Geometry from ``MODEL``, batch from ``INFER.BATCH_SIZE`` unless ``batch_size``, post-processing
+        from ``POSTPROC``; ``input_mpp`` (um/px of the images, None = the model's) against ``WSI.MODEL_MPP``."""
+        return cls(input_shape=cfg.MODEL.INPUT_SHAPE, output_shape=cfg.MODEL.OUTPUT_SHAPE,
+                   batch_size=int(batch_size or cfg.INFER.BATCH_SIZE), postproc=PostprocParams.from_config(cfg),
+                   scale=mpp_scale(input_mpp, cfg.WSI.MODEL_MPP, cfg.WSI.MPP_TOLERANCE))
 
 
 @dataclass
@@ -132,78 +227,82 @@ class InferenceReport:
     done: list[str] = field(default_factory=list)
     already_complete: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
-    seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> stage -> s
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
 
-def _summary_row(name: str, image_shape, inst_info: dict, type_info: dict, seconds: float | None) -> dict:
-    counts = {tid: 0 for tid in type_info if tid != 0}
-    for info in inst_info.values():
-        if info.get("type"):  # untyped (None) and background-typed (0) nuclei count only in 'nuclei'
-            counts[info["type"]] = counts.get(info["type"], 0) + 1
-    row = {"image": name, "height": image_shape[0], "width": image_shape[1], "nuclei": len(inst_info)}
-    for tid, count in sorted(counts.items()):
-        row[f"n_{_type_name(type_info, tid)}"] = count
-    row["seconds"] = round(seconds, 3) if seconds is not None else ""
-    return row
+@dataclass
+class OutputSink:
+    """Where :func:`postprocess_and_write` puts one run's results: the folder, the summary rows (name -> row,
+    rewritten to ``summary.csv`` after every image) and the report."""
+
+    out_dir: Path
+    type_info: dict
+    formats: tuple
+    summary: dict
+    report: InferenceReport
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out_dir / SUMMARY_NAME
 
 
-def _type_name(type_info: dict, tid) -> str:
-    entry = type_info.get(tid)
-    return str(entry[0]) if entry else f"type{tid}"
+def postprocess_and_write(sink: OutputSink, name: str, image: np.ndarray, maps: np.ndarray, forward_s: float,
+                          settings: TileSettings) -> None:
+    """Post-process one image's stitched maps, write its outputs and its summary row, mark it done.
+
+    ``image``: the input HxWx3 uint8; ``maps``: its stitched HxWxC maps at the model's resolution (another
+    size than the image when ``settings.scale`` is not 1: the nuclei are then mapped back,
+    :func:`instances_to_input`). Runs in the pipeline's writer thread, one image at a time.
+    """
+    start = time.perf_counter()
+    np_prob, hv, tp_prob = split_channels(maps)
+    inst_map, inst_info = process(np_prob, hv, tp_prob, **settings.postproc.kwargs())
+    if inst_map.shape != image.shape[:2]:  # found at the model's resolution (scale != 1)
+        inst_map, inst_info = instances_to_input(inst_map, inst_info, image.shape[:2])
+    post_s = time.perf_counter() - start
+    start = time.perf_counter()
+    write_outputs(sink.out_dir, name, image, inst_map, inst_info, sink.type_info, formats=sink.formats)
+    write_s = time.perf_counter() - start
+    sink.summary[name] = summary_row(name, image.shape, inst_info, sink.type_info, forward_s + post_s + write_s)
+    write_summary(sink.summary_path, sink.summary)
+    sink.report.done.append(name)
 
 
-def _restore_summary_rows(out_dir: Path, names: list[str], formats, type_info: dict, summary: dict) -> None:
-    """Rebuild summary rows of complete images that lack one (a run killed between an image's outputs and
-    its summary row) from their ``.mat``; the seconds are unknown and left empty."""
-    missing = [name for name in names if name not in summary]
-    if missing and "mat" not in formats:
-        log.warning("summary.csv lacks rows for %s and cannot rebuild them without .mat outputs", missing)
-        return
-    for name in missing:
-        label = load_label_mat(out_dir / f"{name}.mat", with_types=True)
-        inst_info = {i + 1: {"type": int(t)} for i, t in enumerate(label["inst_type"])}
-        summary[name] = _summary_row(name, label["inst_map"].shape, inst_info, type_info, seconds=None)
+class WindowProgress:
+    """``progress(done, total)`` callback of :func:`src.inference.predict_tile`: a second bar for an image of
+    more than one batch of windows, advanced after every batch (made on the first call, closed at the end)."""
 
+    def __init__(self, file: Path, batch_size: int, enabled: bool):
+        self.label, self.batch_size, self.enabled = f"  {file.name} windows", batch_size, enabled
+        self.bar = None
 
-def _read_summary(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as handle:
-        return {row["image"]: row for row in csv.DictReader(handle)}
-
-
-def _write_summary(path: Path, rows: dict[str, dict]) -> None:
-    columns = ["image", "height", "width", "nuclei"]
-    for row in rows.values():
-        columns.extend(c for c in row if c not in columns)
-    if "seconds" in columns:  # keep the timing last, after the per-type counts
-        columns.append(columns.pop(columns.index("seconds")))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval=0)
-    writer.writeheader()
-    for name in sorted(rows):
-        writer.writerow(rows[name])
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="window", desc=self.label, leave=False,
+                            disable=not self.enabled or total <= self.batch_size)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
 
 
 def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarray], np.ndarray], type_info: dict,
-                  *, input_shape: int, output_shape: int, formats=FORMATS, overwrite: bool = False,
-                  batch_size: int = 16, postproc_kwargs: dict | None = None, run_info: dict | None = None,
+                  settings: TileSettings, *, formats=FORMATS, overwrite: bool = False, run_info: dict | None = None,
                   progress: bool = True, report: InferenceReport | None = None) -> InferenceReport:
     """Run the whole per-image job over ``files`` into ``out_dir``; never raises for one bad image.
 
+    ``settings``: geometry, batch, post-processing and magnification (:meth:`TileSettings.from_config`).
     Images whose outputs in ``formats`` all exist are skipped unless ``overwrite`` (writes are atomic,
     so an existing file is a complete one). ``summary.csv`` (image, size, nuclei per type, seconds)
     is rewritten after every image, so it is current even if the run is killed. ``run_info`` (JSON-able:
     model, settings) is recorded in ``run_info.json``; :func:`check_output_dir` runs first and raises
-    :class:`InputError` for an output folder that would overwrite inputs or mix runs. ``report`` (filled in
-    place) lets a caller count what was done when the run is interrupted or stopped by a full disk
-    (:class:`misc.io.DiskFullError`, raised: every later image would fail the same way).
+    :class:`InputError` for an output folder that would overwrite inputs or mix runs. When
+    ``settings.scale`` is not 1 each image is resampled to the model's resolution (:func:`to_model_mpp`) and
+    its nuclei mapped back (:func:`instances_to_input`), so every output is in the input's own pixels and
+    size. ``report`` (filled in place) lets a caller count what was done when the run is interrupted or
+    stopped by a full disk (:class:`misc.io.DiskFullError`, raised: every later image would fail the same way).
     """
     out_dir = Path(out_dir)
     files = list(files)
@@ -213,12 +312,9 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
     if stale:
         log.warning("removed %d temporary file(s) left by an interrupted run in %s", len(stale), out_dir)
     if run_info is not None:
-        with atomic_path(out_dir / RUN_INFO_NAME) as tmp:
-            tmp.write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")
+        write_json_atomic(out_dir / RUN_INFO_NAME, run_info, indent=1, sort_keys=True, newline=True)
     report = report if report is not None else InferenceReport()
-    summary_path = out_dir / SUMMARY_NAME
-    summary = _read_summary(summary_path)
-    postproc_kwargs = dict(postproc_kwargs or {})
+    sink = OutputSink(out_dir, type_info, tuple(formats), read_summary(out_dir / SUMMARY_NAME), report)
 
     todo = []
     for file in files:
@@ -229,35 +325,9 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
     if report.already_complete:
         log.info("%d image(s) already have complete outputs in %s; skipping them (--overwrite redoes them)",
                  len(report.already_complete), out_dir)
-        _restore_summary_rows(out_dir, report.already_complete, formats, type_info, summary)
-
-    def finish(file: Path, image: np.ndarray, maps: np.ndarray, forward_s: float) -> None:
-        start = time.perf_counter()
-        np_prob, hv, tp_prob = split_channels(maps)
-        inst_map, inst_info = process(np_prob, hv, tp_prob, **postproc_kwargs)
-        post_s = time.perf_counter() - start
-        start = time.perf_counter()
-        write_outputs(out_dir, file.stem, image, inst_map, inst_info, type_info, formats=formats)
-        write_s = time.perf_counter() - start
-        report.seconds[file.stem] = {"forward": forward_s, "postproc": post_s, "write": write_s}
-        summary[file.stem] = _summary_row(file.stem, image.shape, inst_info, type_info, forward_s + post_s + write_s)
-        _write_summary(summary_path, summary)
-        report.done.append(file.stem)
+        restore_summary_rows(out_dir, report.already_complete, formats, type_info, sink.summary)
 
     bar = tqdm(total=len(todo), unit="image", desc="HoVer-Net", disable=not progress or not todo)
-
-    def window_progress(file: Path):
-        """A second bar for an image of more than one batch of windows, advanced after every batch."""
-        state = {}
-
-        def update(done: int, total: int) -> None:
-            if "bar" not in state:
-                state["bar"] = tqdm(total=total, unit="window", desc=f"  {file.name} windows", leave=False,
-                                    disable=not progress or total <= batch_size)
-            state["bar"].update(done - state["bar"].n)
-            if done >= total:
-                state["bar"].close()
-        return update
     pending: tuple[Path, Future] | None = None
 
     def collect(item: tuple[Path, Future] | None) -> None:
@@ -277,8 +347,9 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
             try:
                 image = read_image_rgb(file)
                 start = time.perf_counter()
-                maps = predict_tile(image, predict_fn, batch_size=batch_size, input_shape=input_shape,
-                                    output_shape=output_shape, progress=window_progress(file))
+                maps = predict_tile(to_model_mpp(image, settings.scale), predict_fn, batch_size=settings.batch_size,
+                                    input_shape=settings.input_shape, output_shape=settings.output_shape,
+                                    progress=WindowProgress(file, settings.batch_size, progress))
                 forward_s = time.perf_counter() - start
             except InputError as exc:
                 collect(pending)
@@ -287,12 +358,12 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
                 bar.update(1)
                 continue
             collect(pending)
-            future = pool.submit(finish, file, image, maps, forward_s)
+            future = pool.submit(postprocess_and_write, sink, file.stem, image, maps, forward_s, settings)
             # The bar moves when an image's outputs are written, not when the next forward pass ends.
             future.add_done_callback(lambda _: bar.update(1))
             pending = (file, future)
         collect(pending)
     bar.close()
-    if not summary_path.exists():
-        _write_summary(summary_path, summary)
+    if not sink.summary_path.exists():
+        write_summary(sink.summary_path, sink.summary)
     return report

@@ -18,8 +18,9 @@ from skimage.segmentation import watershed
 
 from misc.arrays import CROSS_4 as _CROSS  # 4-connectivity, as every labelling of the released code
 from misc.arrays import relabel_contiguous
+from misc.viz import instance_contour
 
-__all__ = ["instances_from_np_hv", "process", "remove_small_labels"]
+__all__ = ["instances_from_np_hv", "process", "instance_info", "remove_small_labels"]
 
 
 def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -122,21 +123,6 @@ def _instance_type(type_crop: np.ndarray, n_types: int) -> tuple[int, float]:
     return inst_type, float(counts[inst_type] / (type_crop.size + 1.0e-6))
 
 
-def _instance_contour(mask_crop: np.ndarray) -> np.ndarray:
-    """Largest external contour of a uint8 mask, Kx2 int32 (x, y) in crop coordinates.
-
-    The released code took the first contour of ``RETR_TREE``, which for an instance with a hole can
-    be the hole; here holes are ignored (``RETR_EXTERNAL``) and the largest outline wins. A 1-2 pixel
-    instance gives 1-2 points, kept as Kx2 (the released ``np.squeeze`` broke on them).
-    """
-    contours, _ = cv2.findContours(mask_crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if len(contours) > 1:
-        contour = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
-    else:
-        contour = contours[0]
-    return contour.reshape(-1, 2).astype(np.int32)
-
-
 def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, dict]:
     """Instance map plus per-instance bbox, centroid, contour and type (spec section 5, steps 1-6).
 
@@ -150,7 +136,8 @@ def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, d
         ``(inst_map, inst_info)``: HxW int32 instance map with ids 1..N, and a dict id -> {
         ``"bbox"``: 2x2 int32 array ``[[rmin, cmin], [rmax, cmax]]`` (max exclusive);
         ``"centroid"``: float64 array ``[x, y]`` (column, row; image moments);
-        ``"contour"``: Kx2 int32 array of (x, y) boundary points (largest external contour);
+        ``"contour"``: Kx2 int32 array of (x, y) boundary points (:func:`misc.viz.instance_contour`, the
+        outline the overlays draw);
         ``"type"``: int type id, or None without ``tp_prob``;
         ``"type_prob"``: float fraction of the instance's pixels voting for that type, or None }.
     """
@@ -169,7 +156,15 @@ def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, d
             raise ValueError(f"tp_prob must be HxWxC or HxW, got shape {tp_prob.shape}")
         if type_map.shape != inst_map.shape:
             raise ValueError(f"tp_prob shape {tp_prob.shape} does not match np_prob {inst_map.shape}")
+    return inst_map, instance_info(inst_map, type_map, n_types)
 
+
+def instance_info(inst_map: np.ndarray, type_map: np.ndarray | None = None, n_types: int = 1) -> dict:
+    """Per-instance bbox, centroid, contour (and type when ``type_map`` is given) of an HxW int instance map.
+
+    ``type_map``: None or HxW int per-pixel type ids in [0, ``n_types``). Returns id -> the dict that
+    :func:`process` documents (ids as present in ``inst_map``, ascending).
+    """
     inst_info = {}
     for index, bbox in enumerate(ndi.find_objects(inst_map)):
         if bbox is None:
@@ -180,7 +175,7 @@ def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, d
         moments = cv2.moments(mask_crop, binaryImage=True)
         centroid = np.array([moments["m10"] / moments["m00"] + col_slice.start,
                              moments["m01"] / moments["m00"] + row_slice.start])
-        contour = _instance_contour(mask_crop)
+        contour = instance_contour(mask_crop)
         contour[:, 0] += col_slice.start
         contour[:, 1] += row_slice.start
         info = {
@@ -194,4 +189,4 @@ def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, d
         if type_map is not None:
             info["type"], info["type_prob"] = _instance_type(type_map[bbox][mask_crop > 0], n_types)
         inst_info[inst_id] = info
-    return inst_map, inst_info
+    return inst_info

@@ -49,12 +49,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from misc.io import IMAGE_SUFFIXES, InputError, atomic_path
+from misc.io import IMAGE_SUFFIXES, InputError, atomic_path, write_json_atomic
 from misc.outputs import geojson_feature, nucleus_record
 from misc.slide_io import SLIDE_SUFFIXES, SlideReader, is_slide
-from misc.viz import type_entry
+from misc.summary import SUMMARY_NAME, read_summary, write_summary
+from misc.viz import type_entry, type_name
 from src.inference import predict_tile
-from src.pipeline import _read_summary, _type_name, _write_summary, split_channels
+from src.pipeline import PostprocParams, mpp_scale, split_channels
 from src.postproc import process
 from src.tissue import load_user_mask, tissue_mask
 
@@ -122,8 +123,6 @@ def tile_margin(input_shape: int, output_shape: int, max_nucleus_px: int, sobel_
 def wsi_settings(cfg, *, batch_size: int | None = None, formats: Iterable[str] = SLIDE_FORMATS,
                  gzip_geojson: bool = False) -> WsiSettings:
     """:class:`WsiSettings` from a finalised config (geometry from ``MODEL``, the rest from ``WSI``)."""
-    from src.pipeline import postproc_kwargs
-
     w, out = cfg.WSI, cfg.MODEL.OUTPUT_SHAPE
     tile = max(out, (int(w.TILE_SIZE) // out) * out)
     formats = tuple(f for f in formats if f in SLIDE_FORMATS)
@@ -136,7 +135,7 @@ def wsi_settings(cfg, *, batch_size: int | None = None, formats: Iterable[str] =
         tissue_mpp=float(w.TISSUE_MPP),
         tissue={"min_saturation": int(w.TISSUE_MIN_SATURATION), "close_px": int(w.TISSUE_CLOSE_PX),
                 "open_px": int(w.TISSUE_OPEN_PX), "min_area_px": int(w.TISSUE_MIN_AREA_PX)},
-        postproc=postproc_kwargs(cfg), thumb_max_side=int(w.THUMB_MAX_SIDE), formats=formats,
+        postproc=PostprocParams.from_config(cfg).kwargs(), thumb_max_side=int(w.THUMB_MAX_SIDE), formats=formats,
         gzip=bool(gzip_geojson))
 
 
@@ -179,8 +178,7 @@ class SlidePlan:
 
 
 def _slide_scale(slide_mpp: float, settings: WsiSettings) -> float:
-    scale = settings.model_mpp / slide_mpp
-    return 1.0 if abs(scale - 1.0) <= settings.mpp_tolerance else scale
+    return mpp_scale(slide_mpp, settings.model_mpp, settings.mpp_tolerance)
 
 
 def plan_slide(path, settings: WsiSettings, *, mpp: float | None = None,
@@ -402,7 +400,7 @@ def assemble_slide(plan: SlidePlan, out_dir, settings: WsiSettings, type_info: M
                 raise OSError(f"cannot write {paths['png']}")
     row = {"image": plan.name, "height": plan.height, "width": plan.width, "nuclei": n}
     for tid, count in sorted(counts.items()):
-        row[f"n_{_type_name(type_info, tid)}"] = count
+        row[f"n_{type_name(type_info, tid)}"] = count
     row["tissue_mm2"] = round(plan.tissue_mm2, 4)
     row["nuclei_per_mm2"] = round(n / plan.tissue_mm2, 2) if plan.tissue_mm2 > 0 else ""
     row["_seconds"] = seconds
@@ -437,8 +435,7 @@ def _prepare_parts(out_dir: Path, plan: SlidePlan, settings: WsiSettings, overwr
             shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     if not recorded.is_file():
-        with atomic_path(recorded) as tmp:
-            tmp.write_text(json.dumps(fingerprint, sort_keys=True))
+        write_json_atomic(recorded, fingerprint, sort_keys=True)
     return parts
 
 
@@ -458,8 +455,8 @@ def run_wsi(slides: Iterable[Path], out_dir, factory: Callable[[], Callable], ty
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = WsiReport()
-    summary_path = out_dir / "summary.csv"
-    summary = _read_summary(summary_path)
+    summary_path = out_dir / SUMMARY_NAME
+    summary = read_summary(summary_path)
     plans: dict[str, SlidePlan] = {}
     pending: dict[str, int] = {}
     futures = []
@@ -513,7 +510,7 @@ def run_wsi(slides: Iterable[Path], out_dir, factory: Callable[[], Callable], ty
         report.seconds[name]["write"] += time.perf_counter() - start  # part files + assembly
         row["seconds"] = round(sum(report.seconds[name].values()), 3)
         summary[name] = row
-        _write_summary(summary_path, summary)
+        write_summary(summary_path, summary)
         shutil.rmtree(_parts_dir(out_dir, name), ignore_errors=True)
         report.done.append(name)
         log.info("%s: %d nuclei written (%.1f s)", name, row["nuclei"], time.perf_counter() - started[name])

@@ -105,9 +105,7 @@ def tissue_mask_files(spec: str | None, slides: list[Path]) -> dict[str, Path]:
 
 def infer_slides(slides: list[Path], args, cfg, type_info, run_info: dict):
     """infer.py's whole-slide branch: settings from the config and CLI, a Dask client, :func:`src.wsi.run_wsi`."""
-    import json
-
-    from misc.io import atomic_path
+    from misc.io import write_json_atomic
     from src.pipeline import RUN_INFO_NAME
     from src.wsi import run_wsi, wsi_settings
 
@@ -115,8 +113,7 @@ def infer_slides(slides: list[Path], args, cfg, type_info, run_info: dict):
     masks = tissue_mask_files(args.tissue_mask, slides)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / RUN_INFO_NAME) as tmp:
-        tmp.write_text(json.dumps(run_info, indent=1, sort_keys=True) + "\n")
+    write_json_atomic(out_dir / RUN_INFO_NAME, run_info, indent=1, sort_keys=True, newline=True)
     gpus = [g.strip() for g in args.gpu.split(",") if g.strip()] if args.gpu else None
     factory = ModelFactory(str(Path(args.model).resolve()), tuple(args.config))
     with dask_client(args.workers, args.scheduler, gpus=gpus) as client:

@@ -30,9 +30,6 @@ ALLOWED = {
     "benchmarks": {"misc", "src", "dataset", "metrics"},
     "xla_runner": {"misc", "opt", "src", "dataset", "benchmarks"},
 }
-# Known until the branch that fixes it is merged (issue 12.2: misc/outputs.py's default type names from
-# src.config, fixed by the pipeline refactor); delete the entry then.
-PENDING = {("misc/outputs.py", "src")}
 
 
 def _imported_tops(path: Path) -> set[str]:
@@ -57,7 +54,7 @@ def _violations() -> set[tuple[str, str]]:
 
 
 def test_every_package_imports_only_the_folders_below_it():
-    assert _violations() - PENDING == set()
+    assert _violations() == set()
 
 
 def test_the_rule_is_acyclic_and_sees_the_imports():

@@ -233,3 +233,36 @@ def test_results_of_changed_weights_at_the_same_path_are_not_reused(images, tmp_
     assert infer.main([*argv[:5], str(moved), *argv[6:], "--overwrite"]) == 0
     model.write_bytes(moved.read_bytes())
     assert infer.main(argv) == 0 and "0 image(s) written, 2 already complete" in capsys.readouterr().out
+
+
+def test_mpp_for_tiles(images, tmp_path, monkeypatch, capsys):
+    """Issue 10: --mpp for tiles resamples them to the model's mpp; outputs keep the tile's size; run_info has it."""
+    import src.predictor
+
+    windows = []
+
+    class Counting(_FakePredictor):
+        def __call__(self, batch):
+            windows.append(len(batch))
+            return super().__call__(batch)
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", Counting)
+    model = tmp_path / "m.npz"
+    np.savez(model, w=np.zeros(3, np.float32))
+    argv = ["--input", str(images / "small.png"), "--model", str(model), "--quiet", "--formats", "mat,json"]
+    assert infer.main([*argv, "--output", str(tmp_path / "plain")]) == 0
+    assert "mpp" not in json.loads((tmp_path / "plain" / "run_info.json").read_text())
+    assert infer.main([*argv, "--output", str(tmp_path / "x20"), "--mpp", "0.5"]) == 0
+    info = json.loads((tmp_path / "x20" / "run_info.json").read_text())
+    assert (info["mpp"], info["model_mpp"]) == (0.5, 0.25)
+    assert load_label_mat(tmp_path / "x20" / "small.mat")["inst_map"].shape == (60, 75)
+    assert json.loads((tmp_path / "x20" / "small.json").read_text())["image_shape"] == [60, 75]
+    assert windows == [1, 4]  # 60x75: one window of 80; upsampled to 120x150 for the model: 2x2
+    capsys.readouterr()
+    for bad in ("0", "-0.5"):
+        with pytest.raises(SystemExit):
+            infer.main([*argv, "--output", str(tmp_path / "bad"), "--mpp", bad])
+        assert "--mpp must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        infer.parse_args(["--help"])
+    assert "Tiles: e.g. 0.5 for 20x" in " ".join(capsys.readouterr().out.split())  # argparse wraps lines

@@ -241,3 +241,16 @@ def test_atomic_path_gives_the_mode_a_plain_open_gives(tmp_path, mask):
     finally:
         os.umask(previous)
     assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_write_json_atomic_keeps_each_call_sites_format(tmp_path):
+    from misc.io import write_json_atomic
+
+    obj = {"b": 1, "a": [1.5, None]}
+    assert write_json_atomic(tmp_path / "x.json", obj) == tmp_path / "x.json"
+    assert (tmp_path / "x.json").read_text() == '{"b": 1, "a": [1.5, null]}'
+    write_json_atomic(tmp_path / "y.json", obj, indent=1, sort_keys=True, newline=True)
+    assert (tmp_path / "y.json").read_text() == '{\n "a": [\n  1.5,\n  null\n ],\n "b": 1\n}\n'
+    with pytest.raises(ValueError):  # NaN is not JSON: nothing is left behind
+        write_json_atomic(tmp_path / "z.json", {"p": float("nan")}, allow_nan=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "y.json"]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import scipy.io
 
-from misc import outputs
 from misc.io import InputError, load_label_mat, read_image_rgb, save_label_mat
 from misc.outputs import (
     FORMATS,
@@ -22,9 +21,11 @@ from misc.outputs import (
     save_nuclei_json,
     write_outputs,
 )
-from misc.viz import UNTYPED_COLOUR, instance_contours, visualize_instances
+from misc.viz import UNTYPED_COLOUR, instance_contour, instance_contours, type_name, visualize_instances
+from src.config import make_config
 
 H, W = 64, 80
+TYPES = default_type_info(make_config().DATA.TYPE_NAMES)  # CoNSeP's four types
 # id -> (centre x, centre y, radius, type); id 3 sits near the corner to exercise clipping
 DISCS = {1: (15, 20, 8, 2), 2: (50, 30, 10, 3), 3: (70, 55, 6, 4)}
 BACKGROUND = 200  # grey: no type colour, so drawn contours stand out
@@ -86,11 +87,11 @@ def scene():
     inst_map = make_inst_map()
     types = {i: d[3] for i, d in DISCS.items()}
     info = make_inst_info(inst_map, types, probs={1: 0.9, 2: np.float32(0.75), 3: 1.0})
-    return make_image(), inst_map, info, default_type_info()
+    return make_image(), inst_map, info, TYPES
 
 
 def test_default_type_info_has_consep_types():
-    type_info = default_type_info()
+    type_info = TYPES
     assert [type_info[i][0] for i in range(5)] == ["background", "miscellaneous", "inflammatory", "epithelial",
                                                    "spindle"]
     assert type_info[2][1] == (255, 0, 0) and type_info[3][1] == (0, 255, 0) and type_info[4][1] == (0, 0, 255)
@@ -155,7 +156,7 @@ def test_all_outputs_agree(tmp_path, scene):
 def test_untyped_nuclei_and_missing_probabilities(tmp_path):
     inst_map = make_inst_map()
     info = make_inst_info(inst_map, types={})
-    paths = write_outputs(tmp_path, "untyped", make_image(), inst_map, info)
+    paths = write_outputs(tmp_path, "untyped", make_image(), inst_map, info, TYPES)
     raw = scipy.io.loadmat(str(paths["mat"]))
     np.testing.assert_array_equal(raw["inst_type"][:, 0], [0, 0, 0])
     assert not raw["type_map"].any()
@@ -172,7 +173,7 @@ def test_untyped_nuclei_and_missing_probabilities(tmp_path):
 
 def test_empty_prediction(tmp_path):
     inst_map = np.zeros((20, 30), np.int32)
-    paths = write_outputs(tmp_path, "empty", make_image((20, 30)), inst_map, {})
+    paths = write_outputs(tmp_path, "empty", make_image((20, 30)), inst_map, {}, TYPES)
     raw = load_label_mat(paths["mat"], with_types=True)
     assert raw["inst_type"].shape == (0,) and raw["inst_centroid"].shape == (0, 2)
     assert json.loads(paths["json"].read_text())["nuclei"] == []
@@ -188,7 +189,7 @@ def test_tiny_nuclei_give_valid_polygons(tmp_path, pixels):
     for row, col in pixels:
         inst_map[row, col] = 1
     info = make_inst_info(inst_map, {1: 2})
-    save_geojson(tmp_path / "tiny.geojson", info)
+    save_geojson(tmp_path / "tiny.geojson", info, TYPES)
     geo = json.loads((tmp_path / "tiny.geojson").read_text())
     validate_geojson(geo)
     ring = np.array(geo["features"][0]["geometry"]["coordinates"][0])
@@ -211,11 +212,12 @@ def test_geojson_ring_winding_and_closure():
 def test_interrupted_writes_leave_no_file(tmp_path, scene, monkeypatch):
     image, inst_map, info, type_info = scene
 
-    def half_written_json(obj, handle, **kwargs):
-        handle.write('{"type": "FeatureCollection", "feat')
+    def half_written_json(self, text, **kwargs):  # Path.write_text of misc.io.write_json_atomic, cut short
+        with open(self, "w") as handle:
+            handle.write(text[:30])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(outputs.json, "dump", half_written_json)
+    monkeypatch.setattr(type(tmp_path), "write_text", half_written_json)
     for writer, path in ((lambda p: save_geojson(p, info, type_info), tmp_path / "a.geojson"),
                          (lambda p: save_nuclei_json(p, info, type_info), tmp_path / "a.json")):
         with pytest.raises(KeyboardInterrupt):
@@ -298,7 +300,7 @@ def test_visualize_instances_from_map_and_info(scene):
     assert np.all(image == BACKGROUND)  # the input is not drawn on
     contours = instance_contours(inst_map)
     assert sorted(contours) == [1, 2, 3]
-    np.testing.assert_array_equal(contours[1], info[1]["contour"])
+    np.testing.assert_array_equal(contours[1], instance_contour((inst_map == 1).astype(np.uint8)))
     colours = {tuple(from_map[y, x]) for x, y in (contours[i][0] for i in contours)}
     assert len(colours) == 3 and (BACKGROUND,) * 3 not in colours  # one distinct colour per instance
     from_info = visualize_instances(image, info, type_info, line_thickness=1)
@@ -319,7 +321,7 @@ def _truth_and_prediction(tmp_path):
                        type_map=np.select([inst_map == i for i in ids], [types[i] for i in ids], 0),
                        inst_type=np.array([types[i] for i in ids]),
                        inst_centroid=np.array([info[i]["centroid"] for i in ids]))
-        write_outputs(pred_dir, name, make_image(), inst_map, info, formats=("mat",))
+        write_outputs(pred_dir, name, make_image(), inst_map, info, TYPES, formats=("mat",))
     return true_dir, pred_dir
 
 
@@ -382,12 +384,10 @@ def test_geojson_polygons_are_valid_simple_features(index):
     """OGC validity (shapely): closed, no self-intersection or self-touching, counter-clockwise outer ring."""
     from shapely.geometry import LinearRing, Polygon
 
-    from src.postproc import _instance_contour
-
     mask = _shapes()[index]
     count, labels = cv2.connectedComponents(mask, connectivity=8)
     for label in range(1, count):
-        contour = _instance_contour((labels == label).astype(np.uint8))
+        contour = instance_contour((labels == label).astype(np.uint8))
         ring = geojson_ring(contour)
         polygon = Polygon(ring)
         assert ring[0] == ring[-1]
@@ -400,3 +400,27 @@ def shapely_reason(polygon):
     from shapely.validation import explain_validity
 
     return explain_validity(polygon)
+
+
+def test_overlay_of_a_map_draws_the_contours_post_processing_writes():
+    """Issue 12.6: one contour extraction: instance_contours (overlays of a bare map) gives exactly the contours
+    that src.postproc.process puts in inst_info, i.e. in the JSON and (as rings) the GeoJSON."""
+    from src.postproc import instance_info
+
+    inst_map = make_inst_map()
+    inst_map[30:34, 5:9] = 7  # a square: CHAIN_APPROX_SIMPLE keeps its 4 corners only
+    inst_map[5, 70] = 8  # one pixel
+    info = instance_info(inst_map)
+    contours = instance_contours(inst_map)
+    assert sorted(contours) == sorted(info)
+    for inst_id, contour in contours.items():
+        np.testing.assert_array_equal(contour, info[inst_id]["contour"])
+    np.testing.assert_array_equal(contours[7], [[5, 30], [5, 33], [8, 33], [8, 30]])
+    np.testing.assert_array_equal(contours[8], [[70, 5]])
+
+
+def test_type_name():
+    type_info = {1: ("tumour", (255, 0, 0))}
+    assert type_name(type_info, 1) == "tumour"
+    assert type_name(type_info, 9) == "type9"  # a summary column of an id the file does not list
+    assert type_name(type_info, None) == "unclassified"

@@ -6,6 +6,7 @@ known and the whole path - windows, stitching, post-processing, writing, resume 
 """
 import csv
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -14,27 +15,37 @@ import pytest
 from metrics.compute_stats import main as compute_stats
 from misc.io import InputError, load_label_mat, save_label_mat
 from misc.outputs import default_type_info
-from src.geometry import derive_geometry
-from src.pipeline import RUN_INFO_NAME, SUMMARY_NAME, collect_inputs, run_inference, split_channels
+from src.config import config_from_args
+from src.pipeline import (
+    RUN_INFO_NAME,
+    SUMMARY_NAME,
+    PostprocParams,
+    TileSettings,
+    collect_inputs,
+    mpp_scale,
+    run_inference,
+    split_channels,
+)
 from src.targets import gen_hv_map
 
 N_TYPES = 5  # background + CoNSeP's four types
 TYPE_LEVEL = 50  # R value per type id
-_ORIGINAL = derive_geometry("original")
-GEOM = {"input_shape": _ORIGINAL.input_shape, "output_shape": _ORIGINAL.output_shape}
+_CFG = config_from_args()
+SETTINGS = TileSettings.from_config(_CFG)  # 270/80, batch 16, the published post-processing
+TYPES = default_type_info(_CFG.DATA.TYPE_NAMES)
 
 
-def _disc_scene(height, width, seed):
+def _disc_scene(height, width, seed, radii=(5, 9), gap=2):
     """Instance map with non-touching discs, their types, and the image encoding the exact maps."""
     rng = np.random.default_rng(seed)
     inst = np.zeros((height, width), np.int32)
     types = {}
     yy, xx = np.mgrid[:height, :width]
     for inst_id in range(1, 40):
-        r = int(rng.integers(5, 9))
+        r = int(rng.integers(*radii))
         cy, cx = int(rng.integers(r, height - r)), int(rng.integers(r, width - r))
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 2) ** 2
+        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + gap) ** 2
         if inst[grown].any():
             continue
         inst[disc] = inst_id
@@ -48,11 +59,11 @@ def _disc_scene(height, width, seed):
     return image, inst, type_map
 
 
-def fake_predict(batch, output_shape=_ORIGINAL.output_shape):
+def fake_predict(batch, output_shape=SETTINGS.output_shape):
     """Decode the centre output_shape crop of each input window into [np, hv x, hv y, tp...] maps."""
     off = (batch.shape[1] - output_shape) // 2
     centre = batch[:, off:off + output_shape, off:off + output_shape].astype(np.float32)
-    type_id = np.rint(centre[..., 0] / TYPE_LEVEL).astype(int)
+    type_id = np.clip(np.rint(centre[..., 0] / TYPE_LEVEL).astype(int), 0, N_TYPES - 1)  # resampled: overshoot
     tp = np.eye(N_TYPES, dtype=np.float32)[type_id]
     fg = (type_id > 0).astype(np.float32)
     hv = (centre[..., 1:3] / 127.5 - 1.0) * fg[..., None]
@@ -108,8 +119,8 @@ def test_collect_inputs(tiles, tmp_path):
 def test_end_to_end_outputs_match_the_truth(tiles, tmp_path):
     folder, truths = tiles
     out = tmp_path / "out"
-    report = run_inference(collect_inputs(str(folder)), out, fake_predict, default_type_info(), **GEOM, batch_size=3,
-                           progress=False)
+    report = run_inference(collect_inputs(str(folder)), out, fake_predict, TYPES,
+                           replace(SETTINGS, batch_size=3), progress=False)
     assert report.ok and sorted(report.done) == ["a", "b"]
     for name, (inst, _) in truths.items():
         pred = load_label_mat(out / f"{name}.mat", with_types=True)
@@ -142,7 +153,7 @@ def test_end_to_end_outputs_match_the_truth(tiles, tmp_path):
     assert int(rows["b"]["height"]) == 96 and int(rows["b"]["width"]) == 250
     assert "n_background" not in rows["a"]
     inst_a, type_a = truths["a"]
-    for tid, (type_name, _) in default_type_info().items():
+    for tid, (type_name, _) in TYPES.items():
         if tid:
             expected = sum(1 for i in np.unique(inst_a)[1:] if type_a[inst_a == i][0] == tid)
             assert int(rows["a"][f"n_{type_name}"]) == expected
@@ -154,7 +165,7 @@ def test_bad_images_are_reported_and_skipped(tiles, tmp_path):
     cv2.imwrite(str(folder / "deep.png"), np.zeros((30, 30, 3), np.uint16))
     (folder / "broken.png").write_bytes(b"\x89PNG garbage")
     (folder / "empty.png").write_bytes(b"")
-    report = run_inference(collect_inputs(str(folder)), tmp_path / "out", fake_predict, default_type_info(), **GEOM,
+    report = run_inference(collect_inputs(str(folder)), tmp_path / "out", fake_predict, TYPES, SETTINGS,
                            progress=False)
     assert not report.ok
     assert sorted(report.done) == ["a", "b"]
@@ -174,11 +185,11 @@ def test_rerun_resumes_and_overwrite_redoes(tiles, tmp_path):
         calls.append(len(batch))
         return fake_predict(batch)
 
-    run_inference(files, out, counting_predict, default_type_info(), **GEOM, progress=False)
+    run_inference(files, out, counting_predict, TYPES, SETTINGS, progress=False)
     first_calls = len(calls)
     (out / "b.geojson").unlink()  # as if the run had been killed while writing b
     mtime_a = (out / "a.mat").stat().st_mtime_ns
-    report = run_inference(files, out, counting_predict, default_type_info(), **GEOM, progress=False)
+    report = run_inference(files, out, counting_predict, TYPES, SETTINGS, progress=False)
     assert report.already_complete == ["a"] and report.done == ["b"]
     assert (out / "b.geojson").is_file() and (out / "a.mat").stat().st_mtime_ns == mtime_a
     assert len(calls) < 2 * first_calls
@@ -193,14 +204,14 @@ def test_rerun_resumes_and_overwrite_redoes(tiles, tmp_path):
         writer.writeheader()
         writer.writerows(rows.values())
     (out / "b.json").unlink()
-    run_inference(files, out, counting_predict, default_type_info(), **GEOM, progress=False)
+    run_inference(files, out, counting_predict, TYPES, SETTINGS, progress=False)
     with open(out / SUMMARY_NAME, newline="") as handle:
         rebuilt = {row["image"]: row for row in csv.DictReader(handle)}
     assert sorted(rebuilt) == ["a", "b"] and rebuilt["a"]["seconds"] == ""
     a_label = load_label_mat(out / "a.mat", with_types=True)
     assert int(rebuilt["a"]["nuclei"]) == int(a_label["inst_map"].max())
     assert int(rebuilt["a"]["height"]) == 200 and int(rebuilt["a"]["width"]) == 170
-    report = run_inference(files, out, counting_predict, default_type_info(), **GEOM, overwrite=True, progress=False)
+    report = run_inference(files, out, counting_predict, TYPES, SETTINGS, overwrite=True, progress=False)
     assert sorted(report.done) == ["a", "b"] and not report.already_complete
     assert not [p for p in out.iterdir() if ".part" in p.name]
 
@@ -208,7 +219,7 @@ def test_rerun_resumes_and_overwrite_redoes(tiles, tmp_path):
 def test_formats_subset(tiles, tmp_path):
     folder, _ = tiles
     out = tmp_path / "out"
-    run_inference(collect_inputs(str(folder / "a.png")), out, fake_predict, default_type_info(), **GEOM,
+    run_inference(collect_inputs(str(folder / "a.png")), out, fake_predict, TYPES, SETTINGS,
                   formats=("mat", "geojson"), progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.mat", SUMMARY_NAME]
 
@@ -217,11 +228,11 @@ def test_refuses_to_write_over_the_input_images(tiles):
     folder, _ = tiles
     before = (folder / "a.png").read_bytes()
     with pytest.raises(InputError, match="overwrite the input image"):
-        run_inference(collect_inputs(str(folder)), folder, fake_predict, default_type_info(), **GEOM, progress=False)
+        run_inference(collect_inputs(str(folder)), folder, fake_predict, TYPES, SETTINGS, progress=False)
     assert (folder / "a.png").read_bytes() == before
     (folder.parent / "file").write_text("x")
     with pytest.raises(InputError, match="not a folder"):
-        run_inference(collect_inputs(str(folder)), folder.parent / "file", fake_predict, default_type_info(), **GEOM,
+        run_inference(collect_inputs(str(folder)), folder.parent / "file", fake_predict, TYPES, SETTINGS,
                       progress=False)
 
 
@@ -230,15 +241,15 @@ def test_outputs_of_another_model_are_not_mixed_in(tiles, tmp_path):
     out = tmp_path / "out"
     files = collect_inputs(str(folder / "a.png"))
     first = {"model": "/models/untrained.npz", "postproc": {"min_size": 10}}
-    run_inference(files, out, fake_predict, default_type_info(), **GEOM, run_info=first, progress=False)
+    run_inference(files, out, fake_predict, TYPES, SETTINGS, run_info=first, progress=False)
     assert json.loads((out / RUN_INFO_NAME).read_text()) == first
     # the same settings resume; other ones are refused unless --overwrite
-    assert run_inference(files, out, fake_predict, default_type_info(), **GEOM, run_info=first,
+    assert run_inference(files, out, fake_predict, TYPES, SETTINGS, run_info=first,
                          progress=False).already_complete == ["a"]
     second = {"model": "/models/trained.npz", "postproc": {"min_size": 10}}
     with pytest.raises(InputError, match="model"):
-        run_inference(files, out, fake_predict, default_type_info(), **GEOM, run_info=second, progress=False)
-    report = run_inference(files, out, fake_predict, default_type_info(), **GEOM, run_info=second, overwrite=True,
+        run_inference(files, out, fake_predict, TYPES, SETTINGS, run_info=second, progress=False)
+    report = run_inference(files, out, fake_predict, TYPES, SETTINGS, run_info=second, overwrite=True,
                            progress=False)
     assert report.done == ["a"] and json.loads((out / RUN_INFO_NAME).read_text()) == second
 
@@ -247,17 +258,16 @@ def test_disk_full_stops_the_run_and_leaves_no_partial_file(tiles, tmp_path, mon
     """Issue 13.5: ENOSPC from any writer stops the run with 'disk full writing PATH', not once per image."""
     import errno
 
-    import misc.outputs
     from misc.io import DiskFullError
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(misc.outputs.json, "dump", full)
+    monkeypatch.setattr(type(tmp_path), "write_text", full)  # the JSON writer's (misc.io.write_json_atomic) write
     folder, _ = tiles
     out = tmp_path / "out"
     with pytest.raises(DiskFullError, match=r"disk full writing .*a\.json"):
-        run_inference(collect_inputs(str(folder)), out, fake_predict, default_type_info(), **GEOM, progress=False)
+        run_inference(collect_inputs(str(folder)), out, fake_predict, TYPES, SETTINGS, progress=False)
     assert not list(out.glob(".*part*"))
     assert not (out / "b.mat").exists()  # stopped at the first image, not tried once per image
 
@@ -274,15 +284,91 @@ def test_overlay_written_by_python_so_disk_errors_carry_errno(tmp_path, monkeypa
 
     monkeypatch.setattr(type(tmp_path), "write_bytes", full)
     with pytest.raises(DiskFullError, match="disk full writing"):
-        save_overlay(tmp_path / "o.png", np.zeros((8, 8, 3), np.uint8), {}, default_type_info())
+        save_overlay(tmp_path / "o.png", np.zeros((8, 8, 3), np.uint8), {}, TYPES)
     assert not list(tmp_path.iterdir())
 
 
 def test_progress_advances_per_batch_of_windows_on_large_images(tiles, tmp_path, capsys):
     """Issue 13.17: an image of many windows shows a second bar moving per batch, not minutes of nothing."""
     folder, _ = tiles
-    run_inference([folder / "a.png"], tmp_path / "out", fake_predict, default_type_info(), **GEOM, batch_size=2,
-                  progress=True, formats=("mat",))
+    run_inference([folder / "a.png"], tmp_path / "out", fake_predict, TYPES,
+                  replace(SETTINGS, batch_size=2), progress=True, formats=("mat",))
     err = capsys.readouterr().err
     assert "a.png windows" in err and "/9 [" in err  # 200x170 -> 3x3 windows of 80, 5 batches
     assert "1/1" in err  # the image bar
+
+
+def _nuclei(out, name):
+    doc = json.loads((out / f"{name}.json").read_text())
+    return doc["image_shape"], sorted((n["centroid"], n["type"]) for n in doc["nuclei"])
+
+
+def test_mpp_scale():
+    assert mpp_scale(None, 0.25, 0.05) == 1.0
+    assert mpp_scale(0.25, 0.25, 0.05) == 1.0 and mpp_scale(0.26, 0.25, 0.05) == 1.0  # within the tolerance
+    assert mpp_scale(0.5, 0.25, 0.05) == 0.5 and mpp_scale(0.125, 0.25, 0.05) == 2.0
+    for bad in (0.0, -0.5):
+        with pytest.raises(ValueError, match="must be > 0"):
+            mpp_scale(bad, 0.25, 0.05)
+
+
+def test_20x_tile_with_mpp_gives_the_40x_nuclei_in_its_own_pixels(tmp_path):
+    """Issue 10: a 20x tile (0.5 um/px) run with --mpp 0.5 on a 0.25-um/px model is upsampled for the network
+    and its nuclei mapped back: same nuclei as the 40x tile's, at half the coordinates, outputs of its own size."""
+    image40, _, _ = _disc_scene(320, 288, 3, radii=(10, 15), gap=6)
+    image20 = cv2.resize(image40, (144, 160), interpolation=cv2.INTER_AREA)
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for name, image in (("x40", image40), ("x20", image20)):
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    run_inference([folder / "x40.png"], tmp_path / "o40", fake_predict, TYPES, SETTINGS, progress=False)
+    run_inference([folder / "x20.png"], tmp_path / "o20", fake_predict, TYPES,
+                  replace(SETTINGS, scale=mpp_scale(0.5, 0.25, 0.05)), progress=False)
+    shape40, nuclei40 = _nuclei(tmp_path / "o40", "x40")
+    shape20, nuclei20 = _nuclei(tmp_path / "o20", "x20")
+    assert shape40 == [320, 288] and shape20 == [160, 144]
+    assert len(nuclei20) == len(nuclei40) >= 10
+    expected = sorted((((x + 0.5) / 2 - 0.5, (y + 0.5) / 2 - 0.5), t) for (x, y), t in nuclei40)
+    for (got, got_type), (want, want_type) in zip(nuclei20, expected, strict=True):
+        assert np.abs(np.subtract(got, want)).max() <= 1.0 and got_type == want_type
+    label = load_label_mat(tmp_path / "o20" / "x20.mat", with_types=True)
+    assert label["inst_map"].shape == (160, 144)
+    assert sorted(np.unique(label["inst_map"]).tolist()) == list(range(len(nuclei20) + 1))  # ids 1..N
+    doc = json.loads((tmp_path / "o20" / "x20.json").read_text())
+    for nucleus in doc["nuclei"]:  # contours and boxes are the resized map's
+        mask = label["inst_map"] == nucleus["id"]
+        (r0, c0), (r1, c1) = nucleus["bbox"]
+        rows, cols = np.nonzero(mask)
+        assert (r0, c0, r1, c1) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
+        x, y = np.asarray(nucleus["contour"]).T
+        assert mask[y, x].all()
+    overlay = cv2.imread(str(tmp_path / "o20" / "x20.png"))
+    assert overlay.shape == (160, 144, 3)
+    with open(tmp_path / "o20" / SUMMARY_NAME) as handle:
+        row = next(csv.DictReader(handle))
+    assert (row["height"], row["width"], row["nuclei"]) == ("160", "144", str(len(nuclei20)))
+
+
+def test_mpp_equal_to_the_models_changes_nothing(tiles, tmp_path):
+    folder, _ = tiles
+    files = collect_inputs(str(folder))
+    run_inference(files, tmp_path / "plain", fake_predict, TYPES, SETTINGS, progress=False)
+    run_inference(files, tmp_path / "same", fake_predict, TYPES,
+                  replace(SETTINGS, scale=mpp_scale(0.25, 0.25, 0.05)), progress=False)
+    for name in ("a", "b"):
+        for suffix in (".json", ".png", ".geojson"):
+            assert (tmp_path / "plain" / f"{name}{suffix}").read_bytes() == \
+                (tmp_path / "same" / f"{name}{suffix}").read_bytes()
+        plain, same = (load_label_mat(tmp_path / d / f"{name}.mat", with_types=True) for d in ("plain", "same"))
+        for key in plain:  # the .mat header holds its creation time
+            np.testing.assert_array_equal(plain[key], same[key])
+
+
+def test_settings_from_config():
+    cfg = config_from_args(["POSTPROC.MIN_SIZE=7", "INFER.BATCH_SIZE=4"])
+    settings = TileSettings.from_config(cfg, input_mpp=0.5)
+    assert (settings.input_shape, settings.output_shape, settings.batch_size, settings.scale) == (270, 80, 4, 0.5)
+    assert TileSettings.from_config(cfg, batch_size=2).batch_size == 2
+    assert settings.postproc == PostprocParams.from_config(cfg)
+    assert settings.postproc.kwargs() == {"np_threshold": 0.5, "marker_threshold": 0.4, "sobel_ksize": 21,
+                                          "min_size": 7, "energy_blur": 3, "marker_opening": 5}

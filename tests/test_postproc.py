@@ -5,7 +5,8 @@ from scipy import ndimage as ndi
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
-from src.postproc import _fill_holes, _instance_contour, instances_from_np_hv, process, remove_small_labels
+from misc.viz import instance_contour
+from src.postproc import _fill_holes, instances_from_np_hv, process, remove_small_labels
 from src.targets import gen_hv_map
 
 SHAPE = (64, 84)
@@ -207,11 +208,11 @@ def test_process_without_types():
 def test_contour_of_tiny_instances():
     one = np.zeros((1, 1), np.uint8)
     one[0, 0] = 1
-    np.testing.assert_array_equal(_instance_contour(one), [[0, 0]])
+    np.testing.assert_array_equal(instance_contour(one), [[0, 0]])
     two = np.ones((1, 2), np.uint8)
-    contour = _instance_contour(two)
+    contour = instance_contour(two)
     assert contour.shape[1] == 2 and {tuple(p) for p in contour} == {(0, 0), (1, 0)}
     ring = np.ones((7, 7), np.uint8)  # with a hole: the outer outline, not the hole's
     ring[2:5, 2:5] = 0
-    contour = _instance_contour(ring)
+    contour = instance_contour(ring)
     assert contour[:, 0].min() == 0 and contour[:, 0].max() == 6

@@ -29,7 +29,7 @@ from misc.proc import die_with_parent
 from misc.slide_io import SlideReader, is_slide
 from src.config import config_from_args
 from src.geometry import derive_geometry
-from src.pipeline import run_inference
+from src.pipeline import TileSettings, run_inference
 from src.targets import gen_hv_map
 from src.tissue import tissue_mask
 from src.wsi import plan_slide, run_wsi, split_inputs, tile_margin, wsi_settings
@@ -37,7 +37,7 @@ from src.wsi_cluster import dask_client, tissue_mask_files
 
 N_TYPES = 5
 TYPE_LEVEL = 50
-TYPES = default_type_info()
+TYPES = default_type_info(config_from_args().DATA.TYPE_NAMES)
 # Small large-tiles so a 600x520 slide has a 4x4 grid; room for the 17-px test discs.
 TEST_CONFIG = ["WSI.TILE_SIZE=160", "WSI.MAX_NUCLEUS_PX=30"]
 
@@ -64,7 +64,7 @@ def disc_scene(height, width, seed, attempts=400):
                      np.round((hv[..., 1] + 1) * 127.5)], axis=-1).astype(np.uint8)
 
 
-_GEOMETRY = derive_geometry("original")  # the tile reference uses the geometry the slide tests configure
+_GEOMETRY = derive_geometry("original")  # the geometry the slide tests configure (the config's default)
 
 
 def fake_predict(batch, output_shape=_GEOMETRY.output_shape):
@@ -148,9 +148,9 @@ def _tile_reference(tmp_path, image):
     folder = tmp_path / "tile_in"
     folder.mkdir()
     cv2.imwrite(str(folder / "s.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    run_inference([folder / "s.png"], tmp_path / "tile_out", fake_predict, TYPES, formats=("json",),
-                  batch_size=64, progress=False, input_shape=_GEOMETRY.input_shape,
-                  output_shape=_GEOMETRY.output_shape)
+    run_inference([folder / "s.png"], tmp_path / "tile_out", fake_predict, TYPES,
+                  TileSettings.from_config(config_from_args(TEST_CONFIG), batch_size=64), formats=("json",),
+                  progress=False)
     return _nuclei(tmp_path / "tile_out" / "s.json")
 
 

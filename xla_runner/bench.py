@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from misc.io import atomic_path
+from misc.io import write_json_atomic
 from src.inference import predict_tile, window_layout
-from src.pipeline import postproc_kwargs, split_channels
+from src.pipeline import PostprocParams, split_channels
 from src.postproc import process
 from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state, read_npz, save_npz
 from xla_runner.train import StepRunner
@@ -93,14 +93,14 @@ def main(argv=None) -> int:
                     if args.model is not None:
                         np_prob, hv, tp_prob = split_channels(run.pop("maps"))
                         start = time.perf_counter()
-                        process(np_prob, hv, tp_prob, **postproc_kwargs(artifacts.cfg))
+                        process(np_prob, hv, tp_prob, **PostprocParams.from_config(artifacts.cfg).kwargs())
                         post_s = time.perf_counter() - start
                     else:
                         run.pop("maps")
                         if post is None:  # the same synthetic maps for every forward
                             _, np_prob, hv, tp_prob = synthetic_outputs((args.size, args.size))
                             start = time.perf_counter()
-                            process(np_prob, hv, tp_prob, **postproc_kwargs(artifacts.cfg))
+                            process(np_prob, hv, tp_prob, **PostprocParams.from_config(artifacts.cfg).kwargs())
                             post = time.perf_counter() - start
                         post_s = post
                     run.update(postproc_s=post_s, total_s=run["forward_s"] + post_s)
@@ -109,8 +109,7 @@ def main(argv=None) -> int:
                     run = _train(artifacts, entry, args.train_steps)
                     results["runs"].append({**label, "artifact": name, "batch_size": entry["batch_size"], **run})
                 print(json.dumps(results["runs"][-1]) if results["runs"] else "", flush=True)
-    with atomic_path(args.json) as tmp_path:
-        tmp_path.write_text(json.dumps(results, indent=1) + "\n")
+    write_json_atomic(args.json, results, indent=1, newline=True)
     print(f"device {results['device']}; results in {args.json}")
     for run in results["runs"]:
         if "forward_s" in run:

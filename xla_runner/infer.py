@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from src.pipeline import check_output_dir, collect_inputs, postproc_kwargs, run_inference
+    from src.pipeline import PostprocParams, TileSettings, check_output_dir, collect_inputs, run_inference
     from xla_runner.artifacts import Artifacts, XlaPredictor
 
     try:
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         cfg = artifacts.cfg
         files = collect_inputs(args.input)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
-        run_info = {"model": str(Path(args.model).resolve()), "postproc": postproc_kwargs(cfg)}
+        run_info = {"model": str(Path(args.model).resolve()), "postproc": PostprocParams.from_config(cfg).kwargs()}
         check_output_dir(args.output, files, args.formats, run_info, args.overwrite)
         predictor = XlaPredictor(artifacts, args.model, args.batch_size)
         uncovered = [t for t in range(1, predictor.nr_types or 0) if t not in type_info]
@@ -64,10 +64,10 @@ def main(argv=None) -> int:
         print(f"xla_runner infer: error: {exc}", file=sys.stderr)
         return 2
 
-    report = run_inference(
-        files, args.output, predictor, type_info, formats=args.formats, overwrite=args.overwrite,
-        batch_size=predictor.batch_size, input_shape=artifacts.input_shape, output_shape=artifacts.output_shape,
-        postproc_kwargs=run_info["postproc"], run_info=run_info, progress=not args.quiet)
+    settings = TileSettings(input_shape=artifacts.input_shape, output_shape=artifacts.output_shape,
+                            batch_size=predictor.batch_size, postproc=PostprocParams.from_config(cfg))
+    report = run_inference(files, args.output, predictor, type_info, settings, formats=args.formats,
+                           overwrite=args.overwrite, run_info=run_info, progress=not args.quiet)
     print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
           f"{len(report.failed)} skipped -> {args.output}")
     for path, reason in report.failed.items():

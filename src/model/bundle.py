@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from misc.io import InputError, atomic_path
+from misc.io import InputError, atomic_path, write_json_atomic
 from src.config import config_from_args
 from src.model.model_config import METADATA_KEY, UNRECORDED_MODEL_KEYS, read_npz_metadata
 
@@ -142,8 +142,7 @@ def main(argv=None) -> int:
         print(f"bundle: error: {exc}", file=sys.stderr)
         return 2
     record["bundle"] = metadata
-    with atomic_path(output.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
+    write_json_atomic(output.with_suffix(".json"), record, indent=1)
     if (run_dir / "curves.png").is_file():
         shutil.copyfile(run_dir / "curves.png", output.with_name(f"{output.stem}-curves.png"))
     print(f"{output}: {metadata['parameters']:,} parameters, {os.path.getsize(output) / 1e6:.2f} MB")

@@ -45,7 +45,7 @@ from tensorpack import SimpleTrainer
 from tensorpack.input_source import InputSource
 from tensorpack.tfutils.tower import PredictTowerContext
 
-from misc.io import atomic_path
+from misc.io import atomic_path, write_json_atomic
 from opt.schedules import get_phase, get_schedule
 from src.config import config_from_args
 from src.model import graph as graph_module
@@ -277,8 +277,7 @@ def export_all(out_dir, overrides=(), batch_sizes=(16,), phases=(1, 2), train_ba
     for entry in entries:
         manifest["artifacts"][entry.pop("name")] = entry
     manifest["exported"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    with atomic_path(manifest_path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json_atomic(manifest_path, manifest, indent=1, newline=True)
     return manifest
 
 
