@@ -27,6 +27,7 @@ import numpy as np
 
 from dataset.augment import AugParams, apply_geometry, augment_photometric, centre_crop, sample_geometry
 from misc.io import InputError
+from src.config import check_value
 from src.targets import gen_targets
 
 __all__ = ["PATCH_FORMATS", "PATCH_CHANNELS", "save_patch", "load_patch", "patch_shape", "check_patch", "list_patches",
@@ -203,9 +204,7 @@ class TrainingDataPreprocessor:
     """
 
     def __init__(self, cfg, is_training: bool = True):
-        targets_from = cfg.TARGETS.FROM
-        if targets_from not in ("input", "patch"):
-            raise ValueError(f"TARGETS.FROM must be 'input' or 'patch', got {targets_from!r}")
+        check_value("TARGETS.FROM", cfg.TARGETS.FROM)  # a hand-made cfg may not have been finalised
         self.input_shape = int(cfg.MODEL.INPUT_SHAPE)
         self.output_shape = int(cfg.MODEL.OUTPUT_SHAPE)
         self.nr_types = cfg.MODEL.NR_TYPES
@@ -213,7 +212,7 @@ class TrainingDataPreprocessor:
         self.hv_published_offset = bool(cfg.TARGETS.HV_PUBLISHED_OFFSET)
         self.aug = AugParams.from_config(cfg)
         self.is_training = is_training
-        self.targets_from = targets_from
+        self.targets_from = cfg.TARGETS.FROM
 
     def __call__(self, datapoint: Sequence) -> list[np.ndarray]:
         path, seed = datapoint[0], datapoint[1]

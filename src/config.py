@@ -117,11 +117,11 @@ def _int(lo: int = 0) -> tuple:
     return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"an integer >= {lo}"
 
 
-def _num(lo: float = 0.0, hi: float = float("inf"), lo_open: bool = False) -> tuple:
+def _num(lo: float = 0.0, hi: float = float("inf"), lo_open: bool = False, hi_open: bool = False) -> tuple:
     def ok(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and (lo < v if lo_open else lo <= v) \
-            and v <= hi
-    return ok, f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+            and (v < hi if hi_open else v <= hi)
+    return ok, f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
 
 def _ints(n: int, lo: int = 1) -> tuple:
@@ -207,7 +207,7 @@ _RULES = {
     "WSI.TISSUE_OPEN_PX": _int(0),
     "WSI.TISSUE_MIN_AREA_PX": _int(0),
     "WSI.THUMB_MAX_SIDE": _int(1),
-    "EVAL.MATCH_IOU": _num(0, 1, lo_open=True),
+    "EVAL.MATCH_IOU": _num(0, 1, hi_open=True),  # metrics.stats.pq: [0, 1)
     "EVAL.RADIUS": _num(0, lo_open=True),
 }
 

@@ -40,6 +40,7 @@ from tensorpack.utils import logger as tp_logger
 from misc.io import InputError, atomic_path, move_aside
 from misc.viz import plot_training_curves
 from opt.schedules import Phase, get_phase, get_schedule
+from src.config import check_value
 from src.model.graph import NP_DICE_NAME, NP_DICE_SUMS, HoVerNet
 from src.model.weights import make_session_init
 
@@ -372,8 +373,7 @@ def phase_init_checkpoint(out_dir: Path, phase_index: int, init: str = "last") -
     phase's checkpoint with the largest global step; ``'best'``: its ``model-best`` (highest validation NP
     Dice). Either falls back to the other when it is missing; None when the previous phase has neither.
     """
-    if init not in ("last", "best"):
-        raise ValueError(f"TRAIN.PHASE2_INIT must be 'last' or 'best', got {init!r}")
+    check_value("TRAIN.PHASE2_INIT", init)
     previous = out_dir / f"phase{phase_index - 1}"
     best = previous / BEST_CHECKPOINT if (previous / f"{BEST_CHECKPOINT}.index").is_file() else None
     last = _last_step_checkpoint(previous)

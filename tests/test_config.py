@@ -124,7 +124,7 @@ def test_schedule_matches_tensorpack_scheduled_hyperparam_setter():
     ("POSTPROC.NP_THRESHOLD=high", "POSTPROC.NP_THRESHOLD"),
     ("POSTPROC.SOBEL_KSIZE=4", "POSTPROC.SOBEL_KSIZE"),
     ("INFER.BATCH_SIZE=0", "INFER.BATCH_SIZE"),
-    ("EVAL.MATCH_IOU=0", "EVAL.MATCH_IOU"),
+    ("EVAL.MATCH_IOU=1.0", "EVAL.MATCH_IOU"),
     ("TARGETS.HV_PUBLISHED_OFFSET=1", "TARGETS.HV_PUBLISHED_OFFSET"),
 ])
 def test_every_value_is_checked_in_one_line_naming_the_key(override, key):
