@@ -37,7 +37,7 @@ from tensorpack.callbacks import Callback, Inferencer
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.utils import logger as tp_logger
 
-from misc.io import InputError, atomic_path, move_aside
+from misc.io import InputError, move_aside, write_json_atomic
 from misc.viz import plot_training_curves
 from opt.schedules import Phase, get_phase, get_schedule
 from src.config import check_value
@@ -450,9 +450,9 @@ def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, data
     last_epoch = _last_epoch(phase_dir) or 0
     if last_epoch < max_epoch:
         raise TrainingIncompleteError(f"training stopped after epoch {last_epoch} of {max_epoch}; "
-                                 f"see {phase_dir / 'log.log'}")
-    with atomic_path(phase_dir / FINISHED_MARKER) as tmp:
-        tmp.write_text(json.dumps({"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
+                                      f"see {phase_dir / 'log.log'}")
+    finished = {"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json_atomic(phase_dir / FINISHED_MARKER, finished)
     return phase_dir
 
 
@@ -464,8 +464,7 @@ def _record_run(phase_dir: Path, state: RunState, settings: dict) -> None:
     settings = json.loads(json.dumps(settings, default=str))
     first = phase_dir / "run.json"
     if state.kind == "new" or not first.is_file():
-        with atomic_path(first) as tmp:
-            tmp.write_text(json.dumps(settings, indent=1))
+        write_json_atomic(first, settings, indent=1)
     else:
         try:
             original = json.loads(first.read_text())
