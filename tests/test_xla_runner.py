@@ -1,6 +1,6 @@
 """The TensorFlow-free runner (xla_runner/): training steps, exact resume, and no TensorFlow anywhere.
 
-Uses the shrunk network exported once per session (conftest ``xla_artifacts``).
+Uses the shrunk network exported once per session (``tests/xla_fixtures.py``).
 """
 import json
 import subprocess
@@ -9,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xla_fixtures import CROP, ROOT, exported
 
-pytestmark = [pytest.mark.slow, pytest.mark.xla]  # opt-in: `make test-xla` (compiles XLA; minutes on 2 cores)
+pytestmark = [pytest.mark.slow, pytest.mark.xla]
 
-ROOT = Path(__file__).resolve().parents[1]
-CROP = ROOT / ".." / "shared" / "data" / "consep256" / "test" / "Images" / "test_1_000.jpg"
+
+@pytest.fixture(scope="session")
+def xla_artifacts(tmp_path_factory):
+    """Folder holding the tiny network's forward and phase-2 training step artifacts (batch 2)."""
+    return exported(tmp_path_factory)
 
 
 def _patches(folder: Path, count: int, seed: int, size: int = 290) -> Path:
