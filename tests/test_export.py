@@ -111,10 +111,13 @@ def _tensorpack_step(state: dict, batch, lr: float):
         inputs = [tf1.placeholder(s.dtype, [len(batch[0])] + s.shape.as_list()[1:], s.name) for s in model.inputs()]
         train_op, updates, tensors = build_train_step(model, inputs)
         variables = {v.name[:-2]: v for v in tf1.global_variables()}
+        values = dict(state, learning_rate=np.float32(lr))
+        # one assign op per variable, all run at once (Variable.load adds an op and a run per variable: minutes)
+        feeds = {n: tf1.placeholder(variables[n].dtype.base_dtype, variables[n].shape) for n in values}
+        assign = tf.group(*(variables[n].assign(p) for n, p in feeds.items()))
         with tf1.Session(graph=graph) as sess:
             sess.run(tf1.global_variables_initializer())
-            for name, value in dict(state, learning_rate=np.float32(lr)).items():
-                variables[name].load(value, sess)
+            sess.run(assign, {feeds[n]: v for n, v in values.items()})
             results = sess.run([train_op, updates, tensors], dict(zip(inputs, batch, strict=True)))[2]
             after = sess.run({n: v for n, v in variables.items() if n in state})
     return results, after

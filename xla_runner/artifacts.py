@@ -21,7 +21,8 @@ from src.config import config_from_args
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Artifacts", "Executable", "XlaPredictor", "initial_state", "read_npz", "save_npz", "MANIFEST_NAME", "CACHE_ENV"]
+__all__ = ["Artifacts", "Executable", "XlaPredictor", "initial_state", "read_npz", "save_npz", "MANIFEST_NAME",
+           "CACHE_ENV"]
 
 MANIFEST_NAME = "manifest.json"
 CACHE_ENV = "XLA_RUNNER_CACHE"  # folder of compiled executables, reused across processes (see _compile)
