@@ -106,6 +106,11 @@ def test_train_resumes_exactly_after_a_kill(xla_artifacts, tmp_path):
     for name in ("model-best.npz", "curves.png", "finished.json"):
         assert (resumed / name).is_file()
     assert "conv0/W/Adam" in final  # the checkpoint carries Adam's state
+    from src.model.model_config import model_config, read_npz_metadata
+
+    # the graph's settings are recorded, so infer.py / train.py rebuild the exported graph from the file alone
+    assert read_npz_metadata(resumed / "model-epoch2.npz") == artifacts.manifest["weights_metadata"]
+    assert model_config(resumed / "model-epoch2.npz").MODEL.OUTPUT_SHAPE == artifacts.output_shape == 216
 
 
 def test_runner_never_imports_tensorflow(xla_artifacts, tmp_path):

@@ -30,21 +30,30 @@ _COMPILED: dict[tuple[str, str], object] = {}  # (artifact path, device) -> load
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
-    """{variable name without ':0': array} of an ``.npz`` (tensorpack varmanip format)."""
+    """{variable name without ':0': array} of an ``.npz`` (tensorpack varmanip format); entries named
+    ``__...`` are metadata (:data:`src.model.model_config.METADATA_KEY`), not variables, and are skipped."""
     try:
         with np.load(path) as data:
-            return {(k[:-2] if k.endswith(":0") else k): data[k] for k in data.files}
+            return {(k[:-2] if k.endswith(":0") else k): data[k] for k in data.files if not k.startswith("__")}
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable .npz of weights ({exc})") from exc
 
 
-def save_npz(path, state: dict[str, np.ndarray]) -> None:
-    """Write ``state`` atomically as an ``.npz`` (loadable by ``infer.py --model`` and ``train.py --pretrained``)."""
-    from misc.io import atomic_path
+def save_npz(path, state: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+    """Write ``state`` atomically as an ``.npz`` (loadable by ``infer.py --model`` and ``train.py --pretrained``).
 
+    ``metadata`` (the manifest's ``weights_metadata``: the graph's MODEL settings) is stored under
+    ``METADATA_KEY`` as ``src.model.weights.save_npz`` does, so those entry points rebuild the same graph.
+    """
+    from misc.io import atomic_path
+    from src.model.model_config import METADATA_KEY
+
+    arrays = {k: np.asarray(v) for k, v in state.items()}
+    if metadata is not None:
+        arrays[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **{k: np.asarray(v) for k, v in state.items()})
+            np.savez(handle, **arrays)
 
 
 class Artifacts:
