@@ -1,18 +1,18 @@
 """XLA export (src/model/export.py): the artifacts compute what TensorFlow/tensorpack compute.
 
-Shrunk network (conftest ``XLA_TINY``), exported once per session; the runner side runs them with jax.
+Shrunk network (``tests/xla_fixtures.py``), exported once per session; the runner side runs them with jax.
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
+from xla_fixtures import BATCH, CROP, XLA_TINY, disc_patch, exported
 
-from conftest import XLA_TINY
+pytestmark = [pytest.mark.slow, pytest.mark.xla]
 
-pytestmark = [pytest.mark.slow, pytest.mark.xla]  # opt-in: `make test-xla` (compiles XLA; minutes on 2 cores)
 
-CROP = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "consep256" / "test" / "Images" / \
-    "test_1_000.jpg"
+@pytest.fixture(scope="session")
+def xla_artifacts(tmp_path_factory):
+    """Folder holding the tiny network's forward and phase-2 training step artifacts (batch 2)."""
+    return exported(tmp_path_factory)
 
 
 def _rel(a, b) -> float:
@@ -27,13 +27,13 @@ def test_manifest_lists_arguments_outputs_and_aliases(xla_artifacts):
     artifacts = Artifacts(xla_artifacts)
     manifest = artifacts.manifest
     assert manifest["tensorflow"].startswith("2.")
-    assert (artifacts.input_shape, artifacts.output_shape, artifacts.nr_types) == (270, 80, 5)
-    forward = artifacts.find("forward", 2)
+    assert (artifacts.input_shape, artifacts.output_shape, artifacts.nr_types) == (270, 216, 5)
+    forward = artifacts.find("forward", BATCH)
     assert forward["inputs"][0] == {"name": "images", "shape": [2, 270, 270, 3], "dtype": "float32", "role": "data"}
     names = {s["name"] for s in forward["inputs"]}
     assert {"conv0/W", "conv0/bn/mean/EMA", "conv_out_tp/b", "np/u3/dense/blk/0/conv2/W"} <= names
     assert [s["name"] for s in forward["outputs"]] == ["np_prob", "hv", "tp_prob"]
-    assert forward["outputs"][2]["shape"] == [2, 80, 80, 5]
+    assert forward["outputs"][2]["shape"] == [2, 216, 216, 5]
 
     step = artifacts.find("train_step", phase=2)
     assert [s["name"] for s in step["inputs"][:4]] == ["images", "np_target", "hv_target", "tp_target"]
@@ -59,7 +59,7 @@ def test_forward_matches_tensorflow_predictor(xla_artifacts, tmp_path):
     from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state, save_npz
 
     artifacts = Artifacts(xla_artifacts)
-    weights, missing = initial_state(artifacts.find("forward", 2), seed=3)
+    weights, missing = initial_state(artifacts.find("forward", BATCH), seed=3)
     # numpy initialisers cover the whole network, and TensorFlow's strict loader accepts the file
     assert missing and len(missing) == len(weights)
     rng = np.random.default_rng(1)
@@ -70,8 +70,9 @@ def test_forward_matches_tensorflow_predictor(xla_artifacts, tmp_path):
             weights[name] = rng.uniform(0.5, 2.0, weights[name].shape).astype(np.float32)
     save_npz(tmp_path / "w.npz", weights)
     image = read_image_rgb(CROP)
-    tf_maps = predict_tile(image, HoVerNetPredictor(tmp_path / "w.npz", config_from_args(XLA_TINY)), batch_size=2)
-    xla_maps = predict_tile(image, XlaPredictor(artifacts, tmp_path / "w.npz"), batch_size=2)
+    geometry = {"batch_size": BATCH, "input_shape": artifacts.input_shape, "output_shape": artifacts.output_shape}
+    tf_maps = predict_tile(image, HoVerNetPredictor(tmp_path / "w.npz", config_from_args(XLA_TINY)), **geometry)
+    xla_maps = predict_tile(image, XlaPredictor(artifacts, tmp_path / "w.npz"), **geometry)
     assert tf_maps.shape == xla_maps.shape == (256, 256, 8)
     np.testing.assert_array_equal(xla_maps[..., 0] > 0.5, tf_maps[..., 0] > 0.5)
     np.testing.assert_array_equal(np.argmax(xla_maps[..., 3:], -1), np.argmax(tf_maps[..., 3:], -1))
@@ -79,7 +80,7 @@ def test_forward_matches_tensorflow_predictor(xla_artifacts, tmp_path):
     assert _rel(xla_maps[..., 0], tf_maps[..., 0]) < 1e-4
 
 
-def _batch(rng, size=2):
+def _batch(rng, size=BATCH):
     """A training batch built by the project's mapping (validation crop) from synthetic disc patches."""
     from dataset.patches import TrainingDataPreprocessor
     from src.config import config_from_args
@@ -87,15 +88,7 @@ def _batch(rng, size=2):
     pre = TrainingDataPreprocessor(config_from_args(XLA_TINY), is_training=False)
     points = []
     for _ in range(size):
-        yy, xx = np.mgrid[:270, :270]
-        inst = np.zeros((270, 270), np.int32)
-        types = np.zeros_like(inst)
-        for i in range(1, 40):
-            cy, cx = rng.integers(60, 210, 2)
-            disc = ((yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(5, 10) ** 2) & (inst == 0)
-            inst[disc], types[disc] = i, rng.integers(1, 5)
-        image = rng.integers(150, 240, (270, 270, 3)).astype(np.uint8)
-        image[inst > 0] = (90, 40, 140)
+        image, inst, types = disc_patch(rng, 270, 60)
         points.append(pre.process(image, np.stack([inst, types], -1), None))
     return [np.stack(c) for c in zip(*points, strict=True)]
 
@@ -118,10 +111,13 @@ def _tensorpack_step(state: dict, batch, lr: float):
         inputs = [tf1.placeholder(s.dtype, [len(batch[0])] + s.shape.as_list()[1:], s.name) for s in model.inputs()]
         train_op, updates, tensors = build_train_step(model, inputs)
         variables = {v.name[:-2]: v for v in tf1.global_variables()}
+        values = dict(state, learning_rate=np.float32(lr))
+        # one assign op per variable, all run at once (Variable.load adds an op and a run per variable: minutes)
+        feeds = {n: tf1.placeholder(variables[n].dtype.base_dtype, variables[n].shape) for n in values}
+        assign = tf.group(*(variables[n].assign(p) for n, p in feeds.items()))
         with tf1.Session(graph=graph) as sess:
             sess.run(tf1.global_variables_initializer())
-            for name, value in dict(state, learning_rate=np.float32(lr)).items():
-                variables[name].load(value, sess)
+            sess.run(assign, {feeds[n]: v for n, v in values.items()})
             results = sess.run([train_op, updates, tensors], dict(zip(inputs, batch, strict=True)))[2]
             after = sess.run({n: v for n, v in variables.items() if n in state})
     return results, after

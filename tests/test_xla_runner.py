@@ -1,6 +1,6 @@
 """The TensorFlow-free runner (xla_runner/): training steps, exact resume, and no TensorFlow anywhere.
 
-Uses the shrunk network exported once per session (conftest ``xla_artifacts``).
+Uses the shrunk network exported once per session (``tests/xla_fixtures.py``).
 """
 import json
 import subprocess
@@ -9,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xla_fixtures import CROP, ROOT, exported
 
-pytestmark = [pytest.mark.slow, pytest.mark.xla]  # opt-in: `make test-xla` (compiles XLA; minutes on 2 cores)
+pytestmark = [pytest.mark.slow, pytest.mark.xla]
 
-ROOT = Path(__file__).resolve().parents[1]
-CROP = ROOT / ".." / "shared" / "data" / "consep256" / "test" / "Images" / "test_1_000.jpg"
+
+@pytest.fixture(scope="session")
+def xla_artifacts(tmp_path_factory):
+    """Folder holding the tiny network's forward and phase-2 training step artifacts (batch 2)."""
+    return exported(tmp_path_factory)
 
 
 def _patches(folder: Path, count: int, seed: int, size: int = 290) -> Path:
@@ -102,6 +106,11 @@ def test_train_resumes_exactly_after_a_kill(xla_artifacts, tmp_path):
     for name in ("model-best.npz", "curves.png", "finished.json"):
         assert (resumed / name).is_file()
     assert "conv0/W/Adam" in final  # the checkpoint carries Adam's state
+    from src.model.model_config import model_config, read_npz_metadata
+
+    # the graph's settings are recorded, so infer.py / train.py rebuild the exported graph from the file alone
+    assert read_npz_metadata(resumed / "model-epoch2.npz") == artifacts.manifest["weights_metadata"]
+    assert model_config(resumed / "model-epoch2.npz").MODEL.OUTPUT_SHAPE == artifacts.output_shape == 216
 
 
 def test_runner_never_imports_tensorflow(xla_artifacts, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,28 +21,39 @@ from src.config import config_from_args
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Artifacts", "Executable", "XlaPredictor", "initial_state", "read_npz", "save_npz", "MANIFEST_NAME"]
+__all__ = ["Artifacts", "Executable", "XlaPredictor", "initial_state", "read_npz", "save_npz", "MANIFEST_NAME",
+           "CACHE_ENV"]
 
 MANIFEST_NAME = "manifest.json"
+CACHE_ENV = "XLA_RUNNER_CACHE"  # folder of compiled executables, reused across processes (see _compile)
 _COMPILED: dict[tuple[str, str], object] = {}  # (artifact path, device) -> loaded executable, per process
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
-    """{variable name without ':0': array} of an ``.npz`` (tensorpack varmanip format)."""
+    """{variable name without ':0': array} of an ``.npz`` (tensorpack varmanip format); entries named
+    ``__...`` are metadata (:data:`src.model.model_config.METADATA_KEY`), not variables, and are skipped."""
     try:
         with np.load(path) as data:
-            return {(k[:-2] if k.endswith(":0") else k): data[k] for k in data.files}
+            return {(k[:-2] if k.endswith(":0") else k): data[k] for k in data.files if not k.startswith("__")}
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable .npz of weights ({exc})") from exc
 
 
-def save_npz(path, state: dict[str, np.ndarray]) -> None:
-    """Write ``state`` atomically as an ``.npz`` (loadable by ``infer.py --model`` and ``train.py --pretrained``)."""
-    from misc.io import atomic_path
+def save_npz(path, state: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+    """Write ``state`` atomically as an ``.npz`` (loadable by ``infer.py --model`` and ``train.py --pretrained``).
 
+    ``metadata`` (the manifest's ``weights_metadata``: the graph's MODEL settings) is stored under
+    ``METADATA_KEY`` as ``src.model.weights.save_npz`` does, so those entry points rebuild the same graph.
+    """
+    from misc.io import atomic_path
+    from src.model.model_config import METADATA_KEY
+
+    arrays = {k: np.asarray(v) for k, v in state.items()}
+    if metadata is not None:
+        arrays[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **{k: np.asarray(v) for k, v in state.items()})
+            np.savez(handle, **arrays)
 
 
 class Artifacts:
@@ -97,6 +109,48 @@ def _device(device=None):
     return device if device is not None else jax.devices()[0]
 
 
+def _compile(blob: bytes, device, path):
+    """Compile a portable artifact for ``device``; with ``$XLA_RUNNER_CACHE`` set, through a cache there.
+
+    The cache holds serialised executables keyed by the artifact's bytes, jax/jaxlib versions, platform and
+    device kind, so each artifact compiles once per machine (XLA compilation is most of a short run's time on
+    a CPU). Only point it at a folder you created: loading a serialised executable runs its code.
+    """
+    import hashlib
+
+    import jax
+    from jax._src import xla_bridge
+    from jax._src.lib import version_str as jaxlib_version
+    from jax._src.lib import xla_client
+
+    backend = xla_bridge.get_backend(device.platform)
+    devices = xla_client.DeviceList((device,))
+    folder = os.environ.get(CACHE_ENV)
+    cached = None
+    if folder:
+        digest = hashlib.sha256(blob)
+        for part in (jax.__version__, jaxlib_version, backend.platform_version,
+                     device.device_kind, str(device.id)):
+            digest.update(b"\0" + str(part).encode())
+        cached = Path(folder) / f"{digest.hexdigest()}.xlaexe"
+        if cached.is_file():
+            try:
+                exe = backend.deserialize_executable(cached.read_bytes(), devices, xla_client.CompileOptions())
+                log.info("loaded the compiled %s from %s", path, cached)
+                return exe
+            except Exception as exc:  # a stale or truncated entry: compile afresh and replace it
+                log.warning("could not load %s (%s); compiling", cached, exc)
+    start = time.perf_counter()
+    exe = backend.compile_and_load(blob, devices, xla_client.CompileOptions())
+    log.info("compiled %s for %s in %.1f s", path, device, time.perf_counter() - start)
+    if cached is not None:
+        from misc.io import atomic_path
+
+        with atomic_path(cached) as tmp:
+            tmp.write_bytes(backend.serialize_executable(exe))
+    return exe
+
+
 class Executable:
     """One artifact compiled for one device (cached per process); call with arrays in manifest order.
 
@@ -113,14 +167,7 @@ class Executable:
         self.outputs = entry["outputs"]
         key = (os.fspath(path), str(self.device))
         if key not in _COMPILED:
-            from jax._src import xla_bridge
-            from jax._src.lib import xla_client
-
-            blob = Path(path).read_bytes()
-            backend = xla_bridge.get_backend(self.device.platform)
-            _COMPILED[key] = backend.compile_and_load(blob, xla_client.DeviceList((self.device,)),
-                                                      xla_client.CompileOptions())
-            log.info("compiled %s for %s", path, self.device)
+            _COMPILED[key] = _compile(Path(path).read_bytes(), self.device, path)
         self._exe = _COMPILED[key]
         self._put = lambda array: jax.device_put(array, self.device)
         self._array_type = jax.Array

@@ -82,7 +82,10 @@ def main(argv=None) -> int:
         for folder in args.artifacts:
             artifacts = Artifacts(folder)
             model = artifacts.cfg.MODEL
-            label = {"artifacts": folder, "mode": model.MODE, "preset": model.get("PRESET", "full")}
+            graph_keys = ("MODEL.PRESET", "MODEL.MODE", "MODEL.DATA_FORMAT", "MODEL.NR_TYPES")
+            shrunk = any(o.startswith("MODEL.") and not o.startswith(graph_keys)  # '*': e.g. the tests' tiny net
+                         for o in artifacts.manifest["config_overrides"])
+            label = {"artifacts": folder, "mode": model.MODE, "preset": model.get("PRESET", "full") + "*" * shrunk}
             if args.model and read_npz(args.model).get("conv_out_tp/b") is None:
                 print(f"bench: {args.model} has no type branch", file=sys.stderr)
                 return 2
@@ -108,7 +111,9 @@ def main(argv=None) -> int:
                 elif args.train_steps > 0:
                     run = _train(artifacts, entry, args.train_steps)
                     results["runs"].append({**label, "artifact": name, "batch_size": entry["batch_size"], **run})
-                print(json.dumps(results["runs"][-1]) if results["runs"] else "", flush=True)
+                else:
+                    continue  # no training steps asked for: nothing new to print
+                print(json.dumps(results["runs"][-1]), flush=True)
     write_json_atomic(args.json, results, indent=1, newline=True)
     print(f"device {results['device']}; results in {args.json}")
     for run in results["runs"]:

@@ -217,6 +217,7 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
     phase_dir.mkdir(parents=True, exist_ok=True)
 
     runner = StepRunner(artifacts, entry, state, device)
+    metadata = artifacts.manifest.get("weights_metadata")  # the graph's MODEL settings, for infer.py/train.py
     mapper = _Mapper(cfg, is_training=True)
     pool = None
     if workers > 0:
@@ -241,12 +242,12 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
                 record["validation_np_dice"] = validate(artifacts, host, valid_paths, device, pool)
             log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
             name = f"model-epoch{epoch}.npz"
-            save_npz(phase_dir / name, host)
+            save_npz(phase_dir / name, host, metadata)
             best = max((r for r in records if "validation_np_dice" in r), default=None,
                        key=lambda r: r["validation_np_dice"])
             dice = record.get("validation_np_dice")
             if dice is not None and (best is None or dice > best["validation_np_dice"]):
-                save_npz(phase_dir / BEST, host)
+                save_npz(phase_dir / BEST, host, metadata)
             records.append(record)
             _write_json(phase_dir / "stats.json", records)
             _plot_curves(phase_dir / "curves.png", records)
@@ -259,7 +260,7 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
         if pool is not None:
             pool.terminate()
     if not valid_paths:  # no validation: the last epoch stands in for the best
-        save_npz(phase_dir / BEST, runner.host_state())
+        save_npz(phase_dir / BEST, runner.host_state(), metadata)
     _write_json(phase_dir / FINISHED, {"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     return phase_dir
 

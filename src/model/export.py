@@ -50,6 +50,7 @@ from opt.schedules import get_phase, get_schedule
 from src.config import config_from_args
 from src.model import graph as graph_module
 from src.model.graph import COST_NAME, LOSS_TENSOR_PREFIX, NP_DICE_NAME, HoVerNet, inference_output_names
+from src.model.weights import model_metadata
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,9 @@ def export_all(out_dir, overrides=(), batch_sizes=(16,), phases=(1, 2), train_ba
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"format": MANIFEST_FORMAT, "tensorflow": tf.__version__, "config_overrides": overrides,
                 "config": json.loads(json.dumps(cfg.to_dict(), default=str)), "nr_types": cfg.MODEL.NR_TYPES,
-                "input_shape": cfg.MODEL.INPUT_SHAPE, "output_shape": cfg.MODEL.OUTPUT_SHAPE, "artifacts": {}}
+                "input_shape": cfg.MODEL.INPUT_SHAPE, "output_shape": cfg.MODEL.OUTPUT_SHAPE,
+                # the record the runner writes into its .npz files, so infer.py/train.py rebuild this graph
+                "weights_metadata": model_metadata(cfg, cfg.MODEL.NR_TYPES), "artifacts": {}}
     manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
