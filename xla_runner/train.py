@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from dataset.patches import TrainingDataPreprocessor, list_patches
-from misc.io import InputError, atomic_path, move_aside
+from misc.io import InputError, move_aside, write_json_atomic
+from misc.viz import plot_training_curves
 from opt.schedules import get_phase
 from xla_runner.artifacts import Artifacts, initial_state, read_npz, save_npz
 
@@ -142,31 +143,6 @@ def validate(artifacts: Artifacts, state: dict, valid_paths: list[str], device=N
     return 2.0 * inter / total if total > 0 else 1.0
 
 
-def _plot_curves(path: Path, records: list[dict]) -> None:
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-
-    epochs = [r["epoch_num"] for r in records]
-    fig = Figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2)
-    for key in [k for k in records[-1] if k.startswith("loss_") or k == "overall_cost"]:
-        axes[0].plot(epochs, [r.get(key, np.nan) for r in records], label=key)
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("training loss (epoch mean)")
-    axes[0].legend(fontsize=7)
-    if any("validation_np_dice" in r for r in records):
-        axes[1].plot(epochs, [r.get("validation_np_dice", np.nan) for r in records], marker="o")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("validation NP Dice")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-
-
-def _write_json(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-
-
 def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, out_dir, pretrained=None,
                 epochs: int | None = None, steps_per_epoch: int | None = None, batch_size: int | None = None,
                 workers: int = 0, seed: int = 0, overwrite: bool = False, device=None, on_epoch_end=None) -> Path:
@@ -249,9 +225,10 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
             if dice is not None and (best is None or dice > best["validation_np_dice"]):
                 save_npz(phase_dir / BEST, host, metadata)
             records.append(record)
-            _write_json(phase_dir / "stats.json", records)
-            _plot_curves(phase_dir / "curves.png", records)
-            _write_json(checkpoint, {"epoch": epoch, "global_step": epoch * steps, "file": name})
+            write_json_atomic(phase_dir / "stats.json", records, indent=1, newline=True)
+            plot_training_curves(records, phase_dir / "curves.png")
+            position = {"epoch": epoch, "global_step": epoch * steps, "file": name}
+            write_json_atomic(checkpoint, position, indent=1, newline=True)
             for old in range(1, epoch - 1):  # keep the last two epochs' checkpoints
                 (phase_dir / f"model-epoch{old}.npz").unlink(missing_ok=True)
             if on_epoch_end is not None:
@@ -261,7 +238,8 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
             pool.terminate()
     if not valid_paths:  # no validation: the last epoch stands in for the best
         save_npz(phase_dir / BEST, runner.host_state(), metadata)
-    _write_json(phase_dir / FINISHED, {"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    finished = {"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json_atomic(phase_dir / FINISHED, finished, indent=1, newline=True)
     return phase_dir
 
 
