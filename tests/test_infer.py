@@ -1,7 +1,8 @@
 """infer.py and src/predictor.py: the real network (random weights) end to end on CPU.
 
-One module-scoped .npz of randomly initialised weights stands in for a trained model: the outputs are
-meaningless as segmentations but must be complete, mutually consistent and readable by compute_stats.
+One session-scoped .npz of randomly initialised weights of the shrunk network (tests/conftest.py; the
+published geometry, recorded in the file) stands in for a trained model: the outputs are meaningless as
+segmentations but must be complete, mutually consistent and readable by compute_stats.
 Images are kept under one 80x80 output window so each forward pass is a single 270x270 window.
 """
 import json
@@ -13,18 +14,15 @@ import pytest
 import infer
 from metrics.compute_stats import main as compute_stats
 from misc.io import InputError, load_label_mat
-from src.config import config_from_args
-from src.model.weights import save_initial_weights
+from src.model.model_config import model_config
 from src.predictor import TP_HEAD_BIAS, HoVerNetPredictor, detect_nr_types
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def weights_npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "random.npz"
-    save_initial_weights(path, config_from_args(), nr_types=5)
-    return path
+def weights_npz(tiny_weights_npz):
+    return tiny_weights_npz  # read-only: tests copy it before changing it
 
 
 @pytest.fixture
@@ -44,7 +42,7 @@ def test_detect_nr_types():
 
 
 def test_predictor_output_layout(weights_npz):
-    predictor = HoVerNetPredictor(weights_npz, config_from_args())
+    predictor = HoVerNetPredictor(weights_npz, model_config(weights_npz))
     assert predictor.nr_types == 5
     batch = np.random.default_rng(0).integers(0, 255, (2, 270, 270, 3)).astype(np.float32)
     maps = predictor(batch)
@@ -98,7 +96,7 @@ def test_model_with_missing_variables_is_refused(weights_npz, images, tmp_path, 
     path = tmp_path / "partial.npz"
     np.savez(path, **partial)
     with pytest.raises(InputError) as info:
-        HoVerNetPredictor(path, config_from_args())
+        HoVerNetPredictor(path, model_config(weights_npz))
     message = str(info.value)
     assert "missing from the file" in message and "hv/u3/conva/W" in message
     assert "unexpected in the file" in message and "not_in_the_network/W" in message
@@ -120,8 +118,8 @@ def test_bad_arguments(images, tmp_path, capsys):
 def test_nchw_on_gpu_equals_nhwc(weights_npz):
     """Spec section 1: NCHW on the GPU, NHWC acceptable elsewhere only if the results are equal."""
     batch = np.random.default_rng(1).integers(0, 255, (2, 270, 270, 3)).astype(np.float32)
-    nchw = HoVerNetPredictor(weights_npz, config_from_args(["MODEL.DATA_FORMAT=NCHW"]))(batch)
-    nhwc = HoVerNetPredictor(weights_npz, config_from_args(["MODEL.DATA_FORMAT=NHWC"]))(batch)
+    nchw = HoVerNetPredictor(weights_npz, model_config(weights_npz, ["MODEL.DATA_FORMAT=NCHW"]))(batch)
+    nhwc = HoVerNetPredictor(weights_npz, model_config(weights_npz, ["MODEL.DATA_FORMAT=NHWC"]))(batch)
     np.testing.assert_allclose(nchw, nhwc, atol=2e-3)
 
 

@@ -1,0 +1,52 @@
+"""Fixtures shared across test modules: the networks whose builds dominate the suite's time.
+
+A graph build costs seconds of Python on this CPU whatever the widths (the published depth has ~400
+variables), so the full-size graph is built once per session and shared by every test that needs its
+variable names and shapes, and the shrunk networks that stand in for trained models are written once.
+"""
+import pytest
+
+# The published geometry (270 -> 80, dense units (8, 4), so the same crops and shapes) with every width
+# shrunk: group outputs (16, 16, 32, 64); the decoder sums need conv_bot = group2 output, 2*u3 = group1
+# output, 2*u2 = group0 output. Fast to build, initialise and run; the full size is only for tests of it.
+TINY_OVERRIDES = ("MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,8,16)",
+                  "MODEL.BOTTLENECK_CHANNELS=32", "MODEL.DECODER_CHANNELS=(8,8,8)", "MODEL.DENSE_BOTTLENECK=8",
+                  "MODEL.DENSE_GROWTH=4")
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """The --config overrides of the shrunk network (a fresh list: callers may extend it)."""
+    return list(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def full_train_graph():
+    """The published network at full size (54.7M parameters): nr_types=5, training tower, NHWC, in its own
+    graph, built once per session. Returns (graph, model, cost); read-only for its users (build nothing in it)."""
+    import tensorflow as tf
+    from tensorpack.tfutils.tower import TowerContext
+
+    from src.config import config_from_args
+    from src.model.graph import HoVerNet
+
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        model = HoVerNet(nr_types=5, cfg=config_from_args(["MODEL.DATA_FORMAT=NHWC"]))
+        placeholders = [tf1.placeholder(s.dtype, s.shape, s.name) for s in model.inputs()]
+        with TowerContext("", is_training=True):
+            cost = model.build_graph(*placeholders)
+    return graph, model, cost
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_npz(tmp_path_factory):
+    """Random initial weights of the shrunk network (nr_types=5) as an .npz with its MODEL record, so that
+    infer.py rebuilds the same network from the file alone. Stands in for a trained model."""
+    from src.config import config_from_args
+    from src.model.weights import save_initial_weights
+
+    path = tmp_path_factory.mktemp("tiny_model") / "random.npz"
+    save_initial_weights(path, config_from_args(list(TINY_OVERRIDES)), nr_types=5)
+    return path
