@@ -50,3 +50,32 @@ def tiny_weights_npz(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_model") / "random.npz"
     save_initial_weights(path, config_from_args(list(TINY_OVERRIDES)), nr_types=5)
     return path
+
+
+@pytest.fixture(scope="session")
+def _predictor_cache():
+    return {}
+
+
+@pytest.fixture
+def shared_predictor(monkeypatch, _predictor_cache):
+    """Makes ``src.predictor.HoVerNetPredictor`` (what infer.py builds) return one real predictor per weights
+    file and network config for the whole session: each build costs seconds, and the tests that use this
+    are about what happens around the network, not about loading it. Keyed by the file's path, size and
+    modification time and the MODEL config, so a changed file or config still gets a fresh build. Returns
+    the caching factory, ``(model_path, cfg) -> predictor``."""
+    import os
+
+    import src.predictor
+
+    real = src.predictor.HoVerNetPredictor
+
+    def factory(model_path, cfg):
+        stat = os.stat(model_path)
+        key = (os.path.realpath(model_path), stat.st_size, stat.st_mtime_ns, repr(sorted(cfg.MODEL.items())))
+        if key not in _predictor_cache:
+            _predictor_cache[key] = real(model_path, cfg)
+        return _predictor_cache[key]
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", factory)
+    return factory

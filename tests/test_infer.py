@@ -41,8 +41,9 @@ def test_detect_nr_types():
     assert detect_nr_types({"conv0/W": (7, 7, 3, 64)}) is None
 
 
-def test_predictor_output_layout(weights_npz):
-    predictor = HoVerNetPredictor(weights_npz, model_config(weights_npz))
+def test_predictor_output_layout(weights_npz, shared_predictor):
+    predictor = shared_predictor(weights_npz, model_config(weights_npz))
+    assert isinstance(predictor, HoVerNetPredictor)
     assert predictor.nr_types == 5
     batch = np.random.default_rng(0).integers(0, 255, (2, 270, 270, 3)).astype(np.float32)
     maps = predictor(batch)
@@ -53,7 +54,7 @@ def test_predictor_output_layout(weights_npz):
         predictor(batch[:, :100])
 
 
-def test_infer_end_to_end_then_resume(weights_npz, images, tmp_path, capsys):
+def test_infer_end_to_end_then_resume(weights_npz, images, tmp_path, capsys, shared_predictor):
     out = tmp_path / "out"
     argv = ["--input", str(images), "--output", str(out), "--model", str(weights_npz), "--quiet"]
     assert infer.main(argv) == 0
@@ -76,7 +77,7 @@ def test_infer_end_to_end_then_resume(weights_npz, images, tmp_path, capsys):
     assert "0 image(s) written, 2 already complete" in capsys.readouterr().out
 
 
-def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path, capsys, caplog):
+def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path, capsys, caplog, shared_predictor):
     cv2.imwrite(str(images / "gray.png"), np.zeros((20, 20), np.uint8))
     (images / "corrupt.tif").write_bytes(b"II*\x00 not really a tiff")
     code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(weights_npz),
@@ -123,7 +124,7 @@ def test_nchw_on_gpu_equals_nhwc(weights_npz):
     np.testing.assert_allclose(nchw, nhwc, atol=2e-3)
 
 
-def test_type_file_must_name_every_type_of_the_model(weights_npz, images, tmp_path, capsys):
+def test_type_file_must_name_every_type_of_the_model(weights_npz, images, tmp_path, capsys, shared_predictor):
     types = tmp_path / "types.json"
     types.write_text(json.dumps({"1": ["tumour", [255, 0, 0]], "2": ["immune", [0, 255, 0]]}))
     code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(weights_npz),
