@@ -331,7 +331,7 @@ def test_validation_dice_is_pooled_over_the_set_not_averaged_over_batches():
 # replicated multi-tower trainer on the CPU. An ungrouped conv keeps these training tests on the CPU.
 SPLIT1 = "MODEL.DENSE_SPLIT=1"
 # The tests that run whole epochs through train.main (towers, checkpoints, resume, phase 2) check run
-# bookkeeping, not shapes: one dense unit per block (270 -> 216) makes each graph build several times quicker (a
+# bookkeeping, not shapes: one dense unit per block (270 -> 216) halves these tests' time (a
 # build costs seconds on this CPU, one per run and tower; the interrupt test ran in 97 s instead of 209 s side by
 # side). The published geometry is trained by test_loss_falls_when_overfitting_one_batch.
 ONE_UNIT = "MODEL.DENSE_UNITS=(1,1)"
