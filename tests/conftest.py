@@ -15,12 +15,6 @@ TINY_OVERRIDES = ("MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,
 
 
 @pytest.fixture(scope="session")
-def tiny_overrides():
-    """The --config overrides of the shrunk network (a fresh list: callers may extend it)."""
-    return list(TINY_OVERRIDES)
-
-
-@pytest.fixture(scope="session")
 def full_train_graph():
     """The published network at full size (54.7M parameters): nr_types=5, training tower, NHWC, in its own
     graph, built once per session. Returns (graph, model, cost); read-only for its users (build nothing in it)."""
