@@ -1,6 +1,6 @@
 """infer.py and src/predictor.py: the real network (random weights) end to end on CPU.
 
-One session-scoped .npz of randomly initialised weights of the shrunk network (tests/conftest.py; the
+One session-scoped .npz of randomly initialised weights of the shrunk network (conftest.py; the
 published geometry, recorded in the file) stands in for a trained model: the outputs are meaningless as
 segmentations but must be complete, mutually consistent and readable by compute_stats.
 Images are kept under one 80x80 output window so each forward pass is a single 270x270 window.

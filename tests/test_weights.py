@@ -93,7 +93,7 @@ def test_npz_metadata_round_trip(tmp_path):
         read_npz_config(tmp_path / "bad.npz")
 
 
-@pytest.mark.slow  # the full-size graph (shared: tests/conftest.py)
+@pytest.mark.slow  # the full-size graph (shared: conftest.py)
 def test_match_report_against_the_real_graph(tmp_path, hovernet_shapes):
     _imagenet_like_npz(tmp_path / "w.npz")
     loaded, missing, unexpected, mismatch = match_weights(read_weights(tmp_path / "w.npz"), hovernet_shapes)
