@@ -13,12 +13,17 @@ $(VENV)/.installed: requirements.txt requirements-xla.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-.PHONY: venv test test-xla lint demo
+.PHONY: venv test test-fast test-xla lint demo
 venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not xla"
+
+# The same without the tests marked slow (network graphs, training steps): under a minute, for quick edits.
+test-fast: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow and not xla"
 
 # The XLA export / TF-free runner tests: minutes of XLA compilation on 2 cores, so not part of `make test`.
 test-xla: $(VENV)/.installed

@@ -3,6 +3,7 @@
 Each graph build takes a few seconds on a CPU; the three builds are module fixtures, and a single
 forward pass (batch 1, random weights) is shared by the tests that need values.
 """
+import re
 import time
 
 import numpy as np
@@ -56,8 +57,8 @@ def _trainable(graph):
 
 @pytest.fixture(scope="module")
 def train5():
-    """nr_types=5, training tower, NHWC (CPU)."""
-    return _build(5, is_training=True, overrides=["MODEL.DATA_FORMAT=NHWC"])
+    """Shrunk network (TINY), nr_types=5, training tower, NHWC (CPU), default (published) MSGE focus."""
+    return _build(5, is_training=True, overrides=TINY)
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +84,14 @@ def forward5(train5):
 
 @pytest.fixture(scope="module")
 def infer2():
-    """nr_types=None (np + hv only), inference tower."""
-    return _build(None, is_training=False, overrides=["MODEL.DATA_FORMAT=NHWC"])
+    """Shrunk network, nr_types=None (np + hv only), inference tower."""
+    return _build(None, is_training=False, overrides=TINY)
 
 
 @pytest.fixture(scope="module")
 def frozen_nchw():
-    """nr_types=5, training tower, freeze=True, NCHW (graph only: TF has no NCHW conv on CPU)."""
-    return _build(5, is_training=True, freeze=True, overrides=["MODEL.DATA_FORMAT=NCHW"])
+    """Shrunk network, nr_types=5, training tower, freeze=True, NCHW (graph only: TF has no NCHW conv on CPU)."""
+    return _build(5, is_training=True, freeze=True, overrides=TINY + ["MODEL.DATA_FORMAT=NCHW"])
 
 
 def test_geometry():
@@ -106,12 +107,15 @@ def test_geometry():
 
 @pytest.fixture(scope="module")
 def fast5():
-    """MODEL.MODE=fast, nr_types=5, inference tower (same variables as training), NHWC; the one fast build."""
-    return _build(5, is_training=False, overrides=["MODEL.DATA_FORMAT=NHWC", "MODEL.MODE=fast"])
+    """Shrunk network in MODEL.MODE=fast, nr_types=5, inference tower (same variables as training), NHWC;
+    the one fast build."""
+    return _build(5, is_training=False, overrides=TINY + ["MODEL.MODE=fast"])
 
 
-def test_parameter_counts(train5):
-    graph, _, _ = train5
+@pytest.mark.slow  # builds a network graph
+def test_parameter_counts(full_train_graph):
+    """The one test of the suite's counts at full size (the session's one full-size build)."""
+    graph, _, _ = full_train_graph
     trainable = _trainable(graph)
     counts = {
         "total": sum(int(np.prod(v.shape)) for v in trainable),
@@ -124,8 +128,9 @@ def test_parameter_counts(train5):
                       "np": NP_HV_BRANCH_PARAMS, "hv": NP_HV_BRANCH_PARAMS, "tp": TP_BRANCH_PARAMS}
 
 
-def test_imagenet_checkpoint_names(train5):
-    graph, _, _ = train5
+@pytest.mark.slow  # builds a network graph
+def test_imagenet_checkpoint_names(full_train_graph):
+    graph, _, _ = full_train_graph
     with graph.as_default():
         shapes = {v.op.name: tuple(v.shape.as_list()) for v in tf1.global_variables()}
     expected = {
@@ -161,6 +166,7 @@ def test_imagenet_checkpoint_names(train5):
     assert not any(k.endswith("/b") for k in shapes if not k.startswith("conv_out_"))  # no bias but heads
 
 
+@pytest.mark.slow  # builds a network graph
 def test_inputs_and_outputs(train5, infer2):
     graph, model, cost = train5
     assert [s.name for s in model.inputs()] == INFERENCE_INPUTS + ["np_target", "hv_target", "tp_target"]
@@ -184,10 +190,13 @@ def test_inputs_and_outputs(train5, infer2):
     graph2.get_tensor_by_name(f"{NP_DICE_NAME}:0")  # the validation metric exists in inference towers
     with pytest.raises(KeyError):
         graph2.get_tensor_by_name(f"{COST_NAME}:0")
-    trainable = _trainable(graph2)
-    assert sum(int(np.prod(v.shape)) for v in trainable) == TOTAL_PARAMS - TP_BRANCH_PARAMS
+    trainable, trainable5 = _trainable(graph2), _trainable(graph)
+    tp_branch = _count(trainable5, DECODER_SCOPES["tp"])
+    assert tp_branch > 0 and sum(int(np.prod(v.shape)) for v in trainable) == (
+        sum(int(np.prod(v.shape)) for v in trainable5) - tp_branch)  # the same network less the tp branch
 
 
+@pytest.mark.slow  # builds a network graph
 def test_forward_pass(forward5):
     np_prob, hv, tp_prob = forward5["np_prob"], forward5["hv"], forward5["tp_prob"]
     assert np_prob.shape == (1, 80, 80, 2) and hv.shape == (1, 80, 80, 2) and tp_prob.shape == (1, 80, 80, 5)
@@ -201,6 +210,7 @@ def test_forward_pass(forward5):
     assert forward5[COST_NAME] == pytest.approx(sum(weights[t] * v for t, v in terms.items()), rel=1e-5)
 
 
+@pytest.mark.slow  # builds a network graph
 def test_nchw_builds_the_same_network(frozen_nchw, train5):
     graph, model, _ = frozen_nchw
     assert model.data_format == "NCHW"
@@ -219,6 +229,7 @@ PUBLISHED_FROZEN_BUT_TRAINED = {
 }
 
 
+@pytest.mark.slow  # builds a network graph
 def test_freeze_stops_encoder_gradients(frozen_nchw):
     graph, _, cost = frozen_nchw
     with graph.as_default():
@@ -231,6 +242,7 @@ def test_freeze_stops_encoder_gradients(frozen_nchw):
     assert decoder and all(grads[n] is not None for n in decoder)  # conv_bot, decoders and heads train
 
 
+@pytest.mark.slow  # builds a network graph
 def test_unfrozen_encoder_gets_gradients(train5):
     graph, _, cost = train5
     with graph.as_default():
@@ -252,15 +264,13 @@ def test_optimizer_reads_learning_rate_variable():
             assert sess.run(lr[0]) == pytest.approx(1e-4)
 
 
-def test_fast_mode_maps_256_to_164():
-    graph = tf.Graph()
-    with graph.as_default(), TowerContext("", is_training=False):
-        model = HoVerNet(nr_types=5, cfg=config_from_args(TINY + ["MODEL.MODE=fast"]))
-        outputs = model.build_outputs(tf1.placeholder(tf.float32, [None, 256, 256, 3]))
-    assert {k: v.shape.as_list() for k, v in outputs.items()} == {
+@pytest.mark.slow  # builds a network graph
+def test_fast_mode_maps_256_to_164(fast5):
+    graph, model, _ = fast5
+    assert model.inputs()[0].shape.as_list() == [None, 256, 256, 3]
+    assert {n: graph.get_tensor_by_name(f"{n}:0").shape.as_list() for n in inference_output_names(5)} == {
         "np_prob": [None, 164, 164, 2], "hv": [None, 164, 164, 2], "tp_prob": [None, 164, 164, 5]}
-    with graph.as_default():
-        kernels = {v.op.name: v.shape.as_list() for v in tf1.trainable_variables()}
+    kernels = {v.op.name: v.shape.as_list() for v in _trainable(graph)}
     assert kernels["np/u3/conva/W"][:2] == [3, 3] and kernels["np/u1/conva/W"][:2] == [3, 3]
     assert kernels["np/u2/dense/blk/0/conv2/W"][:2] == [3, 3] and kernels["conv0/W"][:2] == [7, 7]
 
@@ -286,9 +296,14 @@ def _np_msge(true_hv, pred_hv, focus):
     return total / (2 * np.sum(focus) + 1e-8)
 
 
+@pytest.mark.slow  # builds a network graph
 @pytest.mark.parametrize("focus_mode", ["published", "binary"])
-def test_np_target_ids_binarised_for_np_and_focus_per_config(focus_mode):
-    graph, model, _ = _build(5, is_training=True, overrides=TINY + [f"LOSS.MSGE_FOCUS={focus_mode}"])
+def test_np_target_ids_binarised_for_np_and_focus_per_config(focus_mode, request):
+    if focus_mode == "published":  # the default: the module's shrunk training graph
+        graph, model, _ = request.getfixturevalue("train5")
+        assert model.cfg.LOSS.MSGE_FOCUS == "published"
+    else:
+        graph, model, _ = _build(5, is_training=True, overrides=TINY + [f"LOSS.MSGE_FOCUS={focus_mode}"])
     rng = np.random.default_rng(1)
     ids = np.zeros((1, 80, 80), np.int32)
     ids[0, 10:30, 10:30] = 3
@@ -310,6 +325,7 @@ def test_np_target_ids_binarised_for_np_and_focus_per_config(focus_mode):
     assert abs(weighted - binary) > 1e-3 * binary  # the example tells the two apart
 
 
+@pytest.mark.slow  # builds a network graph
 def test_msge_focus_binary_without_types_as_released():
     """Without types the released BinarizeLabel made label channel 0 binary: the focus is binary."""
     graph, _, _ = _build(None, is_training=True, overrides=TINY)
@@ -342,34 +358,30 @@ def test_hand_count_reproduces_the_published_original_counts():
     assert _branch_params(5, 2) == NP_HV_BRANCH_PARAMS and _branch_params(5, 5) == TP_BRANCH_PARAMS
 
 
-def test_fast_mode_shapes_and_parameter_counts(fast5):
+# the decoder's k x k kernels: 5x5 in original mode, 3x3 in fast mode (u3/u2/u1 conva, dense conv2)
+DECODER_KERNEL = re.compile(r"/u[123]/conva/W$|/dense/blk/\d+/conv2/W$")
+
+
+@pytest.mark.slow  # builds a network graph
+def test_fast_mode_shapes_and_parameter_counts(fast5, train5):
+    """Fast mode changes exactly the decoder's k x k kernels (5x5 -> 3x3), so its full-size counts follow from
+    the published original ones by the hand count; checked on the shrunk network (same layer list)."""
     graph, model, _ = fast5
     assert model.geometry.mode == "fast"
-    assert model.inputs()[0].shape.as_list() == [None, 256, 256, 3]
-    shapes = {n: graph.get_tensor_by_name(f"{n}:0").shape.as_list() for n in inference_output_names(5)}
-    assert shapes == {"np_prob": [None, 164, 164, 2], "hv": [None, 164, 164, 2], "tp_prob": [None, 164, 164, 5]}
-    trainable = _trainable(graph)
-    counts = {
-        "total": sum(int(np.prod(v.shape)) for v in trainable),
-        "encoder": _count(trainable, ENCODER_SCOPES),
-        "conv_bot": _count(trainable, ("conv_bot",)),
-        **{branch: _count(trainable, DECODER_SCOPES[branch]) for branch in ("np", "hv", "tp")},
-    }
-    print("fast-mode trainable parameters:", counts)
+    fast = {v.op.name: tuple(v.shape.as_list()) for v in _trainable(graph)}
+    original = {v.op.name: tuple(v.shape.as_list()) for v in _trainable(train5[0])}
+    assert set(fast) == set(original)  # the same variables, named the same
+    changed = {n for n in fast if fast[n] != original[n]}
+    assert changed == {n for n in fast if DECODER_KERNEL.search(n)} and len(changed) == 3 * (3 + 8 + 4)
+    assert all(original[n][:2] == (5, 5) and fast[n] == (3, 3) + original[n][2:] for n in changed)
+    assert fast["conv0/W"][:2] == (7, 7)  # conv0 is 7x7 in both modes, only its padding differs
     # By hand: every 5x5 of a branch becomes 3x3, so each branch loses (25 - 9) x the k x k weights per pixel
     # of kernel, (1024*256 + 8*32*32 + 512*128 + 4*32*32 + 256*64) = 356,352: 16 * 356,352 = 5,701,632.
     # np/hv: 9,715,586 - 5,701,632 = 4,013,954; tp: 9,715,781 - 5,701,632 = 4,014,149. Encoder and conv_bot
-    # do not change (conv0 is 7x7 in both modes, only its padding differs).
+    # do not change. The same hand count reproduces the published original counts (test above).
     assert _branch_params(3, 2) == 4_013_954 and _branch_params(3, 5) == 4_014_149
-    assert counts == {"total": 23_500_352 + 2_097_152 + 2 * 4_013_954 + 4_014_149,  # 37,639,561
-                      "encoder": ENCODER_PARAMS, "conv_bot": CONV_BOT_PARAMS,
-                      "np": 4_013_954, "hv": 4_013_954, "tp": 4_014_149}
-    with graph.as_default():
-        kernels = {v.op.name: tuple(v.shape.as_list()) for v in tf1.global_variables()}
-    assert kernels["conv0/W"] == (7, 7, 3, 64)
-    assert kernels["np/u3/conva/W"] == (3, 3, 1024, 256) and kernels["tp/u1/conva/W"] == (3, 3, 256, 64)
-    assert kernels["hv/u2/dense/blk/3/conv2/W"] == (3, 3, 32, 32)
-
+    assert NP_HV_BRANCH_PARAMS - _branch_params(3, 2) == 16 * 356_352 == TP_BRANCH_PARAMS - _branch_params(3, 5)
+    assert ENCODER_PARAMS + CONV_BOT_PARAMS + 2 * 4_013_954 + 4_014_149 == 37_639_561
 
 
 # --- the tensor-name contract (issue 12.8); no graph is built here ---

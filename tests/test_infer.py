@@ -1,7 +1,8 @@
 """infer.py and src/predictor.py: the real network (random weights) end to end on CPU.
 
-One module-scoped .npz of randomly initialised weights stands in for a trained model: the outputs are
-meaningless as segmentations but must be complete, mutually consistent and readable by compute_stats.
+One session-scoped .npz of randomly initialised weights of the shrunk network (conftest.py; the
+published geometry, recorded in the file) stands in for a trained model: the outputs are meaningless as
+segmentations but must be complete, mutually consistent and readable by compute_stats.
 Images are kept under one 80x80 output window so each forward pass is a single 270x270 window.
 """
 import json
@@ -13,18 +14,15 @@ import pytest
 import infer
 from metrics.compute_stats import main as compute_stats
 from misc.io import InputError, load_label_mat
-from src.config import config_from_args
-from src.model.weights import save_initial_weights
+from src.model.model_config import model_config
 from src.predictor import TP_HEAD_BIAS, HoVerNetPredictor, detect_nr_types
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def weights_npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "random.npz"
-    save_initial_weights(path, config_from_args(), nr_types=5)
-    return path
+def weights_npz(tiny_weights_npz):
+    return tiny_weights_npz  # read-only: tests copy it before changing it
 
 
 @pytest.fixture
@@ -43,8 +41,9 @@ def test_detect_nr_types():
     assert detect_nr_types({"conv0/W": (7, 7, 3, 64)}) is None
 
 
-def test_predictor_output_layout(weights_npz):
-    predictor = HoVerNetPredictor(weights_npz, config_from_args())
+def test_predictor_output_layout(weights_npz, shared_predictor):
+    predictor = shared_predictor(weights_npz, model_config(weights_npz))
+    assert isinstance(predictor, HoVerNetPredictor)
     assert predictor.nr_types == 5
     batch = np.random.default_rng(0).integers(0, 255, (2, 270, 270, 3)).astype(np.float32)
     maps = predictor(batch)
@@ -55,7 +54,7 @@ def test_predictor_output_layout(weights_npz):
         predictor(batch[:, :100])
 
 
-def test_infer_end_to_end_then_resume(weights_npz, images, tmp_path, capsys):
+def test_infer_end_to_end_then_resume(weights_npz, images, tmp_path, capsys, shared_predictor):
     out = tmp_path / "out"
     argv = ["--input", str(images), "--output", str(out), "--model", str(weights_npz), "--quiet"]
     assert infer.main(argv) == 0
@@ -78,7 +77,7 @@ def test_infer_end_to_end_then_resume(weights_npz, images, tmp_path, capsys):
     assert "0 image(s) written, 2 already complete" in capsys.readouterr().out
 
 
-def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path, capsys, caplog):
+def test_infer_reports_bad_images_and_exit_status(weights_npz, images, tmp_path, capsys, caplog, shared_predictor):
     cv2.imwrite(str(images / "gray.png"), np.zeros((20, 20), np.uint8))
     (images / "corrupt.tif").write_bytes(b"II*\x00 not really a tiff")
     code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(weights_npz),
@@ -98,7 +97,7 @@ def test_model_with_missing_variables_is_refused(weights_npz, images, tmp_path, 
     path = tmp_path / "partial.npz"
     np.savez(path, **partial)
     with pytest.raises(InputError) as info:
-        HoVerNetPredictor(path, config_from_args())
+        HoVerNetPredictor(path, model_config(weights_npz))
     message = str(info.value)
     assert "missing from the file" in message and "hv/u3/conva/W" in message
     assert "unexpected in the file" in message and "not_in_the_network/W" in message
@@ -120,12 +119,12 @@ def test_bad_arguments(images, tmp_path, capsys):
 def test_nchw_on_gpu_equals_nhwc(weights_npz):
     """Spec section 1: NCHW on the GPU, NHWC acceptable elsewhere only if the results are equal."""
     batch = np.random.default_rng(1).integers(0, 255, (2, 270, 270, 3)).astype(np.float32)
-    nchw = HoVerNetPredictor(weights_npz, config_from_args(["MODEL.DATA_FORMAT=NCHW"]))(batch)
-    nhwc = HoVerNetPredictor(weights_npz, config_from_args(["MODEL.DATA_FORMAT=NHWC"]))(batch)
+    nchw = HoVerNetPredictor(weights_npz, model_config(weights_npz, ["MODEL.DATA_FORMAT=NCHW"]))(batch)
+    nhwc = HoVerNetPredictor(weights_npz, model_config(weights_npz, ["MODEL.DATA_FORMAT=NHWC"]))(batch)
     np.testing.assert_allclose(nchw, nhwc, atol=2e-3)
 
 
-def test_type_file_must_name_every_type_of_the_model(weights_npz, images, tmp_path, capsys):
+def test_type_file_must_name_every_type_of_the_model(weights_npz, images, tmp_path, capsys, shared_predictor):
     types = tmp_path / "types.json"
     types.write_text(json.dumps({"1": ["tumour", [255, 0, 0]], "2": ["immune", [0, 255, 0]]}))
     code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(weights_npz),

@@ -229,14 +229,14 @@ def test_select_trainer_from_tower_count():
 def test_train_two_cpu_towers_checkpoint_resume_and_phase2(patch_dir, tmp_path, caplog):
     out = tmp_path / "run"
     pretrained = tmp_path / "imagenet_like.npz"
-    cfg = config_from_args([*TINY, SPLIT1])  # see SPLIT1
+    cfg = config_from_args([*TINY, SPLIT1, ONE_UNIT])  # see SPLIT1
     save_initial_weights(tmp_path / "full.npz", cfg, nr_types=5)
     with np.load(tmp_path / "full.npz") as full:  # an encoder-only file, as the ImageNet weights are
         np.savez(pretrained, **{k: full[k] for k in full.files if k.split("/")[0] in ("conv0", "group0")})
 
     caplog.set_level("INFO")
     assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "1", "--pretrained", str(pretrained),
-                       *_args(patch_dir, out), SPLIT1]) == 0
+                       *_args(patch_dir, out), SPLIT1, ONE_UNIT]) == 0
     phase1 = out / "phase1"
     assert "loading" in caplog.text and "keep their initial values" in caplog.text
     assert (phase1 / "checkpoint").is_file() and (phase1 / f"{BEST_CHECKPOINT}.index").is_file()
@@ -246,16 +246,16 @@ def test_train_two_cpu_towers_checkpoint_resume_and_phase2(patch_dir, tmp_path, 
     assert json.loads((phase1 / "run.json").read_text())["towers"] == 2
 
     # A finished run is refused (asked for no more epochs than it ran) ...
-    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "1", *_args(patch_dir, out), SPLIT1]) == 2
+    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "1", *_args(patch_dir, out), SPLIT1, ONE_UNIT]) == 2
     # ... an interrupted one (no finished marker) resumes after its last epoch instead of starting over.
     (phase1 / FINISHED_MARKER).unlink()
-    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "2", *_args(patch_dir, out), SPLIT1]) == 0
+    assert train.main(["--gpu", "0,1", "--phase", "1", "--epochs", "2", *_args(patch_dir, out), SPLIT1, ONE_UNIT]) == 0
     stats = json.loads((phase1 / "stats.json").read_text())
     assert [s["epoch_num"] for s in stats] == [1, 2]
     assert [s["global_step"] for s in stats] == [2, 4]
     # ... and a finished one asked for more epochs continues from its last checkpoint.
     assert json.loads((phase1 / FINISHED_MARKER).read_text())["epochs"] == 2
-    assert train.main(["--phase", "1", "--epochs", "3", *_args(patch_dir, out), SPLIT1]) == 0
+    assert train.main(["--phase", "1", "--epochs", "3", *_args(patch_dir, out), SPLIT1, ONE_UNIT]) == 0
     stats = json.loads((phase1 / "stats.json").read_text())
     assert [s["epoch_num"] for s in stats] == [1, 2, 3] and [s["global_step"] for s in stats] == [2, 4, 6]
     assert json.loads((phase1 / FINISHED_MARKER).read_text())["epochs"] == 3
@@ -264,7 +264,7 @@ def test_train_two_cpu_towers_checkpoint_resume_and_phase2(patch_dir, tmp_path, 
     assert json.loads((phase1 / "run.json").read_text())["epochs"] == 1  # the first settings are kept
 
     # Phase 2 starts from phase 1's last checkpoint (largest global step, as released), on one CPU tower.
-    assert train.main(["--phase", "2", "--epochs", "1", *_args(patch_dir, out), SPLIT1]) == 0
+    assert train.main(["--phase", "2", "--epochs", "1", *_args(patch_dir, out), SPLIT1, ONE_UNIT]) == 0
     run2 = json.loads((out / "phase2" / "run.json").read_text())
     assert run2["init"].endswith("phase1/model-6") and run2["batch_size_per_tower"] == 1
     assert (out / "phase2" / FINISHED_MARKER).is_file()
@@ -363,6 +363,11 @@ def test_validation_dice_is_pooled_over_the_set_not_averaged_over_batches():
 # conv); oneDNN's (src/__init__.py) has one for a single tower, but returns the ungrouped shape under the
 # replicated multi-tower trainer on the CPU. An ungrouped conv keeps these training tests on the CPU.
 SPLIT1 = "MODEL.DENSE_SPLIT=1"
+# The tests that run whole epochs through train.main (towers, checkpoints, resume, phase 2) check run
+# bookkeeping, not shapes: one dense unit per block (270 -> 216) halves these tests' time (a
+# build costs seconds on this CPU, one per run and tower; the interrupt test ran in 97 s instead of 209 s side by
+# side). The published geometry is trained by test_loss_falls_when_overfitting_one_batch.
+ONE_UNIT = "MODEL.DENSE_UNITS=(1,1)"
 
 
 def test_interrupt_during_validation_resumes_without_repeating_an_epoch(patch_dir, tmp_path, monkeypatch):
@@ -380,7 +385,7 @@ def test_interrupt_during_validation_resumes_without_repeating_an_epoch(patch_di
 
     monkeypatch.setattr(PooledDice, "_after_inference", interrupted_second_validation)
     with pytest.raises(KeyboardInterrupt):
-        training.train(config_from_args([*TINY, SPLIT1]),
+        training.train(config_from_args([*TINY, SPLIT1, ONE_UNIT]),
                        TrainOptions(patch_dir, out, valid_dir=patch_dir, towers=Towers(count=1, on_gpu=False),
                                     phases=(1,), epochs=3, steps_per_epoch=2, batch_size=1, num_workers=0),
                        DATAFLOWS)
@@ -389,7 +394,7 @@ def test_interrupt_during_validation_resumes_without_repeating_an_epoch(patch_di
     assert (phase1 / "model-4.index").is_file()  # the checkpoint one epoch ahead of stats.json
     tf.compat.v1.reset_default_graph()
     monkeypatch.setattr(PooledDice, "_after_inference", original)
-    assert train.main(["--phase", "1", "--epochs", "3", *_args(patch_dir, out), SPLIT1]) == 0
+    assert train.main(["--phase", "1", "--epochs", "3", *_args(patch_dir, out), SPLIT1, ONE_UNIT]) == 0
     stats = json.loads((phase1 / "stats.json").read_text())
     assert [s["epoch_num"] for s in stats] == [1, 2, 3]
     assert [s["global_step"] for s in stats] == [2, 4, 6]

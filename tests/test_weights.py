@@ -2,10 +2,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorpack.tfutils.tower import TowerContext
 
 from src.config import config_from_args
-from src.model.graph import HoVerNet
 from src.model.weights import (
     METADATA_KEY,
     WeightsMismatchError,
@@ -25,15 +23,13 @@ tf1 = tf.compat.v1
 
 
 @pytest.fixture(scope="module")
-def hovernet_shapes():
-    """{name: shape} of every variable of the published graph (inference tower, nr_types=5)."""
-    graph = tf.Graph()
+def hovernet_shapes(full_train_graph):
+    """{name: shape} of every variable of the published graph (nr_types=5) that a weights file holds: the
+    session's full-size training graph less its training state (the loss EMAs), i.e. the inference tower's."""
+    graph = full_train_graph[0]
     with graph.as_default():
-        model = HoVerNet(nr_types=5, cfg=config_from_args(["MODEL.DATA_FORMAT=NHWC"]))
-        placeholders = [tf1.placeholder(s.dtype, s.shape, s.name) for s in model.inputs()]
-        with TowerContext("", is_training=False):
-            model.build_graph(*placeholders)
-        return graph_variable_shapes()
+        shapes = graph_variable_shapes()
+    return {name: shape for name, shape in shapes.items() if not is_training_state(name)}
 
 
 def _imagenet_like_npz(path):
@@ -97,6 +93,7 @@ def test_npz_metadata_round_trip(tmp_path):
         read_npz_config(tmp_path / "bad.npz")
 
 
+@pytest.mark.slow  # the full-size graph (shared: conftest.py)
 def test_match_report_against_the_real_graph(tmp_path, hovernet_shapes):
     _imagenet_like_npz(tmp_path / "w.npz")
     loaded, missing, unexpected, mismatch = match_weights(read_weights(tmp_path / "w.npz"), hovernet_shapes)
