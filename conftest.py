@@ -22,22 +22,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-# The shrunk network of the XLA export tests (tests/test_export.py, tests/test_xla_runner.py): the published
-# geometry (270 -> 80) with tiny widths, exported once per session (compiling it is what takes the time).
-XLA_TINY = ["MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,8,16)", "MODEL.BOTTLENECK_CHANNELS=32",
-            "MODEL.DECODER_CHANNELS=(8,8,8)", "MODEL.DENSE_BOTTLENECK=8", "MODEL.DENSE_GROWTH=4"]
-
-
-@pytest.fixture(scope="session")
-def xla_artifacts(tmp_path_factory):
-    """Folder holding the tiny network's forward (batch 2) and phase-2 training step (batch 2) artifacts."""
-    from src.model.export import export_all
-
-    folder = tmp_path_factory.mktemp("xla")
-    export_all(folder, XLA_TINY, batch_sizes=(2,), phases=(2,), train_batch_sizes={2: 2})
-    return folder
-
-
 # --- Networks shared across test modules: their builds dominate the suite's time. A graph build costs seconds of
 # Python on this CPU whatever the widths (the published depth has ~400 variables), so the full-size graph is built
 # once per session and shared by every test that needs its variable names and shapes, and the shrunk network that
