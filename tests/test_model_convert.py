@@ -19,7 +19,8 @@ import infer
 from src.config import config_from_args
 from src.model import convert
 from src.model.graph import INFERENCE_INPUTS, HoVerNet, inference_output_names
-from src.model.weights import match_weights, read_npz_config, read_weights
+from src.model.model_config import model_config, read_npz_metadata
+from src.model.weights import match_weights, read_weights
 
 pytestmark = pytest.mark.slow
 tf1 = tf.compat.v1
@@ -101,10 +102,10 @@ def test_fast_round_trip_gives_identical_outputs(fast_graph, tmp_path):
     match = match_weights(converted, shapes)  # what the strict loader checks
     assert not (match.missing or match.unexpected or match.shape_mismatch)
 
-    overrides = read_npz_config(tmp_path / "tf.npz")
-    assert {"MODEL.MODE='fast'", "MODEL.NR_TYPES=6", "MODEL.PRESET='small'", "MODEL.ENCODER_UNITS=(3, 4, 6, 3)",
-            "MODEL.DENSE_UNITS=(8, 4)"} <= set(overrides)
-    recorded = config_from_args(overrides)
+    record = read_npz_metadata(tmp_path / "tf.npz")["MODEL"]
+    assert {"MODE": "fast", "NR_TYPES": 6, "PRESET": "small", "ENCODER_UNITS": [3, 4, 6, 3],
+            "DENSE_UNITS": [8, 4]}.items() <= record.items()
+    recorded = model_config(tmp_path / "tf.npz")
     assert (recorded.MODEL.INPUT_SHAPE, recorded.MODEL.OUTPUT_SHAPE) == (256, 164)
 
     images = np.random.default_rng(1).uniform(0, 255, (1, 256, 256, 3)).astype(np.float32)
@@ -128,8 +129,8 @@ def test_original_mode_without_types_checked_against_its_graph(fast_graph, tmp_p
     np.savez(tmp_path / "state.npz", **_to_pytorch(_random_weights(shapes, seed=2)))
     assert convert.main([str(tmp_path / "state.npz"), str(tmp_path / "tf.npz"), "--config", *SHRUNK]) == 0
     assert "mode original, no type branch" in capsys.readouterr().out
-    overrides = read_npz_config(tmp_path / "tf.npz")
-    assert "MODEL.MODE='original'" in overrides and "MODEL.NR_TYPES=None" in overrides
+    record = read_npz_metadata(tmp_path / "tf.npz")["MODEL"]
+    assert record["MODE"] == "original" and record["NR_TYPES"] is None
     # the check catches a kernel of the wrong size, naming it
     shapes["np/u2/conva/W"] = (5, 5, 64, 8)
     np.savez(tmp_path / "bad.npz", **_to_pytorch(_random_weights(shapes, seed=2)))

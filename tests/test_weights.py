@@ -1,9 +1,12 @@
 """Loading weights by name: .npz and checkpoints, the match report, strict and non-strict loading."""
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from src.config import config_from_args
+from src.model.model_config import model_config, read_npz_metadata
 from src.model.weights import (
     METADATA_KEY,
     WeightsMismatchError,
@@ -12,7 +15,6 @@ from src.model.weights import (
     make_session_init,
     match_weights,
     model_metadata,
-    read_npz_config,
     read_weight_shapes,
     read_weights,
     resolve_checkpoint,
@@ -66,7 +68,7 @@ def test_read_npz_strips_output_suffix(tmp_path):
     assert read_weight_shapes(tmp_path / "w.npz")["conv0/W"] == (7, 7, 3, 64)
 
 
-def test_npz_metadata_round_trip(tmp_path):
+def test_npz_metadata_round_trip(tmp_path, caplog):
     cfg = config_from_args(["MODEL.MODE=fast", "MODEL.PRESET=small", "MODEL.DENSE_UNITS=(8, 4)",
                             "MODEL.DATA_FORMAT=NHWC"])
     metadata = model_metadata(cfg, nr_types=6)
@@ -78,19 +80,21 @@ def test_npz_metadata_round_trip(tmp_path):
         assert data[METADATA_KEY].shape == () and data[METADATA_KEY].dtype.kind == "U"
     assert list(read_weights(tmp_path / "m.npz")) == ["conv0/W"]  # '__' keys are not variables
     assert read_weight_shapes(tmp_path / "m.npz") == {"conv0/W": (7, 7, 3, 8)}
-    overrides = read_npz_config(tmp_path / "m.npz")
-    assert overrides == ["MODEL.DENSE_UNITS=(8, 4)", "MODEL.MODE='fast'", "MODEL.NR_TYPES=6", "MODEL.PRESET='small'"]
-    # the user's overrides come after and win
-    again = config_from_args(overrides + ["MODEL.MODE=original"])
+    assert read_npz_metadata(tmp_path / "m.npz") == metadata
+    # the record rebuilds the network (the preset first, then what differs from it); the user's overrides win
+    recorded = model_config(tmp_path / "m.npz")
+    assert (recorded.MODEL.MODE, recorded.MODEL.NR_TYPES, recorded.MODEL.DENSE_UNITS) == ("fast", 6, (8, 4))
+    again = model_config(tmp_path / "m.npz", ["MODEL.MODE=original"])
     assert (again.MODEL.MODE, again.MODEL.NR_TYPES, again.MODEL.ENCODER_UNITS) == ("original", 6, (2, 2, 2, 2))
     # no record, a checkpoint path, a missing file: nothing to apply
     save_npz(tmp_path / "plain.npz", {"conv0/W": np.ones(1, np.float32)})
-    assert read_npz_config(tmp_path / "plain.npz") == []
-    assert read_npz_config(tmp_path / "train_log/model-100") == []
-    assert read_npz_config(tmp_path / "absent.npz") == []
+    for path in ("plain.npz", "train_log/model-100", "absent.npz"):
+        assert read_npz_metadata(tmp_path / path) == {}
+    # a record that is not {"SECTION": {"KEY": value}}: said, and ignored
     np.savez(tmp_path / "bad.npz", **{METADATA_KEY: np.array("[1, 2]")})
-    with pytest.raises(ValueError, match=METADATA_KEY):
-        read_npz_config(tmp_path / "bad.npz")
+    with caplog.at_level(logging.WARNING, logger="src.model.model_config"):
+        assert read_npz_metadata(tmp_path / "bad.npz") == {}
+    assert f"bad.npz: {METADATA_KEY} is not" in caplog.text
 
 
 @pytest.mark.slow  # the full-size graph (shared: conftest.py)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +37,29 @@ UNRECORDED_MODEL_KEYS = ("DATA_FORMAT", "INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GRO
 
 
 def read_npz_metadata(path: str | os.PathLike) -> dict:
-    """The JSON metadata stored under :data:`METADATA_KEY` in an ``.npz`` ({} for none or another file)."""
+    """The JSON metadata stored under :data:`METADATA_KEY` in an ``.npz``: ``{"SECTION": {"KEY": value}}``.
+
+    ``{}`` for a checkpoint, a missing file, an ``.npz`` without the record, or a file that is not an ``.npz``
+    (the weights loader reports that one). A record that is not such JSON is reported as a warning and ignored:
+    the network is then built from the published config and ``--config``.
+    """
     if not os.fspath(path).endswith(".npz") or not os.path.isfile(path):
         return {}
     try:
         with np.load(path, allow_pickle=False) as data:
-            return json.loads(str(data[METADATA_KEY])) if METADATA_KEY in data.files else {}
-    except (OSError, ValueError, EOFError):
-        return {}  # not readable as an .npz: the weights loader reports it
+            if METADATA_KEY not in data.files:
+                return {}
+            raw = str(data[METADATA_KEY])
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return {}
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
+        log.warning("%s: %s is not {\"SECTION\": {\"KEY\": value}} JSON; ignored", path, METADATA_KEY)
+        return {}
+    return record
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:

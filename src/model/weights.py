@@ -38,7 +38,7 @@ tf1 = tf.compat.v1
 __all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "resolve_checkpoint",
            "is_training_state", "match_weights", "graph_variable_shapes", "CheckedSessionInit",
            "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "weights_digest", "initial_weights",
-           "save_initial_weights", "METADATA_KEY", "model_metadata", "save_npz", "read_npz_config"]
+           "save_initial_weights", "METADATA_KEY", "model_metadata", "save_npz"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
 NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one message for any other file
@@ -335,32 +335,3 @@ def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray], metadata: 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-
-
-def read_npz_config(path: str | os.PathLike) -> list[str]:
-    """Config overrides recorded in a weights ``.npz`` (:data:`METADATA_KEY`), e.g. ``["MODEL.MODE='fast'",
-    "MODEL.NR_TYPES=6", "MODEL.PRESET='full'"]``; ``[]`` for a checkpoint, a missing file or an ``.npz``
-    without the record. Entry points apply them before the user's ``--config`` overrides, which win.
-
-    Raises ``ValueError`` for a record that is not ``{"SECTION": {"KEY": value}}`` JSON.
-    """
-    import json
-
-    if not _is_npz(path) or not os.path.isfile(path):
-        return []
-    with np.load(path) as data:
-        if METADATA_KEY not in data.files:
-            return []
-        raw = str(data[METADATA_KEY])
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: {METADATA_KEY} is not JSON ({exc})") from exc
-    if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
-        raise ValueError(f"{path}: {METADATA_KEY} must map sections to {{key: value}}, got {raw!r}")
-    overrides = []
-    for section, values in sorted(record.items()):
-        for key, value in sorted(values.items()):
-            value = tuple(value) if isinstance(value, list) else value  # JSON has no tuples
-            overrides.append(f"{section}.{key}={value!r}")
-    return overrides
