@@ -90,7 +90,7 @@ def test_npz_metadata_round_trip(tmp_path, caplog):
     save_npz(tmp_path / "plain.npz", {"conv0/W": np.ones(1, np.float32)})
     for path in ("plain.npz", "train_log/model-100", "absent.npz"):
         assert read_npz_metadata(tmp_path / path) == {}
-    # a record that is not {"SECTION": {"KEY": value}}: said, and ignored
+    # a record that is not a JSON object: said, and ignored
     np.savez(tmp_path / "bad.npz", **{METADATA_KEY: np.array("[1, 2]")})
     with caplog.at_level(logging.WARNING, logger="src.model.model_config"):
         assert read_npz_metadata(tmp_path / "bad.npz") == {}

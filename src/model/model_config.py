@@ -37,10 +37,11 @@ UNRECORDED_MODEL_KEYS = ("DATA_FORMAT", "INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GRO
 
 
 def read_npz_metadata(path: str | os.PathLike) -> dict:
-    """The JSON metadata stored under :data:`METADATA_KEY` in an ``.npz``: ``{"SECTION": {"KEY": value}}``.
+    """The JSON object stored under :data:`METADATA_KEY` in an ``.npz``: ``{"SECTION": {"KEY": value}}`` for the
+    config sections (:data:`RECORDED_SECTIONS`), beside a bundle's own entries (``description``, ...).
 
     ``{}`` for a checkpoint, a missing file, an ``.npz`` without the record, or a file that is not an ``.npz``
-    (the weights loader reports that one). A record that is not such JSON is reported as a warning and ignored:
+    (the weights loader reports that one). A record that is not a JSON object is reported as a warning and ignored:
     the network is then built from the published config and ``--config``.
     """
     if not os.fspath(path).endswith(".npz") or not os.path.isfile(path):
@@ -56,8 +57,8 @@ def read_npz_metadata(path: str | os.PathLike) -> dict:
         record = json.loads(raw)
     except json.JSONDecodeError:
         record = None
-    if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
-        log.warning("%s: %s is not {\"SECTION\": {\"KEY\": value}} JSON; ignored", path, METADATA_KEY)
+    if not isinstance(record, dict):
+        log.warning("%s: %s is not a JSON object; ignored", path, METADATA_KEY)
         return {}
     return record
 
