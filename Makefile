@@ -18,14 +18,14 @@ venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not xla"
+	$(PY) -m pytest -q
 
 # The same without the tests marked slow (network graphs, training steps): under a minute, for quick edits.
 test-fast: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow and not xla"
+	$(PY) -m pytest -q -m "not slow"
 
-# The XLA export / TF-free runner tests: minutes of XLA compilation on 2 cores, so not part of `make test`.
+# The XLA export / TF-free runner tests alone (also part of `make test`): about two minutes of XLA compilation.
 test-xla: $(VENV)/.installed
 	$(PY) -m pytest -q -m xla
 
