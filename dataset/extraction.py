@@ -20,7 +20,6 @@ never the augmentation or the targets. numpy/scipy/OpenCV only; no TensorFlow.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from dataset.patches import save_patch, split_by_source
 from dataset.readers import get_reader, merge_types
-from misc.io import InputError, move_aside, remove_stale_partials
+from misc.io import InputError, move_aside, remove_stale_partials, write_json_atomic
 from src.inference import grid_starts, window_grid
 
 __all__ = ["window_origins", "mirror_pad", "cut_patches", "sample_patches", "extract_dataset",
@@ -223,5 +222,5 @@ def extract_sets(input_dir, output_dir, kind: str, patch_size: int, step: int, h
     if holdout:
         record = {"holdout_sources": holdout, "train": splits[0][1], "holdout": splits[1][1]}
         for folder, _ in splits:
-            (Path(folder) / "split.json").write_text(json.dumps(record, indent=1))
+            write_json_atomic(Path(folder) / "split.json", record, indent=1)
     return summaries

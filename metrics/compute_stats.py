@@ -17,7 +17,6 @@ one-line message on stderr and exit code 2. Nothing runs at import.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from metrics.evaluate import evaluate_instance, evaluate_type, match_files
 from metrics.stats import INSTANCE_KEYS
-from misc.io import InputError, atomic_path, check_writable
+from misc.io import InputError, check_writable, write_json_atomic
 from src.config import config_from_args
 
 __all__ = ["main"]
@@ -128,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_type(result)
         if args.json is not None:
             try:
-                with atomic_path(args.json) as tmp:
-                    tmp.write_text(json.dumps(result, indent=2) + "\n")
+                write_json_atomic(args.json, result, indent=2, newline=True)
             except OSError as exc:  # e.g. OUT is a directory or not writable
                 raise InputError(f"{args.json}: cannot write the JSON ({exc.strerror or exc})") from exc
     except InputError as exc:

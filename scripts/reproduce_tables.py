@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from metrics.evaluate import evaluate_instance, evaluate_type, match_files
-from misc.io import InputError, atomic_path
+from misc.io import InputError, atomic_path, write_json_atomic
 from src.config import config_from_args
 
 __all__ = ["PUBLISHED_PATH", "load_published", "score_row", "main"]
@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['table']:<6}{r['row']:<16}{r['metric']:<8}{_fmt(r['ours']):>8}{_fmt(r['published']):>8}"
                   f"{diff:>9}")
         if args.json is not None:
-            with atomic_path(args.json) as tmp:
-                tmp.write_text(json.dumps({"rows": records}, indent=2) + "\n")
+            write_json_atomic(args.json, {"rows": records}, indent=2, newline=True)
         if args.csv is not None:
             with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=COLUMNS)
