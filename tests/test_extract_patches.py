@@ -6,25 +6,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from extraction_fixtures import OFFSET, STEP, WINDOW, labelled_tile
 
 import extract_patches
 from dataset.patches import load_patch
 from misc.io import save_label_mat
 
 SHARED_CONSEP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "consep256" / "train"
-WINDOW, STEP = 540, 80
-OFFSET = (WINDOW - STEP) // 2  # 230: the central STEP x STEP region's offset inside a patch
-
-
-def _tile(height=300, width=200, seed=0):
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    inst = np.zeros((height, width), np.int32)
-    inst[10:30, 10:40] = 1
-    inst[100:140, 150:190] = 300  # an id above 255 must survive
-    inst[250:290, 20:60] = 7
-    types = np.select([inst == 1, inst == 300, inst == 7], [2, 6, 7], 0).astype(np.int32)
-    return image, inst, types
 
 
 def _write(root, tiles):
@@ -37,7 +25,7 @@ def _write(root, tiles):
 
 
 def test_cli_writes_npy_patches_that_tile_the_image(tmp_path, capsys):
-    tile = _tile()
+    tile = labelled_tile()
     root = _write(tmp_path / "data", {"img": tile})
     out = tmp_path / "out"
     assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(out), "--kind", "consep"]) == 0
@@ -60,7 +48,7 @@ def test_cli_writes_npy_patches_that_tile_the_image(tmp_path, capsys):
 
 
 def test_cli_merge_types_and_instance_kind(tmp_path):
-    root = _write(tmp_path / "data", {"img": _tile()})
+    root = _write(tmp_path / "data", {"img": labelled_tile()})
     merged = tmp_path / "merged"
     assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(merged), "--merge_types"]) == 0
     patch = np.load(merged / "img_0000_0000.npy")
@@ -74,7 +62,7 @@ def test_cli_merge_types_and_instance_kind(tmp_path):
 
 
 def test_cli_refuses_non_empty_output_and_reports_missing_input(tmp_path, capsys):
-    root = _write(tmp_path / "data", {"img": _tile()})
+    root = _write(tmp_path / "data", {"img": labelled_tile()})
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.npy").write_bytes(b"old")
@@ -93,8 +81,8 @@ def test_cli_refuses_non_empty_output_and_reports_missing_input(tmp_path, capsys
 
 
 def test_cli_failure_leaves_the_existing_output_untouched(tmp_path, capsys):
-    root = _write(tmp_path / "data", {"a": _tile(), "b": _tile(seed=1)})
-    image, inst, types = _tile(seed=1)
+    root = _write(tmp_path / "data", {"a": labelled_tile(), "b": labelled_tile(seed=1)})
+    image, inst, types = labelled_tile(seed=1)
     save_label_mat(root / "Labels" / "b.mat", inst[:-1], types[:-1])  # the 2nd image's label has the wrong shape
     out = tmp_path / "out"
     out.mkdir()
@@ -128,7 +116,7 @@ def test_cli_on_two_real_consep256_crops(tmp_path):
 
 
 def test_cli_compact_patches_with_holdout_and_fast_geometry(tmp_path, capsys):
-    tiles = {f"t{k}_{c:03d}": _tile(120, 100, seed=k * 10 + c) for k in range(3) for c in range(2)}
+    tiles = {f"t{k}_{c:03d}": labelled_tile(120, 100, seed=k * 10 + c) for k in range(3) for c in range(2)}
     root = _write(tmp_path / "data", tiles)
     train, valid = tmp_path / "train", tmp_path / "valid"
     assert extract_patches.main(["--input_dir", str(root), "--output_dir", str(train), "--format", "npz",
@@ -161,7 +149,7 @@ def _dead_pid():
 
 def test_stale_partial_folder_of_a_killed_run_is_removed_and_reported(tmp_path, capsys):
     """Issue 13.4: a SIGKILLed run left <out>.partial-<pid>; the next run removes it and says so."""
-    root = _write(tmp_path / "data", {"img": _tile(100, 100)})
+    root = _write(tmp_path / "data", {"img": labelled_tile(100, 100)})
     out = tmp_path / "out"
     stale = tmp_path / f"out.partial-{_dead_pid()}"
     stale.mkdir()

@@ -1,22 +1,9 @@
 """dataset/extraction.py: the mirror-padded patch grid of spec section 4 and the extraction library."""
 import numpy as np
 import pytest
+from extraction_fixtures import OFFSET, STEP, WINDOW, labelled_tile
 
 from dataset.extraction import cut_patches, mirror_pad, window_origins
-
-WINDOW, STEP = 540, 80
-OFFSET = (WINDOW - STEP) // 2  # 230: the central STEP x STEP region's offset inside a patch
-
-
-def _tile(height=300, width=200, seed=0):
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    inst = np.zeros((height, width), np.int32)
-    inst[10:30, 10:40] = 1
-    inst[100:140, 150:190] = 300
-    inst[250:290, 20:60] = 7
-    types = np.select([inst == 1, inst == 300, inst == 7], [2, 6, 7], 0).astype(np.int32)
-    return image, inst, types
 
 
 def test_window_origins_follow_the_published_edge_rule():
@@ -37,7 +24,7 @@ def test_mirror_pad_reflects_without_repeating_the_edge():
 
 
 def test_cut_patches_tiles_the_image_with_central_regions():
-    image, inst, types = _tile()
+    image, inst, types = labelled_tile()
     stacked = np.dstack([image, inst, types]).astype(np.int32)
     windows = cut_patches(stacked, WINDOW, STEP)
     assert len(windows) == 4 * 3  # rows 0, 80, 160, 220; cols 0, 80, 120
