@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from misc.arrays import relabel_contiguous
 from misc.io import (
     IMAGE_SUFFIXES,
     DiskFullError,
@@ -153,10 +154,8 @@ def instances_to_input(inst_map: np.ndarray, inst_info: dict, shape: tuple[int, 
     height, width = shape
     resized = cv2.resize(np.asarray(inst_map, np.int32), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
     present = np.unique(resized)
-    present = present[present > 0]
-    lut = np.zeros(int(inst_map.max()) + 1 if inst_map.size else 1, np.int32)
-    lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
-    resized = lut[resized]
+    present = present[present > 0]  # old ids, ascending: the new id of present[k] is k + 1
+    resized, _ = relabel_contiguous(resized, np.int32)
     info = instance_info(resized)
     for new_id, old_id in enumerate(present.tolist(), start=1):
         info[new_id]["type"] = inst_info[old_id]["type"]
