@@ -30,10 +30,13 @@ UNTYPED_COLOUR = (128, 128, 128)
 def type_entry(type_info: Mapping | None, type_id) -> tuple[str, tuple[int, int, int]]:
     """``(name, (r, g, b))`` of a nucleus type; ``type_id`` None gives the neutral untyped entry.
 
-    Raises ``ValueError`` for a type that ``type_info`` does not list: a model with more types than
-    the TYPE_INFO file describes is a configuration error worth stopping for.
+    Type 0 (the type branch voted background over the whole nucleus, which the released post-processing
+    keeps) is untyped as well when ``type_info`` does not list it: TYPE_INFO files often name only the
+    classes, and infer.py checks them for ids 1.. only. Raises ``ValueError`` for any other type that
+    ``type_info`` does not list: a model with more types than the file describes is a configuration error
+    worth stopping for.
     """
-    if type_id is None:
+    if type_id is None or (int(type_id) == 0 and type_info is not None and 0 not in type_info):
         return UNTYPED_NAME, UNTYPED_COLOUR
     if type_info is None or int(type_id) not in type_info:
         known = sorted(type_info) if type_info is not None else []

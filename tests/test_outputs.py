@@ -21,7 +21,15 @@ from misc.outputs import (
     save_nuclei_json,
     write_outputs,
 )
-from misc.viz import UNTYPED_COLOUR, instance_contour, instance_contours, type_name, visualize_instances
+from misc.viz import (
+    UNTYPED_COLOUR,
+    UNTYPED_NAME,
+    instance_contour,
+    instance_contours,
+    type_entry,
+    type_name,
+    visualize_instances,
+)
 from src.config import make_config
 
 H, W = 64, 80
@@ -424,3 +432,8 @@ def test_type_name():
     assert type_name(type_info, 1) == "tumour"
     assert type_name(type_info, 9) == "type9"  # a summary column of an id the file does not list
     assert type_name(type_info, None) == "unclassified"
+    # a nucleus of type 0 (background won its vote) in a file that names only the classes: untyped, not an error
+    assert type_entry(type_info, 0) == (UNTYPED_NAME, UNTYPED_COLOUR)
+    assert type_entry({0: ("nolabe", (0, 0, 0)), **type_info}, 0) == ("nolabe", (0, 0, 0))
+    with pytest.raises(ValueError, match="type 2 has no name"):
+        type_entry(type_info, 2)

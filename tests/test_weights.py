@@ -11,6 +11,7 @@ from src.model.weights import (
     METADATA_KEY,
     WeightsMismatchError,
     graph_variable_shapes,
+    initial_weights,
     is_training_state,
     make_session_init,
     match_weights,
@@ -95,6 +96,16 @@ def test_npz_metadata_round_trip(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="src.model.model_config"):
         assert read_npz_metadata(tmp_path / "bad.npz") == {}
     assert f"bad.npz: {METADATA_KEY} is not" in caplog.text
+
+
+@pytest.mark.slow  # builds the shrunk network once
+def test_initial_weights_are_the_same_on_every_run(tiny_weights_npz):
+    """The stand-in weights of the tests and the demo are seeded, so what they predict does not vary by run."""
+    again = initial_weights(model_config(tiny_weights_npz), nr_types=5)
+    saved = read_weights(tiny_weights_npz)
+    assert sorted(again) == sorted(saved)
+    for name, value in saved.items():
+        np.testing.assert_array_equal(again[name], value, err_msg=name)
 
 
 @pytest.mark.slow  # the full-size graph (shared: conftest.py)

@@ -282,10 +282,11 @@ def make_session_init(path: str | os.PathLike, strict: bool, ignore=DEFAULT_IGNO
     return CheckedSessionInit(path, strict=strict, ignore=ignore)
 
 
-def initial_weights(cfg, nr_types: int | None) -> dict[str, np.ndarray]:
+def initial_weights(cfg, nr_types: int | None, seed: int = 0) -> dict[str, np.ndarray]:
     """{name: value} of every variable of a freshly initialised inference network (weights and BN stats).
 
-    Untrained: for tests and the demo, which need a complete weights file and have no trained one.
+    Untrained: for tests and the demo, which need a complete weights file and have no trained one. The
+    graph-level ``seed`` makes the values (and so what such a file predicts) the same on every run.
     """
     from tensorpack.tfutils.tower import PredictTowerContext
 
@@ -293,6 +294,7 @@ def initial_weights(cfg, nr_types: int | None) -> dict[str, np.ndarray]:
 
     graph = tf.Graph()
     with graph.as_default(), PredictTowerContext(""):
+        tf1.set_random_seed(seed)
         model = HoVerNet(nr_types=nr_types, cfg=cfg)
         size = cfg.MODEL.INPUT_SHAPE
         model.build_outputs(tf1.placeholder(tf.float32, [None, size, size, 3], INFERENCE_INPUTS[0]))
@@ -303,10 +305,10 @@ def initial_weights(cfg, nr_types: int | None) -> dict[str, np.ndarray]:
     return {_clean(v.name): value for v, value in zip(variables, values, strict=True)}
 
 
-def save_initial_weights(path: str | os.PathLike, cfg, nr_types: int | None) -> None:
+def save_initial_weights(path: str | os.PathLike, cfg, nr_types: int | None, seed: int = 0) -> None:
     """Write :func:`initial_weights` as an ``.npz`` (atomically) that ``infer.py --model`` accepts, with the
     :func:`model_metadata` record so that the mode and widths need no ``--config``."""
-    save_npz(path, initial_weights(cfg, nr_types), model_metadata(cfg, nr_types))
+    save_npz(path, initial_weights(cfg, nr_types, seed), model_metadata(cfg, nr_types))
 
 
 def model_metadata(cfg, nr_types: int | None) -> dict:
