@@ -51,6 +51,19 @@ def test_manifest_lists_arguments_outputs_and_aliases(xla_artifacts):
     assert not any(s["name"].startswith("EMA/") for s in inputs)  # summaries are not part of the step
 
 
+def test_export_without_eager_mode_is_refused_with_the_remedy(monkeypatch, tmp_path):
+    """After tensorpack training in the same process (eager mode off) the export would fail deep inside
+    TensorFlow; it says what to do instead, before it writes anything."""
+    import tensorflow as tf
+
+    from src.model.export import export_all
+
+    monkeypatch.setattr(tf, "executing_eagerly", lambda: False)
+    with pytest.raises(RuntimeError, match=r"process of its own \(python -m src.model.export\)"):
+        export_all(tmp_path / "out", XLA_TINY, batch_sizes=(BATCH,), phases=())
+    assert not (tmp_path / "out").exists()
+
+
 def test_forward_matches_tensorflow_predictor(xla_artifacts, tmp_path):
     from misc.io import read_image_rgb
     from src.config import config_from_args
@@ -137,11 +150,21 @@ def test_train_step_matches_tensorpack(xla_artifacts):
     after = runner.host_state()
     assert set(metrics) == set(ref_metrics)
     for name, value in ref_metrics.items():
-        assert abs(metrics[name] - value) <= 1e-4 * max(abs(value), 1e-6), (name, metrics[name], value)
+        # np_dice counts argmax pixels: a pixel whose two logits tie to float rounding may flip, and one flip
+        # moves it by ~3e-5 here; the losses are smooth and agree to 1e-4 of their value
+        tolerance = 1e-3 if name == "np_dice" else 1e-4 * max(abs(value), 1e-6)
+        assert abs(metrics[name] - value) <= tolerance, (name, metrics[name], value)
     stats = [n for n in ref_state if n.endswith(("/mean/EMA", "/variance/EMA"))]
     assert len(stats) > 50
     for name in stats:
-        assert _rel(after[name], ref_state[name]) < 1e-4, name
+        # A moving mean is compared on the scale of its layer's activations (the square root of the moving
+        # variance): a batch mean near zero of activations near 1 keeps the float32 rounding of the
+        # activations, which moved the reference by up to 1.6e-4 of the largest mean from one process to the next.
+        if name.endswith("/mean/EMA"):
+            scale = np.sqrt(ref_state[name.replace("/mean/EMA", "/variance/EMA")])
+            assert np.max(np.abs(after[name] - ref_state[name]) / scale) < 1e-4, name
+        else:
+            assert _rel(after[name], ref_state[name]) < 1e-4, name
         assert not np.array_equal(after[name], state[name]), name  # the step did update them
     for name in ("beta1_power", "beta2_power"):
         assert after[name] == pytest.approx(ref_state[name], rel=1e-6)

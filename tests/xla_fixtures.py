@@ -1,4 +1,4 @@
-"""Shared set-up of the XLA tests (tests/test_export.py, tests/test_xla_runner.py): one export per session.
+"""Shared set-up of the XLA tests (tests/test_export.py, tests/test_xla_runner.py): one export per test run.
 
 The shrunk network keeps every layer type of the published graph (encoder units with shortcuts, the
 three decoder branches with dense units, BatchNorm, the type branch) with tiny widths and one unit per
@@ -7,7 +7,10 @@ stage, so tracing, lowering and XLA compilation take seconds. Its geometry is de
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +23,37 @@ BATCH = 2  # the exported forward and phase-2 training step take batches of 2
 ROOT = Path(__file__).resolve().parents[1]
 CROP = ROOT / ".." / "shared" / "data" / "consep256" / "test" / "Images" / "test_1_000.jpg"
 
-_SESSION: dict[str, Path] = {}
-
 
 def exported(tmp_path_factory) -> Path:
-    """The export folder of the tiny network (forward and phase-2 step, batch 2), made once per process.
+    """The export folder of the tiny network (forward and phase-2 step, batch 2), made once per test run.
 
-    Also points ``$XLA_RUNNER_CACHE`` at a session folder, so every process the tests start reuses the
-    executables compiled once (``xla_runner.artifacts._compile``).
+    Exported by ``python -m src.model.export`` in a process of its own, as a user does: the export needs
+    TensorFlow's eager mode, which any tensorpack training earlier in a test process has switched off. Then
+    every artifact is compiled into ``$XLA_RUNNER_CACHE`` (``xla_runner.artifacts._compile``), which every
+    process of the run reads, so each compiles once per run. Under pytest-xdist the workers share both folders:
+    the first one makes them while the others wait on a lock.
     """
-    if "folder" not in _SESSION:
-        from src.model.export import export_all
-        from xla_runner.artifacts import CACHE_ENV
+    from xla_runner.artifacts import CACHE_ENV, MANIFEST_NAME
 
-        os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("xla-cache"))
-        folder = tmp_path_factory.mktemp("xla")
-        export_all(folder, XLA_TINY, batch_sizes=(BATCH,), phases=(2,), train_batch_sizes={2: BATCH})
-        _SESSION["folder"] = folder
-    return _SESSION["folder"]
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder = root / "xla-export"
+    os.environ[CACHE_ENV] = str(root / "xla-cache")
+    with open(root / "xla-export.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / MANIFEST_NAME).is_file():
+            done = subprocess.run([sys.executable, "-m", "src.model.export", "--out_dir", str(folder),
+                                   "--batch_sizes", str(BATCH), "--phases", "2", "--train_batch_size", str(BATCH),
+                                   "--config", *XLA_TINY], cwd=ROOT, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"the test export failed ({done.returncode}):\n{done.stderr[-4000:]}")
+            compile_all = (f"from xla_runner.artifacts import Artifacts; a = Artifacts({str(folder)!r}); "
+                           "[a.executable(entry) for entry in a.entries.values()]")
+            done = subprocess.run([sys.executable, "-c", compile_all], cwd=ROOT, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"compiling the test export failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return folder
 
 
 def disc_patch(rng: np.random.Generator, size: int, margin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

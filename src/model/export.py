@@ -14,7 +14,8 @@ e.g. a ``jaxlib`` on a GPU machine, reads) with the network's variables as expli
   ``beta2_power`` and ``learning_rate``, so the schedule is driven from outside) -> the loss terms,
   ``overall_cost`` and ``np_dice``, then the new value of every variable it writes.
 
-How: the graph is built inside ``tf.compat.v1.wrap_function``, whose variables are captured resources;
+How: the graph is built inside ``tf.compat.v1.wrap_function``, whose variables are captured resources (it
+needs TF1 tensor hashing, which importing ``src.model.graph`` turns on: tensorpack keeps variables in sets);
 ``tf.function(jit_compile=True)`` around it lowers to StableHLO with each captured variable an extra
 argument and each written one an extra output (``mhlo.input_output_alias`` says which argument it
 replaces). TensorFlow emits ``mhlo.copy`` ops that the portable serialiser rejects; each becomes an identity
@@ -140,20 +141,6 @@ def _lower(wrapped, data_specs, cfg, target):
     return blob, target, arguments, _aliases(text)
 
 
-def _wrap(fn, data_specs):
-    """``wrap_function`` with TF1 tensor hashing: tensorpack keeps variables in sets (tower collections), which
-    TF2's tensor equality forbids outside a tf.Graph session."""
-    from tensorflow.python.framework import tensor as tensor_lib
-
-    equality = tensor_lib.Tensor._USE_EQUALITY
-    tf.compat.v1.disable_tensor_equality()
-    try:
-        return tf.compat.v1.wrap_function(fn, data_specs)
-    finally:
-        if equality:
-            tf.compat.v1.enable_tensor_equality()
-
-
 def export_forward(cfg, nr_types: int | None, batch_size: int, out_dir, target: str | None = None) -> dict:
     """Write ``forward_b<batch_size>.mlirbc`` into ``out_dir``; returns its manifest entry."""
     size = cfg.MODEL.INPUT_SHAPE
@@ -165,7 +152,7 @@ def export_forward(cfg, nr_types: int | None, batch_size: int, out_dir, target: 
             outputs = HoVerNet(nr_types=nr_types, freeze=False, cfg=cfg).build_outputs(images)
         return [outputs[n] for n in out_names]
 
-    wrapped = _wrap(forward, specs)
+    wrapped = tf.compat.v1.wrap_function(forward, specs)
     blob, target, arguments, aliases = _lower(wrapped, specs, cfg, target)
     if aliases:
         raise RuntimeError(f"the forward graph writes variables (outputs {sorted(aliases)})")
@@ -222,7 +209,7 @@ def export_train_step(cfg, nr_types: int | None, phase: int, batch_size: int, ou
     # tensorpack's moving-average loss summaries (EMA/* variables, updated by a callback for TensorBoard) are
     # not part of the training step: without them the step takes no variables it does not need
     with mock.patch.object(graph_module, "add_moving_summary", lambda *args, **kwargs: []):
-        wrapped = _wrap(step, specs)
+        wrapped = tf.compat.v1.wrap_function(step, specs)
     blob, target, arguments, aliases = _lower(wrapped, specs, cfg, target)
     outputs = [_spec(n, [], "float32", "metric") for n in out_names]
     for index in range(len(out_names), len(out_names) + len(aliases)):
@@ -252,7 +239,9 @@ def export_all(out_dir, overrides=(), batch_sizes=(16,), phases=(1, 2), train_ba
     (the published global batch in one step). An existing manifest's artifacts of the same config are kept
     (so artifacts can be added by later runs); another config is refused.
     """
-
+    if not tf.executing_eagerly():
+        raise RuntimeError("the XLA export needs TensorFlow's eager mode, which tensorpack's trainer switches off "
+                           "for the whole process: export in a process of its own (python -m src.model.export)")
     overrides = list(overrides) + _EXPORT_OVERRIDES
     cfg = config_from_args(overrides)
     out_dir = Path(out_dir)

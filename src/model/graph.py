@@ -35,6 +35,11 @@ from src.model.losses import get_loss, hard_dice_terms, msge_focus
 
 log = logging.getLogger(__name__)
 tf1 = tf.compat.v1
+# TF1 tensor hashing for the whole process. tf_keras's legacy layers (tensorpack's Conv2D, BatchNorm) put every
+# global variable in a set each time they add a weight, and TF2's Variable.__hash__ first asks whether it runs
+# eagerly, which made each graph build quadratic in its variables (a third of its time). In a tf.Graph, ``==`` on
+# tensors is identity either way; the XLA export's ``wrap_function`` needs this hashing as well.
+tf1.disable_tensor_equality()
 
 __all__ = ["HoVerNet", "INFERENCE_INPUTS", "TARGET_INPUTS", "INFERENCE_OUTPUTS", "input_names",
            "inference_output_names", "check_inference_tensors", "resolve_data_format", "ENCODER_SCOPES",
