@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared
 MODEL ?=
+# The suite runs on this many worker processes (pytest-xdist), in work units of whole test modules
+# (conftest.py). (Not xdist's --dist loadgroup: under pytest 9 its group names are ignored.)
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS)
 
 $(VENV)/.installed: requirements.txt requirements-xla.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +22,12 @@ venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 # The same without the tests marked slow (network graphs, training steps): under a minute, for quick edits.
 test-fast: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
 # The XLA export / TF-free runner tests alone (also part of `make test`): about two minutes of XLA compilation.
 test-xla: $(VENV)/.installed

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorpack.tfutils import sesscreate
 from tensorpack.tfutils.tower import TowerContext
 
 from src.config import config_from_args
@@ -26,6 +27,12 @@ from src.model.graph import (
 )
 
 tf1 = tf.compat.v1
+
+
+def _session():
+    """A session as tensorpack's predictors open them (without grappler in the suite: conftest.py)."""
+    return tf1.Session(config=sesscreate.get_default_sess_config())
+
 
 # Published counts (spec section 1), trainable parameters.
 TOTAL_PARAMS = 54_744_457
@@ -74,7 +81,7 @@ def forward5(train5):
     }
     terms = [LOSS_TENSOR_PREFIX + t for t in model.cfg.LOSS.WEIGHTS]
     fetch = inference_output_names(5) + [NP_DICE_NAME, COST_NAME] + terms
-    with graph.as_default(), tf1.Session() as sess:
+    with graph.as_default(), _session() as sess:
         sess.run(tf1.global_variables_initializer())
         start = time.perf_counter()
         values = sess.run([f"{n}:0" for n in fetch], feed)
@@ -259,7 +266,7 @@ def test_optimizer_reads_learning_rate_variable():
         lr = [v for v in tf1.global_variables() if v.op.name == "learning_rate"]
         assert len(lr) == 1 and lr[0] not in tf1.trainable_variables()
         assert isinstance(opt, tf1.train.AdamOptimizer)
-        with tf1.Session() as sess:
+        with _session() as sess:
             sess.run(tf1.global_variables_initializer())
             assert sess.run(lr[0]) == pytest.approx(1e-4)
 
@@ -279,6 +286,8 @@ def test_fast_mode_maps_256_to_164(fast5):
 TINY = ["MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,8,16)", "MODEL.BOTTLENECK_CHANNELS=32",
         "MODEL.DECODER_CHANNELS=(8,8,8)", "MODEL.DENSE_BOTTLENECK=8", "MODEL.DENSE_GROWTH=4",
         "MODEL.DATA_FORMAT=NHWC"]
+# One dense unit per decoder stage (270 -> 216): half the build, for the loss tests that need no published shape.
+ONE_UNIT = "MODEL.DENSE_UNITS=(1,1)"
 
 
 def _np_msge(true_hv, pred_hv, focus):
@@ -303,17 +312,18 @@ def test_np_target_ids_binarised_for_np_and_focus_per_config(focus_mode, request
         graph, model, _ = request.getfixturevalue("train5")
         assert model.cfg.LOSS.MSGE_FOCUS == "published"
     else:
-        graph, model, _ = _build(5, is_training=True, overrides=TINY + [f"LOSS.MSGE_FOCUS={focus_mode}"])
+        graph, model, _ = _build(5, is_training=True, overrides=TINY + [ONE_UNIT, f"LOSS.MSGE_FOCUS={focus_mode}"])
+    size = model.cfg.MODEL.OUTPUT_SHAPE
     rng = np.random.default_rng(1)
-    ids = np.zeros((1, 80, 80), np.int32)
+    ids = np.zeros((1, size, size), np.int32)
     ids[0, 10:30, 10:30] = 3
     ids[0, 40:70, 35:60] = 12
     feed = {"images:0": rng.uniform(0, 255, (1, 270, 270, 3)).astype(np.float32),
-            "hv_target:0": rng.uniform(-1, 1, (1, 80, 80, 2)).astype(np.float32),
+            "hv_target:0": rng.uniform(-1, 1, (1, size, size, 2)).astype(np.float32),
             "tp_target:0": (ids > 0).astype(np.int32) * 2}
     fetch = ["hv:0", f"{LOSS_TENSOR_PREFIX}hv_msge:0", f"{LOSS_TENSOR_PREFIX}np_ce:0",
              f"{LOSS_TENSOR_PREFIX}np_dice:0", f"{NP_DICE_NAME}:0"]
-    with graph.as_default(), tf1.Session() as sess:
+    with graph.as_default(), _session() as sess:
         sess.run(tf1.global_variables_initializer())
         hv, msge_ids, *np_ids = sess.run(fetch, {**feed, "np_target:0": ids})
         _, msge_bin, *np_bin = sess.run(fetch, {**feed, "np_target:0": (ids > 0).astype(np.int32)})
@@ -328,14 +338,15 @@ def test_np_target_ids_binarised_for_np_and_focus_per_config(focus_mode, request
 @pytest.mark.slow  # builds a network graph
 def test_msge_focus_binary_without_types_as_released():
     """Without types the released BinarizeLabel made label channel 0 binary: the focus is binary."""
-    graph, _, _ = _build(None, is_training=True, overrides=TINY)
+    graph, model, _ = _build(None, is_training=True, overrides=TINY + [ONE_UNIT])
+    size = model.cfg.MODEL.OUTPUT_SHAPE
     rng = np.random.default_rng(2)
-    ids = np.zeros((1, 80, 80), np.int32)
+    ids = np.zeros((1, size, size), np.int32)
     ids[0, 5:25, 50:75] = 9
     ids[0, 40:60, 10:40] = 2
     feed = {"images:0": rng.uniform(0, 255, (1, 270, 270, 3)).astype(np.float32),
-            "hv_target:0": rng.uniform(-1, 1, (1, 80, 80, 2)).astype(np.float32), "np_target:0": ids}
-    with graph.as_default(), tf1.Session() as sess:
+            "hv_target:0": rng.uniform(-1, 1, (1, size, size, 2)).astype(np.float32), "np_target:0": ids}
+    with graph.as_default(), _session() as sess:
         sess.run(tf1.global_variables_initializer())
         hv, msge = sess.run(["hv:0", f"{LOSS_TENSOR_PREFIX}hv_msge:0"], feed)
     assert msge == pytest.approx(_np_msge(feed["hv_target:0"], hv, (ids > 0).astype(np.float64)), rel=1e-4)

@@ -19,9 +19,21 @@ from src.model.losses import (
 )
 
 
-def _value(tensor):
-    """Evaluate eagerly (tests run TF2 eager outside a tf.Graph)."""
-    return float(np.asarray(tensor))
+@pytest.fixture(autouse=True)
+def _graph_of_its_own():
+    """Each test builds its ops in a graph of its own and runs them in a session, as training does: the same
+    whether or not tensorpack's trainer, earlier in the same test process, has switched eager mode off."""
+    with tf.Graph().as_default():
+        yield
+
+
+def _array(tensor) -> np.ndarray:
+    with tf.compat.v1.Session() as sess:
+        return sess.run(tensor)
+
+
+def _value(tensor) -> float:
+    return float(_array(tensor))
 
 
 def _np_correlate(image, kernel):
@@ -69,7 +81,7 @@ def test_kernel_values():
 def test_hv_gradients_match_numpy_reference(variant):
     rng = np.random.default_rng(0)
     hv = rng.uniform(-1, 1, size=(8, 8, 2)).astype(np.float32)
-    got = np.asarray(hv_gradients(hv[None], variant))[0]
+    got = _array(hv_gradients(hv[None], variant))[0]
     np.testing.assert_allclose(got, _np_gradients(hv, variant), rtol=1e-5, atol=1e-5)
 
 
@@ -77,8 +89,8 @@ def test_gradient_variants_differ_on_x_ramp():
     """A map varying only along x in channel 0: eq. (3) ('paper') sees its x-derivative; the
     published cross derivatives see only the zero-padding border of its y-derivative."""
     hv = _x_ramp_map()
-    paper = np.asarray(hv_gradients(hv[None], "paper"))[0]
-    published = np.asarray(hv_gradients(hv[None], "published"))[0]
+    paper = _array(hv_gradients(hv[None], "paper"))[0]
+    published = _array(hv_gradients(hv[None], "published"))[0]
     interior = (slice(2, -2), slice(2, -2))
     # interior x-derivative of f = x / 8 with this kernel: sum_ij j^2 / (i^2 + j^2) / 8
     k_h, _ = sobel_hv_kernels(5)
@@ -114,8 +126,8 @@ def test_msge_focus_published_is_id_weighted_mean():
     ids = np.zeros((8, 8), np.int32)
     ids[0:3, 0:2] = 1  # on the left border, where the zero padding makes the gradient error large
     ids[3:6, 3:6] = 4  # inside, where the ramp's gradient error is a constant
-    published_focus = np.asarray(msge_focus(ids[None], "published"))[0]
-    binary_focus = np.asarray(msge_focus(ids[None], "binary"))[0]
+    published_focus = _array(msge_focus(ids[None], "published"))[0]
+    binary_focus = _array(msge_focus(ids[None], "binary"))[0]
     np.testing.assert_array_equal(published_focus, ids.astype(np.float32))
     np.testing.assert_array_equal(binary_focus, (ids > 0).astype(np.float32))
     for variant in ("published", "paper"):

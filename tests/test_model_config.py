@@ -7,23 +7,24 @@ import tensorflow as tf
 
 from src.config import config_from_args
 from src.model.model_config import model_config, recorded_config, resolve_model_path
-from src.model.weights import initial_weights
+from src.model.weights import read_weights
 
 TINY = ["MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,8,16)", "MODEL.BOTTLENECK_CHANNELS=32",
         "MODEL.DECODER_CHANNELS=(8,8,8)", "MODEL.DENSE_BOTTLENECK=8", "MODEL.DENSE_GROWTH=4"]
 
 
-def _phase(folder, overrides, checkpoint=False):
-    """A phase folder as train.py leaves it: run.json with the finalised config, and a model-best."""
+def _phase(folder, overrides, weights=None):
+    """A phase folder as train.py leaves it: run.json with the finalised config, and a model-best (a checkpoint
+    of ``weights``, {name: value}, or an empty stand-in)."""
     folder.mkdir(parents=True)
     cfg = config_from_args(overrides)
     (folder / "run.json").write_text(json.dumps({"phase": "phase1", "config": cfg.to_dict()}, default=str))
-    if not checkpoint:
+    if weights is None:
         (folder / "model-best.index").write_bytes(b"")
         return folder
     tf1 = tf.compat.v1
     with tf.Graph().as_default():
-        variables = [tf1.Variable(value, name=name) for name, value in initial_weights(cfg, 5).items()]
+        variables = [tf1.Variable(value, name=name) for name, value in weights.items()]
         with tf1.Session() as sess:
             sess.run(tf1.global_variables_initializer())
             tf1.train.Saver(variables).save(sess, str(folder / "model-best"), write_meta_graph=False)
@@ -51,12 +52,12 @@ def test_recorded_training_config_builds_the_network_and_overrides_win(tmp_path)
 
 
 @pytest.mark.slow
-def test_infer_loads_a_checkpoint_trained_with_overrides_without_repeating_them(tmp_path, capsys):
+def test_infer_loads_a_checkpoint_trained_with_overrides_without_repeating_them(tmp_path, capsys, tiny_weights_npz):
     import cv2
 
     import infer
 
-    _phase(tmp_path / "run" / "phase1", TINY, checkpoint=True)
+    _phase(tmp_path / "run" / "phase1", TINY, weights=read_weights(tiny_weights_npz))  # the same TINY network
     (tmp_path / "tiles").mkdir()
     cv2.imwrite(str(tmp_path / "tiles" / "a.png"), np.full((20, 30, 3), 200, np.uint8))
     code = infer.main(["--input", str(tmp_path / "tiles"), "--output", str(tmp_path / "out"),

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorpack.tfutils import sesscreate
 from tensorpack.tfutils.tower import PredictTowerContext
 
 import infer
@@ -67,7 +68,7 @@ def fast_graph():
         HoVerNet(nr_types=6, cfg=cfg).build_outputs(tf1.placeholder(tf.float32, [None, size, size, 3],
                                                                     INFERENCE_INPUTS[0]))
         variables = {v.op.name: v for v in tf1.global_variables()}
-    sess = tf1.Session(graph=graph)
+    sess = tf1.Session(graph=graph, config=sesscreate.get_default_sess_config())  # as a predictor's (conftest.py)
     yield cfg, graph, variables, sess
     sess.close()
 

@@ -340,10 +340,11 @@ def test_die_with_parent_sets_the_signal():
 
 @pytest.mark.slow
 def test_infer_cli_slide_with_the_real_network(tmp_path, scene):
-    """infer.py --mode auto on a slide: one embedded worker process builds the small network (random weights)."""
+    """infer.py --mode auto on a slide: one embedded worker process builds the small network (random weights),
+    with one unit per encoder group (same geometry, a quarter of the layers to build)."""
     from src.model.weights import save_initial_weights
 
-    overrides = ["MODEL.PRESET=small", "MODEL.MODE=fast", "WSI.TILE_SIZE=328"]
+    overrides = ["MODEL.PRESET=small", "MODEL.MODE=fast", "MODEL.ENCODER_UNITS=(1,1,1,1)", "WSI.TILE_SIZE=328"]
     weights = tmp_path / "small.npz"
     save_initial_weights(weights, config_from_args(overrides), nr_types=5)
     folder = tmp_path / "in"
