@@ -43,16 +43,15 @@ def exported(tmp_path_factory) -> Path:
     with open(root / "xla-export.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / MANIFEST_NAME).is_file():
-            done = subprocess.run([sys.executable, "-m", "src.model.export", "--out_dir", str(folder),
-                                   "--batch_sizes", str(BATCH), "--phases", "2", "--train_batch_size", str(BATCH),
-                                   "--config", *XLA_TINY], cwd=ROOT, capture_output=True, text=True)
-            if done.returncode:
-                raise RuntimeError(f"the test export failed ({done.returncode}):\n{done.stderr[-4000:]}")
-            compile_all = (f"from xla_runner.artifacts import Artifacts; a = Artifacts({str(folder)!r}); "
-                           "[a.executable(entry) for entry in a.entries.values()]")
-            done = subprocess.run([sys.executable, "-c", compile_all], cwd=ROOT, capture_output=True, text=True)
-            if done.returncode:
-                raise RuntimeError(f"compiling the test export failed ({done.returncode}):\n{done.stderr[-4000:]}")
+            export = ["-m", "src.model.export", "--out_dir", str(folder), "--batch_sizes", str(BATCH),
+                      "--phases", "2", "--train_batch_size", str(BATCH), "--config", *XLA_TINY]
+            compile_all = ["-c", f"from xla_runner.artifacts import Artifacts; a = Artifacts({str(folder)!r}); "
+                                 "[a.executable(entry) for entry in a.entries.values()]"]
+            for step, args in (("exporting", export), ("compiling", compile_all)):
+                done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+                if done.returncode:
+                    raise RuntimeError(f"{step} the tests' network failed ({done.returncode}):\n"
+                                       f"{done.stderr[-4000:]}")
     return folder
 
 
