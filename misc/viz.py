@@ -170,6 +170,7 @@ def plot_training_curves(records: list[Mapping], path: str | os.PathLike) -> Non
     if epochs:
         for ax in (ax_loss, ax_dice):
             ax.set_xlim(0.5, max(epochs) + 0.5)
-    fig.tight_layout()
+    # fixed margins that fit the labels: tight_layout measured every tick label, 0.2-0.5 s of each epoch's plot
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.13, top=0.92, wspace=0.2)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

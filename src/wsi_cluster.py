@@ -107,7 +107,7 @@ def infer_slides(slides: list[Path], args, cfg, type_info, run_info: dict):
     """infer.py's whole-slide branch: settings from the config and CLI, a Dask client, :func:`src.wsi.run_wsi`."""
     from misc.io import write_json_atomic
     from src.pipeline import RUN_INFO_NAME
-    from src.wsi import run_wsi, wsi_settings
+    from src.wsi import WsiReport, run_wsi, slide_complete, wsi_settings
 
     settings = wsi_settings(cfg, batch_size=args.batch_size, formats=args.formats, gzip_geojson=args.gzip)
     masks = tissue_mask_files(args.tissue_mask, slides)
@@ -115,6 +115,8 @@ def infer_slides(slides: list[Path], args, cfg, type_info, run_info: dict):
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / RUN_INFO_NAME, run_info, indent=1, sort_keys=True, newline=True)
     gpus = [g.strip() for g in args.gpu.split(",") if g.strip()] if args.gpu else None
+    if not args.overwrite and all(slide_complete(out_dir, s.stem, settings) for s in slides):
+        return WsiReport(already_complete=[s.stem for s in slides])  # no cluster: it would spawn its workers
     factory = ModelFactory(str(Path(args.model).resolve()), tuple(args.config))
     with dask_client(args.workers, args.scheduler, gpus=gpus) as client:
         return run_wsi(slides, out_dir, factory, type_info, settings, client=client, overwrite=args.overwrite,

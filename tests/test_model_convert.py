@@ -3,7 +3,8 @@
 The state dicts are built here from this project's own random weights through the inverse of the published
 name table (TensorFlow -> PyTorch names, HWIO -> OIHW kernels), so the test does not need torch nor the
 authors' files. Widths are shrunk (the 'small' preset's) but the depth is the published one, because the
-table names every unit: the name set does not depend on the widths. Three graph builds in all.
+table names every unit: the name set does not depend on the widths. Two graph builds in all (the
+converter caches the shapes of a network it has built).
 """
 import csv
 import json
@@ -117,9 +118,14 @@ def test_fast_round_trip_gives_identical_outputs(fast_graph, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_original_mode_without_types_checked_against_its_graph(fast_graph, tmp_path, capsys):
+def test_original_mode_without_types_checked_against_its_graph(fast_graph, tmp_path, capsys, monkeypatch):
     """Original mode (5x5 decoder kernels), no tp branch (as the Kumar/CPM17 checkpoints): the CLI's strict
-    check builds the original graph and every variable must be there with its shape."""
+    check builds the original graph and every variable must be there with its shape. Two checks of the same
+    network build it once."""
+    builds = []
+    real_build = HoVerNet.build_outputs
+    monkeypatch.setattr(HoVerNet, "build_outputs", lambda self, images: builds.append(1) or real_build(self, images))
+    monkeypatch.setattr(convert, "_GRAPH_SHAPES", {})
     _, _, variables, _ = fast_graph
     shapes = {}
     for name, var in variables.items():
@@ -138,24 +144,42 @@ def test_original_mode_without_types_checked_against_its_graph(fast_graph, tmp_p
     assert convert.main([str(tmp_path / "bad.npz"), str(tmp_path / "bad_tf.npz"), "--config", *SHRUNK]) == 2
     assert "np/u2/conva/W" in capsys.readouterr().err
     assert not (tmp_path / "bad_tf.npz").exists()
+    assert len(builds) == 1
 
 
-def test_infer_picks_up_the_fast_geometry_from_the_npz(fast_graph, tmp_path):
-    """infer.py with a converted fast-mode .npz and no --config: windows of 256, outputs of 164."""
+def test_infer_picks_up_the_fast_geometry_from_the_npz(fast_graph, tmp_path, monkeypatch):
+    """infer.py with a converted fast-mode .npz and no --config: windows of 256, outputs of 164, PanNuke's type
+    names. The predictor is a recording stand-in: the real one on a file's recorded network is run by
+    tests/test_bundle.py and tests/test_model_config.py, and this file's network by the round trip above."""
+    import src.predictor
+
     _, _, variables, _ = fast_graph
     weights = _random_weights({n: tuple(v.shape.as_list()) for n, v in variables.items()}, seed=3)
     np.savez(tmp_path / "state.npz", **_to_pytorch(weights))
     assert convert.main([str(tmp_path / "state.npz"), str(tmp_path / "tf.npz"), "--no-check",
                          "--config", *SHRUNK]) == 0
+    seen = []
+
+    class Recording:
+        def __init__(self, model_path, cfg):
+            seen.append((model_path, cfg.MODEL.MODE, cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE))
+            self.nr_types = cfg.MODEL.NR_TYPES
+
+        def __call__(self, batch):
+            assert batch.shape[1:] == (256, 256, 3)
+            maps = np.zeros((len(batch), 164, 164, 3 + self.nr_types), np.float32)
+            maps[..., 3] = 1.0
+            return maps
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", Recording)
     folder = tmp_path / "tiles"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
     types = "misc/type_info/pannuke.json"
     assert infer.main(["--input", str(folder), "--output", str(tmp_path / "out"), "--model",
                        str(tmp_path / "tf.npz"), "--types", types, "--quiet", "--formats", "mat,json"]) == 0
+    assert seen == [(str(tmp_path / "tf.npz"), "fast", 256, 164)]
     record = json.loads((tmp_path / "out" / "a.json").read_text())
-    # the run succeeded on the whole image (only the fast geometry fits the file's 3x3 decoder kernels),
-    # written with PanNuke's type names
     assert record["image_shape"] == [40, 50]
     assert record["type_info"] == json.loads(open(types, encoding="utf-8").read())
 

@@ -339,20 +339,15 @@ def test_die_with_parent_sets_the_signal():
 
 
 @pytest.mark.slow
-def test_infer_cli_slide_with_the_real_network(tmp_path, scene):
-    """infer.py --mode auto on a slide: one embedded worker process builds the small network (random weights),
-    with one unit per encoder group (same geometry, a quarter of the layers to build)."""
-    from src.model.weights import save_initial_weights
-
-    overrides = ["MODEL.PRESET=small", "MODEL.MODE=fast", "MODEL.ENCODER_UNITS=(1,1,1,1)", "WSI.TILE_SIZE=328"]
-    weights = tmp_path / "small.npz"
-    save_initial_weights(weights, config_from_args(overrides), nr_types=5)
+def test_infer_cli_slide_with_the_real_network(tmp_path, scene, micro_weights_npz, monkeypatch, capsys):
+    """infer.py --mode auto on a slide: one embedded worker process builds the network of the session's
+    stand-in weights (conftest.py: the MICRO network, 270 -> 216) and runs one tile of 2 x 2 windows."""
     folder = tmp_path / "in"
     folder.mkdir()
     write_slide(folder / "slide.tif", scene[:400, :400])
     out = tmp_path / "out"
-    argv = ["--input", str(folder), "--output", str(out), "--model", str(weights), "--quiet",
-            "--batch_size", "4", "--config", *overrides]
+    argv = ["--input", str(folder), "--output", str(out), "--model", str(micro_weights_npz), "--quiet",
+            "--batch_size", "4", "--config", "WSI.TILE_SIZE=432"]
     assert infer.main(argv) == 0
     for name in ("slide.json", "slide.geojson", "slide.png", "summary.csv", "run_info.json"):
         assert (out / name).is_file(), name
@@ -361,7 +356,11 @@ def test_infer_cli_slide_with_the_real_network(tmp_path, scene):
     with open(out / "summary.csv") as handle:
         rows = {r["image"]: r for r in csv.DictReader(handle)}
     assert set(rows) == {"slide"} and float(rows["slide"]["tissue_mm2"]) > 0
+    import src.wsi_cluster
+
+    monkeypatch.setattr(src.wsi_cluster, "dask_client", None)  # a rerun with nothing to do starts no cluster
     assert infer.main(argv) == 0  # resume: everything complete
+    assert "0 slide(s) written, 1 already complete" in capsys.readouterr().out
 
 
 def test_slide_reader_errors(tmp_path):

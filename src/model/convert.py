@@ -47,7 +47,8 @@ from src.geometry import MODES
 log = logging.getLogger(__name__)
 
 __all__ = ["NAME_TABLE", "ConversionError", "read_name_table", "load_state_dict", "clean_state_dict",
-           "detect_mode", "detect_nr_types", "convert_state_dict", "check_against_graph", "main"]
+           "detect_mode", "detect_nr_types", "convert_state_dict", "inference_variable_shapes", "check_against_graph",
+           "main"]
 
 NAME_TABLE = Path(__file__).with_name("hovernet_tf_pytorch_names.csv")
 IGNORED = ("upsample2x.unpool_mat",)  # buffers of the PyTorch model with no variable here
@@ -148,25 +149,39 @@ def convert_state_dict(state: dict[str, np.ndarray], table: dict[str, str] | Non
     return weights, mode, nr_types
 
 
+# (MODEL settings, nr_types) -> {variable name: shape} of the inference graph: a build costs seconds, and
+# converting several checkpoints of one network in a process (the released ones, a test) needs it once.
+_GRAPH_SHAPES: dict[tuple[str, int | None], dict[str, tuple[int, ...]]] = {}
+
+
+def inference_variable_shapes(cfg, nr_types: int | None) -> dict[str, tuple[int, ...]]:
+    """{variable name: shape} of the inference graph of ``cfg`` / ``nr_types``, built once per process."""
+    key = (repr(sorted(cfg.MODEL.items())), nr_types)
+    if key not in _GRAPH_SHAPES:
+        import tensorflow as tf
+        from tensorpack.tfutils.tower import PredictTowerContext
+
+        from src.model.graph import INFERENCE_INPUTS, HoVerNet
+        from src.model.weights import graph_variable_shapes
+
+        graph = tf.Graph()
+        with graph.as_default(), PredictTowerContext(""):
+            size = cfg.MODEL.INPUT_SHAPE
+            HoVerNet(nr_types=nr_types, cfg=cfg).build_outputs(
+                tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], INFERENCE_INPUTS[0]))
+            _GRAPH_SHAPES[key] = graph_variable_shapes()
+    return dict(_GRAPH_SHAPES[key])
+
+
 def check_against_graph(weights: dict[str, np.ndarray], cfg, nr_types: int | None) -> None:
     """Match ``weights`` strictly against the inference graph of ``cfg`` / ``nr_types`` (the strict loader's
     test: every variable present, nothing extra, every shape equal).
 
     Raises :class:`src.model.weights.WeightsMismatchError` listing the missing, extra and mis-shaped names.
     """
-    import tensorflow as tf
-    from tensorpack.tfutils.tower import PredictTowerContext
+    from src.model.weights import WeightsMismatchError, _format_problems, match_weights
 
-    from src.model.graph import INFERENCE_INPUTS, HoVerNet
-    from src.model.weights import WeightsMismatchError, _format_problems, graph_variable_shapes, match_weights
-
-    graph = tf.Graph()
-    with graph.as_default(), PredictTowerContext(""):
-        size = cfg.MODEL.INPUT_SHAPE
-        HoVerNet(nr_types=nr_types, cfg=cfg).build_outputs(
-            tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], INFERENCE_INPUTS[0]))
-        shapes = graph_variable_shapes()
-    match = match_weights(weights, shapes, ignore=())
+    match = match_weights(weights, inference_variable_shapes(cfg, nr_types), ignore=())
     if match.missing or match.unexpected or match.shape_mismatch:
         raise WeightsMismatchError(_format_problems(match, "the converted checkpoint", limit=10_000))
 
