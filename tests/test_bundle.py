@@ -5,6 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from shrunk_networks import MICRO
 
 import infer
 from misc.io import InputError
@@ -15,15 +16,15 @@ from src.model.weights import read_weights, save_initial_weights
 
 pytestmark = pytest.mark.slow
 
-# A small fast-mode network different from the defaults in mode, widths and type count, so that loading it
-# without its recorded config would fail.
-TINY = ["MODEL.MODE=fast", "MODEL.PRESET=small", "MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.NR_TYPES=3"]
+# A fast-mode network different from the defaults in mode, preset, widths and type count, so that loading it
+# without its recorded config would fail: the 'small' preset with the MICRO widths (tests/shrunk_networks.py).
+NETWORK = ["MODEL.MODE=fast", "MODEL.PRESET=small", *MICRO, "MODEL.NR_TYPES=3"]
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
-    cfg = config_from_args(TINY)
+    cfg = config_from_args(NETWORK)
     save_initial_weights(root / "random.npz", cfg, nr_types=3)
     folder = root / "models"
     meta = bundle.write_bundle(root / "random.npz", dict(cfg.MODEL), folder / "tiny-test.npz", "a test model",

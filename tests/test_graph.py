@@ -1,13 +1,15 @@
 """The HoVer-Net graph: published parameter counts, names, shapes, data formats and freezing.
 
-Each graph build takes a few seconds on a CPU; the three builds are module fixtures, and a single
-forward pass (batch 1, random weights) is shared by the tests that need values.
+Each graph build takes seconds on a CPU: the builds are module fixtures, the published shapes are checked on
+the TINY network, the rest on the MICRO one (tests/shrunk_networks.py), and a single forward pass (batch 1,
+random weights) is shared by the tests that need values.
 """
 import re
 import time
 
 import numpy as np
 import pytest
+import shrunk_networks
 import tensorflow as tf
 from tensorpack.tfutils import sesscreate
 from tensorpack.tfutils.tower import TowerContext
@@ -27,6 +29,10 @@ from src.model.graph import (
 )
 
 tf1 = tf.compat.v1
+
+# The shrunk networks (tests/shrunk_networks.py), NHWC whatever the machine: TINY has the published shapes.
+TINY = [*shrunk_networks.TINY, "MODEL.DATA_FORMAT=NHWC"]
+MICRO = [*shrunk_networks.MICRO, "MODEL.DATA_FORMAT=NHWC"]
 
 
 def _session():
@@ -90,15 +96,21 @@ def forward5(train5):
 
 
 @pytest.fixture(scope="module")
-def infer2():
-    """Shrunk network, nr_types=None (np + hv only), inference tower."""
-    return _build(None, is_training=False, overrides=TINY)
+def micro5_binary_focus():
+    """MICRO network, nr_types=5, training tower, NHWC, binary MSGE focus (the variables do not depend on it)."""
+    return _build(5, is_training=True, overrides=MICRO + ["LOSS.MSGE_FOCUS=binary"])
+
+
+@pytest.fixture(scope="module")
+def train2():
+    """MICRO network, nr_types=None (np + hv only), training tower."""
+    return _build(None, is_training=True, overrides=MICRO)
 
 
 @pytest.fixture(scope="module")
 def frozen_nchw():
-    """Shrunk network, nr_types=5, training tower, freeze=True, NCHW (graph only: TF has no NCHW conv on CPU)."""
-    return _build(5, is_training=True, freeze=True, overrides=TINY + ["MODEL.DATA_FORMAT=NCHW"])
+    """MICRO network, nr_types=5, training tower, freeze=True, NCHW (graph only: TF has no NCHW conv on CPU)."""
+    return _build(5, is_training=True, freeze=True, overrides=MICRO + ["MODEL.DATA_FORMAT=NCHW"])
 
 
 def test_geometry():
@@ -114,9 +126,9 @@ def test_geometry():
 
 @pytest.fixture(scope="module")
 def fast5():
-    """Shrunk network in MODEL.MODE=fast, nr_types=5, inference tower (same variables as training), NHWC;
-    the one fast build."""
-    return _build(5, is_training=False, overrides=TINY + ["MODEL.MODE=fast"])
+    """MICRO network in MODEL.MODE=fast, nr_types=5, inference tower (same variables as training), NHWC; the
+    one fast build here (the published fast shapes, 256 -> 164, are built in tests/test_model_convert.py)."""
+    return _build(5, is_training=False, overrides=MICRO + ["MODEL.MODE=fast"])
 
 
 @pytest.mark.slow  # builds a network graph
@@ -174,7 +186,7 @@ def test_imagenet_checkpoint_names(full_train_graph):
 
 
 @pytest.mark.slow  # builds a network graph
-def test_inputs_and_outputs(train5, infer2):
+def test_inputs_and_outputs(train5, train2, micro5_binary_focus, fast5):
     graph, model, cost = train5
     assert [s.name for s in model.inputs()] == INFERENCE_INPUTS + ["np_target", "hv_target", "tp_target"]
     assert [s.dtype for s in model.inputs()] == [tf.float32, tf.int32, tf.float32, tf.int32]
@@ -187,17 +199,18 @@ def test_inputs_and_outputs(train5, infer2):
     for term in model.cfg.LOSS.WEIGHTS:
         assert graph.get_tensor_by_name(f"{LOSS_TENSOR_PREFIX}{term}:0").shape.as_list() == []
 
-    graph2, model2, cost2 = infer2
-    assert cost2 is None
+    graph2, model2, _ = train2
     assert [s.name for s in model2.inputs()] == ["images", "np_target", "hv_target"]
     assert inference_output_names(None) == ["np_prob", "hv"]
     check_inference_tensors(graph2, None)
     with pytest.raises(KeyError, match="tp_prob"):
         check_inference_tensors(graph2, 5)
-    graph2.get_tensor_by_name(f"{NP_DICE_NAME}:0")  # the validation metric exists in inference towers
+    graph_inference, _, cost_inference = fast5
+    assert cost_inference is None
+    graph_inference.get_tensor_by_name(f"{NP_DICE_NAME}:0")  # the validation metric exists in inference towers
     with pytest.raises(KeyError):
-        graph2.get_tensor_by_name(f"{COST_NAME}:0")
-    trainable, trainable5 = _trainable(graph2), _trainable(graph)
+        graph_inference.get_tensor_by_name(f"{COST_NAME}:0")
+    trainable, trainable5 = _trainable(graph2), _trainable(micro5_binary_focus[0])
     tp_branch = _count(trainable5, DECODER_SCOPES["tp"])
     assert tp_branch > 0 and sum(int(np.prod(v.shape)) for v in trainable) == (
         sum(int(np.prod(v.shape)) for v in trainable5) - tp_branch)  # the same network less the tp branch
@@ -218,13 +231,13 @@ def test_forward_pass(forward5):
 
 
 @pytest.mark.slow  # builds a network graph
-def test_nchw_builds_the_same_network(frozen_nchw, train5):
+def test_nchw_builds_the_same_network(frozen_nchw, micro5_binary_focus):
     graph, model, _ = frozen_nchw
     assert model.data_format == "NCHW"
     shapes = {n: graph.get_tensor_by_name(f"{n}:0").shape.as_list() for n in inference_output_names(5)}
-    assert shapes == {"np_prob": [None, 80, 80, 2], "hv": [None, 80, 80, 2], "tp_prob": [None, 80, 80, 5]}
+    assert shapes == {"np_prob": [None, 216, 216, 2], "hv": [None, 216, 216, 2], "tp_prob": [None, 216, 216, 5]}
     names_nchw = {v.op.name: v.shape.as_list() for v in _trainable(graph)}
-    names_nhwc = {v.op.name: v.shape.as_list() for v in _trainable(train5[0])}
+    names_nhwc = {v.op.name: v.shape.as_list() for v in _trainable(micro5_binary_focus[0])}
     assert names_nchw == names_nhwc  # same variables, same shapes: weights move between formats
 
 
@@ -272,22 +285,15 @@ def test_optimizer_reads_learning_rate_variable():
 
 
 @pytest.mark.slow  # builds a network graph
-def test_fast_mode_maps_256_to_164(fast5):
+def test_fast_mode_input_and_output_shapes(fast5):
     graph, model, _ = fast5
     assert model.inputs()[0].shape.as_list() == [None, 256, 256, 3]
+    assert model.geometry.output_shape == 232  # with one dense unit per stage (src/geometry.py)
     assert {n: graph.get_tensor_by_name(f"{n}:0").shape.as_list() for n in inference_output_names(5)} == {
-        "np_prob": [None, 164, 164, 2], "hv": [None, 164, 164, 2], "tp_prob": [None, 164, 164, 5]}
+        "np_prob": [None, 232, 232, 2], "hv": [None, 232, 232, 2], "tp_prob": [None, 232, 232, 5]}
     kernels = {v.op.name: v.shape.as_list() for v in _trainable(graph)}
     assert kernels["np/u3/conva/W"][:2] == [3, 3] and kernels["np/u1/conva/W"][:2] == [3, 3]
     assert kernels["np/u2/dense/blk/0/conv2/W"][:2] == [3, 3] and kernels["conv0/W"][:2] == [7, 7]
-
-
-# Published geometry with every width shrunk (as in tests/test_training.py): fast to build and run.
-TINY = ["MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,8,16)", "MODEL.BOTTLENECK_CHANNELS=32",
-        "MODEL.DECODER_CHANNELS=(8,8,8)", "MODEL.DENSE_BOTTLENECK=8", "MODEL.DENSE_GROWTH=4",
-        "MODEL.DATA_FORMAT=NHWC"]
-# One dense unit per decoder stage (270 -> 216): half the build, for the loss tests that need no published shape.
-ONE_UNIT = "MODEL.DENSE_UNITS=(1,1)"
 
 
 def _np_msge(true_hv, pred_hv, focus):
@@ -312,7 +318,8 @@ def test_np_target_ids_binarised_for_np_and_focus_per_config(focus_mode, request
         graph, model, _ = request.getfixturevalue("train5")
         assert model.cfg.LOSS.MSGE_FOCUS == "published"
     else:
-        graph, model, _ = _build(5, is_training=True, overrides=TINY + [ONE_UNIT, f"LOSS.MSGE_FOCUS={focus_mode}"])
+        graph, model, _ = request.getfixturevalue("micro5_binary_focus")
+        assert model.cfg.LOSS.MSGE_FOCUS == "binary"
     size = model.cfg.MODEL.OUTPUT_SHAPE
     rng = np.random.default_rng(1)
     ids = np.zeros((1, size, size), np.int32)
@@ -336,9 +343,9 @@ def test_np_target_ids_binarised_for_np_and_focus_per_config(focus_mode, request
 
 
 @pytest.mark.slow  # builds a network graph
-def test_msge_focus_binary_without_types_as_released():
+def test_msge_focus_binary_without_types_as_released(train2):
     """Without types the released BinarizeLabel made label channel 0 binary: the focus is binary."""
-    graph, model, _ = _build(None, is_training=True, overrides=TINY + [ONE_UNIT])
+    graph, model, _ = train2
     size = model.cfg.MODEL.OUTPUT_SHAPE
     rng = np.random.default_rng(2)
     ids = np.zeros((1, size, size), np.int32)
@@ -374,16 +381,17 @@ DECODER_KERNEL = re.compile(r"/u[123]/conva/W$|/dense/blk/\d+/conv2/W$")
 
 
 @pytest.mark.slow  # builds a network graph
-def test_fast_mode_shapes_and_parameter_counts(fast5, train5):
+def test_fast_mode_shapes_and_parameter_counts(fast5, micro5_binary_focus):
     """Fast mode changes exactly the decoder's k x k kernels (5x5 -> 3x3), so its full-size counts follow from
-    the published original ones by the hand count; checked on the shrunk network (same layer list)."""
+    the published original ones by the hand count; checked on the MICRO network in both modes."""
     graph, model, _ = fast5
     assert model.geometry.mode == "fast"
     fast = {v.op.name: tuple(v.shape.as_list()) for v in _trainable(graph)}
-    original = {v.op.name: tuple(v.shape.as_list()) for v in _trainable(train5[0])}
+    original = {v.op.name: tuple(v.shape.as_list()) for v in _trainable(micro5_binary_focus[0])}
     assert set(fast) == set(original)  # the same variables, named the same
     changed = {n for n in fast if fast[n] != original[n]}
-    assert changed == {n for n in fast if DECODER_KERNEL.search(n)} and len(changed) == 3 * (3 + 8 + 4)
+    # per branch: the conva of u3, u2 and u1 and the one dense unit's conv2 in u3 and in u2
+    assert changed == {n for n in fast if DECODER_KERNEL.search(n)} and len(changed) == 3 * (3 + 1 + 1)
     assert all(original[n][:2] == (5, 5) and fast[n] == (3, 3) + original[n][2:] for n in changed)
     assert fast["conv0/W"][:2] == (7, 7)  # conv0 is 7x7 in both modes, only its padding differs
     # By hand: every 5x5 of a branch becomes 3x3, so each branch loses (25 - 9) x the k x k weights per pixel

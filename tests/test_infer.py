@@ -1,9 +1,9 @@
 """infer.py and src/predictor.py: the real network (random weights) end to end on CPU.
 
-One session-scoped .npz of randomly initialised weights of the shrunk network (conftest.py; the
-published geometry, recorded in the file) stands in for a trained model: the outputs are meaningless as
-segmentations but must be complete, mutually consistent and readable by compute_stats.
-Images are kept under one 80x80 output window so each forward pass is a single 270x270 window.
+One session-scoped .npz of randomly initialised weights of the MICRO network (conftest.py,
+tests/shrunk_networks.py; 270 -> 216, recorded in the file) stands in for a trained model: the outputs are
+meaningless as segmentations but must be complete, mutually consistent and readable by compute_stats.
+Images are kept under one output window so each forward pass is a single 270x270 window.
 """
 import json
 
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def weights_npz(tiny_weights_npz):
-    return tiny_weights_npz  # read-only: tests copy it before changing it
+def weights_npz(micro_weights_npz):
+    return micro_weights_npz  # read-only: tests copy it before changing it
 
 
 @pytest.fixture
@@ -42,12 +42,14 @@ def test_detect_nr_types():
 
 
 def test_predictor_output_layout(weights_npz, shared_predictor):
-    predictor = shared_predictor(weights_npz, model_config(weights_npz))
+    cfg = model_config(weights_npz)
+    assert (cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE) == (270, 216)  # the network recorded in the file
+    predictor = shared_predictor(weights_npz, cfg)
     assert isinstance(predictor, HoVerNetPredictor)
     assert predictor.nr_types == 5
     batch = np.random.default_rng(0).integers(0, 255, (2, 270, 270, 3)).astype(np.float32)
     maps = predictor(batch)
-    assert maps.shape == (2, 80, 80, 1 + 2 + 5) and maps.dtype == np.float32
+    assert maps.shape == (2, 216, 216, 1 + 2 + 5) and maps.dtype == np.float32
     assert np.all((maps[..., 0] >= 0) & (maps[..., 0] <= 1))
     np.testing.assert_allclose(maps[..., 3:].sum(-1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="270"):

@@ -4,13 +4,11 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from shrunk_networks import MICRO
 
 from src.config import config_from_args
 from src.model.model_config import model_config, recorded_config, resolve_model_path
 from src.model.weights import read_weights
-
-TINY = ["MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,8,16)", "MODEL.BOTTLENECK_CHANNELS=32",
-        "MODEL.DECODER_CHANNELS=(8,8,8)", "MODEL.DENSE_BOTTLENECK=8", "MODEL.DENSE_GROWTH=4"]
 
 
 def _phase(folder, overrides, weights=None):
@@ -32,16 +30,16 @@ def _phase(folder, overrides, weights=None):
 
 
 def test_run_and_phase_folders_resolve_to_model_best(tmp_path):
-    _phase(tmp_path / "run" / "phase1", TINY)
+    _phase(tmp_path / "run" / "phase1", MICRO)
     assert resolve_model_path(tmp_path / "run") == tmp_path / "run" / "phase1" / "model-best"
-    _phase(tmp_path / "run" / "phase2", TINY)
+    _phase(tmp_path / "run" / "phase2", MICRO)
     assert resolve_model_path(tmp_path / "run") == tmp_path / "run" / "phase2" / "model-best"
     assert resolve_model_path(tmp_path / "run" / "phase1") == tmp_path / "run" / "phase1" / "model-best"
     assert resolve_model_path(tmp_path / "w.npz") == tmp_path / "w.npz"
 
 
 def test_recorded_training_config_builds_the_network_and_overrides_win(tmp_path):
-    phase = _phase(tmp_path / "phase1", [*TINY, "MODEL.NR_TYPES=7", "LOSS.MSGE=paper"])
+    phase = _phase(tmp_path / "phase1", [*MICRO, "MODEL.NR_TYPES=7", "LOSS.MSGE=paper"])
     cfg = model_config(phase / "model-best")
     assert cfg.MODEL.ENCODER_CHANNELS == (4, 4, 8, 16) and cfg.MODEL.NR_TYPES == 7
     assert cfg.DATA.TYPE_NAMES[0] == "background"  # integer keys again after JSON
@@ -52,12 +50,12 @@ def test_recorded_training_config_builds_the_network_and_overrides_win(tmp_path)
 
 
 @pytest.mark.slow
-def test_infer_loads_a_checkpoint_trained_with_overrides_without_repeating_them(tmp_path, capsys, tiny_weights_npz):
+def test_infer_loads_a_checkpoint_trained_with_overrides_without_repeating_them(tmp_path, capsys, micro_weights_npz):
     import cv2
 
     import infer
 
-    _phase(tmp_path / "run" / "phase1", TINY, weights=read_weights(tiny_weights_npz))  # the same TINY network
+    _phase(tmp_path / "run" / "phase1", MICRO, weights=read_weights(micro_weights_npz))  # the same MICRO network
     (tmp_path / "tiles").mkdir()
     cv2.imwrite(str(tmp_path / "tiles" / "a.png"), np.full((20, 30, 3), 200, np.uint8))
     code = infer.main(["--input", str(tmp_path / "tiles"), "--output", str(tmp_path / "out"),

@@ -99,10 +99,10 @@ def test_npz_metadata_round_trip(tmp_path, caplog):
 
 
 @pytest.mark.slow  # builds the shrunk network once
-def test_initial_weights_are_the_same_on_every_run(tiny_weights_npz):
+def test_initial_weights_are_the_same_on_every_run(micro_weights_npz):
     """The stand-in weights of the tests and the demo are seeded, so what they predict does not vary by run."""
-    again = initial_weights(model_config(tiny_weights_npz), nr_types=5)
-    saved = read_weights(tiny_weights_npz)
+    again = initial_weights(model_config(micro_weights_npz), nr_types=5)
+    saved = read_weights(micro_weights_npz)
     assert sorted(again) == sorted(saved)
     for name, value in saved.items():
         np.testing.assert_array_equal(again[name], value, err_msg=name)

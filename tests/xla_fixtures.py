@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from shrunk_networks import TINY
 
-XLA_TINY = ["MODEL.CONV0_CHANNELS=8", "MODEL.ENCODER_UNITS=(1,1,1,1)", "MODEL.ENCODER_CHANNELS=(4,4,8,16)",
-            "MODEL.BOTTLENECK_CHANNELS=32", "MODEL.DECODER_CHANNELS=(8,8,8)", "MODEL.DENSE_UNITS=(1,1)",
-            "MODEL.DENSE_BOTTLENECK=8", "MODEL.DENSE_GROWTH=4"]
+# TINY with one dense unit per stage (tests/shrunk_networks.py), its dense convolutions grouped as published
+XLA_TINY = [*TINY, "MODEL.DENSE_UNITS=(1,1)"]
 BATCH = 2  # the exported forward and phase-2 training step take batches of 2
 
 ROOT = Path(__file__).resolve().parents[1]
