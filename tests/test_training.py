@@ -288,14 +288,14 @@ def test_loss_falls_when_overfitting_one_batch(patch_dir, tmp_path):
 
     tf.compat.v1.reset_default_graph()
     logger.set_logger_dir(str(tmp_path / "overfit"), action="k")
-    # A larger step than the published 1e-4, so that 15 steps show the trend (the cost falls to about a third;
-    # 40 steps went from 63 to 6.6).
+    # A larger step than the published 1e-4, so that 8 steps show the trend (the MICRO network's cost fell from 92
+    # to 24, each step lower than the one before).
     config = TrainConfig(model=HoVerNet(nr_types=5, cfg=cfg), data=QueueInput(DataFromList([batch], shuffle=False)),
-                         callbacks=[recorder, _SetLearningRate(1e-3)], steps_per_epoch=15, max_epoch=1)
+                         callbacks=[recorder, _SetLearningRate(1e-3)], steps_per_epoch=8, max_epoch=1)
     launch_train_with_config(config, SimpleTrainer())
     costs = recorder.costs
-    assert len(costs) == 15 and all(np.isfinite(costs))
-    assert np.mean(costs[-5:]) < 0.6 * np.mean(costs[:5]), costs
+    assert len(costs) == 8 and all(np.isfinite(costs))
+    assert np.mean(costs[-3:]) < 0.6 * np.mean(costs[:3]), costs
 
 
 def test_validation_dice_is_pooled_over_the_set_not_averaged_over_batches():

@@ -1,6 +1,8 @@
-"""The TensorFlow-free runner (xla_runner/): training steps, exact resume, and no TensorFlow anywhere.
+"""The TensorFlow-free runner (xla_runner/): the training loop, exact resume, and no TensorFlow anywhere.
 
-Uses the shrunk network exported once per session (``tests/xla_fixtures.py``).
+Uses the shrunk network exported once per session (``tests/xla_fixtures.py``). That a step lowers the loss
+follows from two other tests: the exported step computes tensorpack's step (tests/test_export.py), and
+tensorpack's step lowers the loss (tests/test_training.py).
 """
 import json
 import subprocess
@@ -48,24 +50,6 @@ def test_learning_rate_follows_the_schedule_by_epoch():
     again = epoch_datapoints(5, 7, seed=0, epoch=3)
     np.testing.assert_array_equal(order, again[0])
     np.testing.assert_array_equal(seeds, again[1])
-
-
-def test_training_steps_lower_the_loss(xla_artifacts):
-    from dataset.patches import TrainingDataPreprocessor, list_patches
-    from xla_runner.artifacts import Artifacts, initial_state
-    from xla_runner.train import StepRunner
-
-    artifacts = Artifacts(xla_artifacts)
-    entry = artifacts.find("train_step", phase=2)
-    runner = StepRunner(artifacts, entry, initial_state(entry, seed=0)[0])
-    pre = TrainingDataPreprocessor(artifacts.cfg, is_training=False)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        points = [pre([p, 0]) for p in list_patches(_patches(Path(tmp), 2, seed=0))]
-    batch = [np.stack(c) for c in zip(*points, strict=True)]
-    costs = [runner.step(batch, 1e-3)["overall_cost"] for _ in range(4)]
-    assert costs[-1] < costs[0] and all(np.isfinite(costs)), costs
 
 
 def test_train_resumes_exactly_after_a_kill(xla_artifacts, tmp_path):
