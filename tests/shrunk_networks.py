@@ -6,14 +6,15 @@ and each BatchNorm layer is about 40 operations: the suite's time is mostly the 
 ``TINY``
     The published layer list and geometry (270 -> 80, dense units (8, 4), the same crops and shapes) with
     every width shrunk: group outputs (16, 16, 32, 64); the decoder sums need conv_bot = group2 output,
-    2*u3 = group1 output, 2*u2 = group0 output. For the tests of the published shapes. conv0 has 8 channels:
-    at 64, its 7x7 on the 264x264 input was most of a training step's arithmetic.
+    2*u3 = group1 output, 2*u2 = group0 output. conv0 has 8 channels: at 64, its 7x7 on the 264x264 input
+    was most of a training step's arithmetic. The base of the two below.
 ``MICRO``
     ``TINY`` with one dense unit per decoder stage and an ungrouped dense convolution: 270 -> 216 (src/geometry.py
-    derives it), under half of ``TINY``'s operations. For the tests of what happens around the network
-    (files, runs, predictors), which read the geometry from the config. The ungrouped convolution also
-    keeps multi-tower training on the CPU: TensorFlow's CPU kernel lacks the weight gradient of grouped
-    convolutions under the replicated trainer.
+    derives it), under half of ``TINY``'s operations. For every test that is not about the published sizes
+    (those use the session's full-size graph, conftest.py, or the converter's full-depth graphs). The ungrouped
+    convolution also keeps multi-tower training on the CPU: TensorFlow's CPU kernel lacks the weight gradient
+    of grouped convolutions under the replicated trainer.
+(The XLA tests' network, tests/xla_fixtures.py, is ``TINY`` with one dense unit per stage, grouped as published.)
 """
 from __future__ import annotations
 

@@ -29,11 +29,11 @@ def exported(tmp_path_factory) -> Path:
 
     Exported by ``python -m src.model.export`` in a process of its own, as a user does: the export needs
     TensorFlow's eager mode, which any tensorpack training earlier in a test process has switched off. Then
-    every artifact is compiled into ``$XLA_RUNNER_CACHE`` (``xla_runner.artifacts._compile``), which every
-    process of the run reads, so each compiles once per run. Under pytest-xdist the workers share both folders:
-    the first one makes them while the others wait on a lock.
+    every artifact is compiled here, into this process's executables and ``$XLA_RUNNER_CACHE``
+    (``xla_runner.artifacts._compile``), which the processes the tests start read, so each compiles once per run.
+    Under pytest-xdist the workers share both folders: the first one makes them while the others wait on a lock.
     """
-    from xla_runner.artifacts import CACHE_ENV, MANIFEST_NAME
+    from xla_runner.artifacts import CACHE_ENV, MANIFEST_NAME, Artifacts
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -43,15 +43,14 @@ def exported(tmp_path_factory) -> Path:
     with open(root / "xla-export.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / MANIFEST_NAME).is_file():
-            export = ["-m", "src.model.export", "--out_dir", str(folder), "--batch_sizes", str(BATCH),
+            export = [sys.executable, "-m", "src.model.export", "--out_dir", str(folder), "--batch_sizes", str(BATCH),
                       "--phases", "2", "--train_batch_size", str(BATCH), "--config", *XLA_TINY]
-            compile_all = ["-c", f"from xla_runner.artifacts import Artifacts; a = Artifacts({str(folder)!r}); "
-                                 "[a.executable(entry) for entry in a.entries.values()]"]
-            for step, args in (("exporting", export), ("compiling", compile_all)):
-                done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
-                if done.returncode:
-                    raise RuntimeError(f"{step} the tests' network failed ({done.returncode}):\n"
-                                       f"{done.stderr[-4000:]}")
+            done = subprocess.run(export, cwd=ROOT, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"exporting the tests' network failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        artifacts = Artifacts(folder)
+        for entry in artifacts.entries.values():
+            artifacts.executable(entry)
     return folder
 
 
