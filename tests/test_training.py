@@ -28,7 +28,6 @@ from misc.io import InputError
 from src import training
 from src.config import config_from_args
 from src.model.graph import COST_NAME, HoVerNet
-from src.model.weights import save_initial_weights
 from src.training import (
     BEST_CHECKPOINT,
     FINISHED_MARKER,
@@ -316,7 +315,8 @@ def test_validation_dice_is_pooled_over_the_set_not_averaged_over_batches():
 NO_TYPES = "MODEL.NR_TYPES=None"
 
 
-def test_run_folder_life_on_two_cpu_towers_interrupt_resume_phase2(patch_dir, tmp_path, caplog, monkeypatch):
+def test_run_folder_life_on_two_cpu_towers_interrupt_resume_phase2(patch_dir, tmp_path, caplog, monkeypatch,
+                                                                   micro_weights_npz):
     """A phase-1 folder from start to phase 2: a new run from an encoder-only file; Ctrl-C between epoch 2's
     checkpoint and its validation (issue 13.2: the resume must not restore that checkpoint and run epoch 2
     again); the resume, on two CPU towers (the replicated trainer restoring a one-tower checkpoint into both
@@ -326,9 +326,7 @@ def test_run_folder_life_on_two_cpu_towers_interrupt_resume_phase2(patch_dir, tm
     out = tmp_path / "run"
     phase1 = out / "phase1"
     pretrained = tmp_path / "imagenet_like.npz"
-    cfg = config_from_args([*MICRO, NO_TYPES])
-    save_initial_weights(tmp_path / "full.npz", cfg, nr_types=None)
-    with np.load(tmp_path / "full.npz") as full:  # an encoder-only file, as the ImageNet weights are
+    with np.load(micro_weights_npz) as full:  # an encoder-only file, as the ImageNet weights are
         np.savez(pretrained, **{k: full[k] for k in full.files if k.split("/")[0] in ("conv0", "group0")})
     two_towers = ["--gpu", "0,1", "--phase", "1", "--epochs", "2", *_args(patch_dir, out), NO_TYPES]
 
