@@ -29,7 +29,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
-# The XLA export / TF-free runner tests alone (also part of `make test`): about two minutes of XLA compilation.
+# The XLA export / TF-free runner tests alone (also part of `make test`): about a minute, mostly export and compilation.
 test-xla: $(VENV)/.installed
 	$(PY) -m pytest -q -m xla
 
