@@ -51,6 +51,7 @@ def time_forward(mode: str, preset: str, tile: np.ndarray, n_windows: int, batch
     from tensorpack.tfutils.tower import PredictTowerContext
 
     from src.model.graph import INFERENCE_INPUTS, HoVerNet, inference_output_names
+    from src.predictor import session_config
 
     tf1 = tf.compat.v1
     cfg = config_from_args([f"MODEL.MODE={mode!r}", f"MODEL.PRESET={preset!r}"])
@@ -64,7 +65,7 @@ def time_forward(mode: str, preset: str, tile: np.ndarray, n_windows: int, batch
         HoVerNet(nr_types=5, cfg=cfg).build_outputs(images)
         fetch = [graph.get_tensor_by_name(f"{n}:0") for n in inference_output_names(5)]
     build_s = time.perf_counter() - start
-    with graph.as_default(), tf1.Session(graph=graph) as sess:
+    with graph.as_default(), tf1.Session(graph=graph, config=session_config()) as sess:  # the predictor's
         sess.run(tf1.global_variables_initializer())
         gflop = conv_gflop_per_window(graph)
         warm = np.zeros((min(batch_size, timed), size_in, size_in, 3), np.float32)
