@@ -114,9 +114,9 @@ def infer_slides(slides: list[Path], args, cfg, type_info, run_info: dict):
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / RUN_INFO_NAME, run_info, indent=1, sort_keys=True, newline=True)
-    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()] if args.gpu else None
     if not args.overwrite and all(slide_complete(out_dir, s.stem, settings) for s in slides):
         return WsiReport(already_complete=[s.stem for s in slides])  # no cluster: it would spawn its workers
+    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()] if args.gpu else None
     factory = ModelFactory(str(Path(args.model).resolve()), tuple(args.config))
     with dask_client(args.workers, args.scheduler, gpus=gpus) as client:
         return run_wsi(slides, out_dir, factory, type_info, settings, client=client, overwrite=args.overwrite,

@@ -158,17 +158,9 @@ def inference_variable_shapes(cfg, nr_types: int | None) -> dict[str, tuple[int,
     """{variable name: shape} of the inference graph of ``cfg`` / ``nr_types``, built once per process."""
     key = (repr(sorted(cfg.MODEL.items())), nr_types)
     if key not in _GRAPH_SHAPES:
-        import tensorflow as tf
-        from tensorpack.tfutils.tower import PredictTowerContext
+        from src.model.weights import graph_variable_shapes, inference_graph
 
-        from src.model.graph import INFERENCE_INPUTS, HoVerNet
-        from src.model.weights import graph_variable_shapes
-
-        graph = tf.Graph()
-        with graph.as_default(), PredictTowerContext(""):
-            size = cfg.MODEL.INPUT_SHAPE
-            HoVerNet(nr_types=nr_types, cfg=cfg).build_outputs(
-                tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], INFERENCE_INPUTS[0]))
+        with inference_graph(cfg, nr_types).as_default():
             _GRAPH_SHAPES[key] = graph_variable_shapes()
     return dict(_GRAPH_SHAPES[key])
 

@@ -37,7 +37,7 @@ tf1 = tf.compat.v1
 
 __all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "resolve_checkpoint",
            "is_training_state", "match_weights", "graph_variable_shapes", "CheckedSessionInit",
-           "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "weights_digest", "initial_weights",
+           "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "weights_digest", "inference_graph", "initial_weights",
            "save_initial_weights", "METADATA_KEY", "model_metadata", "save_npz"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
@@ -282,12 +282,9 @@ def make_session_init(path: str | os.PathLike, strict: bool, ignore=DEFAULT_IGNO
     return CheckedSessionInit(path, strict=strict, ignore=ignore)
 
 
-def initial_weights(cfg, nr_types: int | None, seed: int = 0) -> dict[str, np.ndarray]:
-    """{name: value} of every variable of a freshly initialised inference network (weights and BN stats).
-
-    Untrained: for tests and the demo, which need a complete weights file and have no trained one. The
-    graph-level ``seed`` makes the values (and so what such a file predicts) the same on every run.
-    """
+def inference_graph(cfg, nr_types: int | None, seed: int = 0) -> tf.Graph:
+    """A new graph holding the inference network of ``cfg`` / ``nr_types`` (input ``images``, N x in x in x 3);
+    ``seed`` is its graph-level random seed, so its initial values are the same on every run."""
     from tensorpack.tfutils.tower import PredictTowerContext
 
     from src.model.graph import INFERENCE_INPUTS, HoVerNet
@@ -298,6 +295,17 @@ def initial_weights(cfg, nr_types: int | None, seed: int = 0) -> dict[str, np.nd
         model = HoVerNet(nr_types=nr_types, cfg=cfg)
         size = cfg.MODEL.INPUT_SHAPE
         model.build_outputs(tf1.placeholder(tf.float32, [None, size, size, 3], INFERENCE_INPUTS[0]))
+    return graph
+
+
+def initial_weights(cfg, nr_types: int | None, seed: int = 0) -> dict[str, np.ndarray]:
+    """{name: value} of every variable of a freshly initialised inference network (weights and BN stats).
+
+    Untrained: for tests and the demo, which need a complete weights file and have no trained one. The
+    graph-level ``seed`` makes the values (and so what such a file predicts) the same on every run.
+    """
+    graph = inference_graph(cfg, nr_types, seed)
+    with graph.as_default():
         variables = tf1.global_variables()
         with tf1.Session(graph=graph) as sess:
             sess.run(tf1.global_variables_initializer())
