@@ -20,7 +20,7 @@ from src.geometry import MODES, derive_geometry
 logger = logging.getLogger(__name__)
 
 __all__ = ["AttrDict", "make_config", "finalize_config", "config_from_args", "validate_config", "check_value",
-           "MODEL_PRESETS", "MSGE_VARIANTS", "MSGE_FOCUS_MODES", "PHASE2_INIT_CHOICES", "DATA_FORMATS",
+           "MODEL_PRESETS", "BEST_METRICS", "MSGE_VARIANTS", "MSGE_FOCUS_MODES", "PHASE2_INIT_CHOICES", "DATA_FORMATS",
            "TARGETS_FROM_CHOICES"]
 
 
@@ -88,6 +88,9 @@ MSGE_FOCUS_MODES = ("published", "binary")
 # Which phase-1 checkpoint phase 2 starts from (spec section 4): the released train.py takes the one with
 # the largest global step ('last'); 'best' is the one with the highest validation NP Dice.
 PHASE2_INIT_CHOICES = ("last", "best")
+# TRAIN.BEST_METRIC: the validation score that picks model-best. 'np_dice' (published): pooled NP Dice of the
+# validation patches; the others are means over the held-out tiles (train.py --valid_images) after post-processing.
+BEST_METRICS = ("np_dice", "pq", "aji", "dice")
 # MODEL.DATA_FORMAT: 'auto' resolves to NCHW on a GPU, NHWC on the CPU (src.model.graph.resolve_data_format).
 DATA_FORMATS = ("auto", "NCHW", "NHWC")
 # TARGETS.FROM: where the training targets are computed (see make_config).
@@ -162,6 +165,9 @@ _RULES = {
     "MODEL.DENSE_GROWTH": _int(1),
     "MODEL.DENSE_BOTTLENECK": _int(1),
     "MODEL.DENSE_SPLIT": _int(1),
+    "MODEL.HEAD_ZERO_INIT": ((lambda v: isinstance(v, (tuple, list)) and len(set(v)) == len(v)
+                              and all(b in ("np", "hv", "tp") for b in v)),
+                             "a tuple of distinct branches among 'np', 'hv', 'tp', e.g. ('hv',); () = published"),
     "LOSS.MSGE": _one_of(*MSGE_VARIANTS),
     "LOSS.MSGE_FOCUS": _one_of(*MSGE_FOCUS_MODES),
     "LOSS.WEIGHTS": _map(lambda k: isinstance(k, str), _num()[0], "a dict of term name -> weight >= 0"),
@@ -190,6 +196,7 @@ _RULES = {
     "TRAIN.SCHEDULE": _one_of(*SCHEDULES),  # opt/schedules.py
     "TRAIN.VALID_BATCH_SIZE": _int(1),
     "TRAIN.PHASE2_INIT": _one_of(*PHASE2_INIT_CHOICES),
+    "TRAIN.BEST_METRIC": _one_of(*BEST_METRICS),
     "POSTPROC.NP_THRESHOLD": _num(0, 1),
     "POSTPROC.MARKER_THRESHOLD": _num(0, 1),
     "POSTPROC.SOBEL_KSIZE": _odd(1),
@@ -246,6 +253,11 @@ def make_config() -> AttrDict:
     C.MODEL.DENSE_GROWTH = 32  # channels added by each dense unit
     C.MODEL.DENSE_BOTTLENECK = 128  # 1x1 width inside a dense unit
     C.MODEL.DENSE_SPLIT = 4  # groups (count) of the dense unit's 5x5 (fast: 3x3) conv
+    # Branches whose 1x1 output kernel (conv_out_<branch>/W) starts at zero instead of the published He init, so
+    # the untrained network predicts hv = 0 (np/tp: uniform probabilities). Not in the published code: with 2
+    # output channels He fan_out gives every weight std 1, so the first hv prediction has std ~2-6 and the first
+    # steps are spent shrinking it (models/README.md, recipe table). () = published.
+    C.MODEL.HEAD_ZERO_INIT = ()
 
     # --- loss (spec section 3, equation 1) ---
     C.LOSS.MSGE = "published"  # 'published': cross derivatives as in the released code; 'paper': eq. (3)
@@ -298,6 +310,9 @@ def make_config() -> AttrDict:
     # (code) phase 2 starts from phase 1's checkpoint with the largest global step ('last', as the released
     # train.py); 'best' = phase 1's model-best (highest validation NP Dice). --pretrained overrides both.
     C.TRAIN.PHASE2_INIT = "last"
+    # validation score kept as model-best (highest wins): 'np_dice' (published, pooled over the validation patches)
+    # or 'pq' / 'aji' / 'dice' of the post-processed held-out tiles (needs train.py --valid_images); BEST_METRICS
+    C.TRAIN.BEST_METRIC = "np_dice"
 
     # --- post-processing (spec section 5) ---
     C.POSTPROC.NP_THRESHOLD = 0.5  # nuclear probability (0..1) at or above which a pixel is foreground

@@ -108,6 +108,19 @@ def test_initial_weights_are_the_same_on_every_run(micro_weights_npz):
         np.testing.assert_array_equal(again[name], value, err_msg=name)
 
 
+@pytest.mark.slow  # builds a MICRO graph
+def test_head_zero_init_starts_the_chosen_heads_at_the_zero_prediction():
+    """MODEL.HEAD_ZERO_INIT (a recipe option, models/README.md): those heads' 1x1 kernels start at zero, the
+    others keep the published He init; the biases are zero either way."""
+    from shrunk_networks import MICRO
+
+    weights = initial_weights(config_from_args([*MICRO, "MODEL.HEAD_ZERO_INIT=('hv',)"]), nr_types=5)
+    assert not weights["conv_out_hv/W"].any() and not weights["conv_out_hv/b"].any()
+    assert weights["conv_out_np/W"].std() > 0.1 and weights["conv_out_tp/W"].std() > 0.1
+    with pytest.raises(ValueError, match="HEAD_ZERO_INIT"):
+        config_from_args(["MODEL.HEAD_ZERO_INIT=('xy',)"])
+
+
 @pytest.mark.slow  # the full-size graph (shared: conftest.py)
 def test_match_report_against_the_real_graph(tmp_path, hovernet_shapes):
     _imagenet_like_npz(tmp_path / "w.npz")

@@ -224,10 +224,14 @@ def _decoder(name: str, feats: list[tf.Tensor], model_cfg, ksize: int, data_form
     return x
 
 
-def _head(branch: str, x: tf.Tensor, channels: int, data_format: str) -> tf.Tensor:
-    """BNReLU then 1x1 conv with bias; returns NHWC logits (N x H x W x channels float32)."""
+def _head(branch: str, x: tf.Tensor, channels: int, data_format: str, zero_init: bool = False) -> tf.Tensor:
+    """BNReLU then 1x1 conv with bias; returns NHWC logits (N x H x W x channels float32).
+
+    ``zero_init`` (``MODEL.HEAD_ZERO_INIT``): the 1x1 kernel starts at zero, so the branch's first output is its
+    bias (0), instead of the argscope's published He init."""
     x = BNReLU(f"preact_out_{branch}", x)
-    x = Conv2D(f"conv_out_{branch}", x, channels, 1, use_bias=True)
+    extra = {"kernel_initializer": tf1.zeros_initializer()} if zero_init else {}
+    x = Conv2D(f"conv_out_{branch}", x, channels, 1, use_bias=True, **extra)
     return tf.transpose(x, [0, 2, 3, 1]) if data_format == "NCHW" else x
 
 
@@ -296,7 +300,9 @@ class HoVerNet(ModelDesc):
             feats[1] = _centre_crop(feats[1], self.geometry.crop_group1, fmt)
             out_channels = {"np": 2, "hv": 2, "tp": self.nr_types}
             ksize = self.geometry.decoder_ksize
-            logits = {b: _head(b, _decoder(b, feats, model_cfg, ksize, fmt), out_channels[b], fmt)
+            zero_heads = tuple(model_cfg.HEAD_ZERO_INIT)
+            logits = {b: _head(b, _decoder(b, feats, model_cfg, ksize, fmt), out_channels[b], fmt,
+                               zero_init=b in zero_heads)
                       for b in self.branches}
         outputs = {
             "np_prob": tf.nn.softmax(logits["np"], axis=-1, name="np_prob"),
