@@ -39,6 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--valid_dir", default=None,
                         help="folder of validation .npy patches; NP Dice is reported every epoch and the best "
                              "checkpoint kept (without it only the last checkpoints are kept)")
+    parser.add_argument("--valid_images", default=None,
+                        help="labelled images (a folder with Images/ and Labels/, as extract_patches.py reads) run "
+                             "through inference and post-processing after every epoch: DICE, AJI, PQ and the HV "
+                             "maps' correlation and MSE are recorded as tiles_<score> in stats.json and curves.png. "
+                             "With a split.json in --valid_dir (extract_patches.py --holdout) only its held-out "
+                             "images are used. TRAIN.BEST_METRIC=pq|aji|dice picks model-best by them")
     parser.add_argument("--out_dir", required=True, help="run directory; one sub-folder per phase")
     parser.add_argument("--pretrained", default=None,
                         help="initial weights for the first phase run: an ImageNet Preact-ResNet50 .npz (loaded by "
@@ -70,6 +76,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def held_out_tiles(cfg, images_dir, valid_dir=None):
+    """The ``--valid_images`` scorer: the labelled images of ``images_dir`` (only those named held out in
+    ``<valid_dir>/split.json`` when there is one) as a ``metrics.validation.TileScorer``."""
+    from dataset.readers import get_reader
+    from metrics.validation import TileScorer, held_out_names
+
+    reader = get_reader("instance", images_dir)  # only the instance map is scored; any label layout
+    names = held_out_names(valid_dir) if valid_dir is not None else None
+    if names is not None:
+        missing = sorted(set(names) - set(reader.names))
+        if missing:
+            raise InputError(f"{images_dir}: lacks {len(missing)} held-out image(s) of {valid_dir}/split.json, "
+                             f"e.g. {missing[:3]}")
+    tiles = [(s.name, s.image, s.inst_map) for s in reader.samples(None if names is None else set(names))]
+    return TileScorer.from_config(cfg, tiles)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     gpus = [] if args.gpu is None else [g.strip() for g in args.gpu.split(",") if g.strip()]
@@ -81,6 +104,11 @@ def main(argv=None) -> int:
     from src.config import config_from_args
     from src.training import Dataflows, Towers, TrainingIncompleteError, TrainOptions, train
 
+    tiles = None
+    if args.valid_images is not None:
+        def tiles(cfg):
+            return held_out_tiles(cfg, args.valid_images, args.valid_dir)
+
     try:
         check_writable(args.out_dir, "--out_dir")
         cfg = config_from_args(args.config, is_training=True)
@@ -89,7 +117,7 @@ def main(argv=None) -> int:
             phases=(args.phase,) if args.phase else None, pretrained=args.pretrained, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, num_workers=args.workers,
             overwrite=args.overwrite)
-        train(cfg, options, Dataflows(train=get_train_dataflow, valid=get_valid_dataflow))
+        train(cfg, options, Dataflows(train=get_train_dataflow, valid=get_valid_dataflow, tiles=tiles))
     except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2

@@ -139,38 +139,64 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, inst_info: Mapping,
     return path
 
 
+# Validation scores plotted beside the patch NP Dice, when train.py --valid_images recorded them (src.training).
+_TILE_SCORES = ("tiles_np_dice", "tiles_dice", "tiles_aji", "tiles_pq", "tiles_hv_corr_x", "tiles_hv_corr_y")
+_TILE_HV_MSE = ("tiles_hv_mse", "tiles_hv_mse_zero")
+
+
+def _series(records: list[Mapping], key: str) -> list[tuple]:
+    return [(r["epoch_num"], r[key]) for r in records if key in r and "epoch_num" in r]
+
+
 def plot_training_curves(records: list[Mapping], path: str | os.PathLike) -> None:
-    """Write ``curves.png``: every loss term and the validation NP Dice per epoch, from stats.json records.
+    """Write ``curves.png``: every loss term and the validation scores per epoch, from stats.json records.
 
     ``records``: one mapping per epoch (tensorpack ``stats.json`` / the XLA runner's history) holding
-    ``epoch_num`` and any of ``loss_<term>``, ``overall_cost`` and ``validation_np_dice``. Loss terms share
-    the left panel (log scale), the Dice the right one. Written atomically; a bare ``Figure`` (no pyplot)
-    needs no display and changes no process-wide backend.
+    ``epoch_num`` and any of ``loss_<term>``, ``overall_cost``, ``validation_np_dice`` and the held-out tiles'
+    post-processed scores ``tiles_<score>`` (``train.py --valid_images``). Loss terms share the left panel (log
+    scale), the scores in [0, 1] the middle one; with tile scores a third panel puts the HV MSE beside that of
+    predicting zero. Written atomically; a bare ``Figure`` (no pyplot) needs no display and changes no
+    process-wide backend.
     """
     from matplotlib.figure import Figure
 
     epochs = [r["epoch_num"] for r in records if "epoch_num" in r]
-    loss_keys = sorted({k for r in records for k in r if k.startswith("loss_")})
-    if "overall_cost" in {k for r in records for k in r}:
+    keys = {k for r in records for k in r}
+    loss_keys = sorted(k for k in keys if k.startswith("loss_"))
+    if "overall_cost" in keys:
         loss_keys.append("overall_cost")
-    fig = Figure(figsize=(11, 4))
-    ax_loss, ax_dice = fig.subplots(1, 2)
+    with_tiles = any(k in keys for k in _TILE_HV_MSE)
+    fig = Figure(figsize=(16 if with_tiles else 11, 4))
+    axes = fig.subplots(1, 3 if with_tiles else 2)
+    ax_loss, ax_dice = axes[0], axes[1]
     for key in loss_keys:
-        points = [(r["epoch_num"], r[key]) for r in records if key in r and "epoch_num" in r and r[key] > 0]
+        points = [(e, v) for e, v in _series(records, key) if v > 0]
         if points:
             ax_loss.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("loss_"),
                          linewidth=2.0 if key == "overall_cost" else 1.0)
     ax_loss.set(xlabel="epoch", ylabel="training loss (moving average)", yscale="log", title="loss terms")
     if loss_keys:
         ax_loss.legend(fontsize=8)
-    dice = [(r["epoch_num"], r["validation_np_dice"]) for r in records if "validation_np_dice" in r]
-    if dice:
-        ax_dice.plot(*zip(*dice, strict=True), marker="o", color="tab:green")
-    ax_dice.set(xlabel="epoch", ylabel="validation NP Dice", ylim=(0, 1), title="validation")
+    for key in ("validation_np_dice",) + _TILE_SCORES:
+        points = _series(records, key)
+        if points:
+            ax_dice.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key,
+                         color="tab:green" if key == "validation_np_dice" else None)
+    ax_dice.set(xlabel="epoch", ylabel="validation score", ylim=(0, 1), title="validation")
+    if with_tiles:
+        ax_dice.legend(fontsize=7)
+        for key in _TILE_HV_MSE:
+            points = _series(records, key)
+            if points:
+                ax_hv = axes[2]
+                ax_hv.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key,
+                           linestyle="--" if key.endswith("zero") else "-")
+        axes[2].set(xlabel="epoch", ylabel="MSE on the held-out tiles", title="HV maps vs predicting 0")
+        axes[2].legend(fontsize=7)
     if epochs:
-        for ax in (ax_loss, ax_dice):
+        for ax in axes:
             ax.set_xlim(0.5, max(epochs) + 0.5)
     # fixed margins that fit the labels: tight_layout measured every tick label, 0.2-0.5 s of each epoch's plot
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.13, top=0.92, wspace=0.2)
+    fig.subplots_adjust(left=0.05 if with_tiles else 0.07, right=0.99, bottom=0.13, top=0.92, wspace=0.2)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

@@ -21,11 +21,17 @@ from tensorpack.tfutils import sesscreate
 
 from misc.io import InputError
 from src.model.graph import INFERENCE_INPUTS, HoVerNet, check_inference_tensors, inference_output_names
-from src.model.weights import NOT_WEIGHTS, WeightsMismatchError, make_session_init, read_weight_shapes
+from src.model.weights import (
+    NOT_WEIGHTS,
+    NonFiniteWeightsError,
+    WeightsMismatchError,
+    make_session_init,
+    read_weight_shapes,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HoVerNetPredictor", "detect_nr_types", "session_config", "TP_HEAD_BIAS"]
+__all__ = ["HoVerNetPredictor", "detect_nr_types", "session_config", "stack_outputs", "TP_HEAD_BIAS"]
 
 TP_HEAD_BIAS = "conv_out_tp/b"  # the type head's bias: its length is nr_types
 
@@ -85,7 +91,7 @@ class HoVerNetPredictor:
             session_creator=sesscreate.NewSessionCreator(config=session_config()))
         try:
             self._predict = OfflinePredictor(predict_config)
-        except WeightsMismatchError as exc:
+        except (WeightsMismatchError, NonFiniteWeightsError) as exc:
             raise InputError(f"--model {model_path}: {exc}") from exc
         log.info("loaded %s (%s)", model_path,
                  f"{self.nr_types} type channels" if self.nr_types else "no type branch")
@@ -94,8 +100,14 @@ class HoVerNetPredictor:
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (self.input_shape, self.input_shape, 3):
             raise ValueError(f"expected N x {self.input_shape} x {self.input_shape} x 3 windows, got {batch.shape}")
-        outputs = dict(zip(self.output_names, self._predict(batch), strict=True))
-        maps = [outputs["np_prob"][..., 1:2], outputs["hv"]]
-        if self.nr_types is not None:
-            maps.append(outputs["tp_prob"])
-        return np.concatenate(maps, axis=-1).astype(np.float32, copy=False)
+        return stack_outputs(dict(zip(self.output_names, self._predict(batch), strict=True)))
+
+
+def stack_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The graph's named outputs (``np_prob``, ``hv``, optional ``tp_prob``; N x out x out x C each) as one
+    N x out x out x C float32 array in :func:`src.pipeline.split_channels` order: nuclear probability, hv x,
+    hv y, then the type probabilities."""
+    maps = [outputs["np_prob"][..., 1:2], outputs["hv"]]
+    if "tp_prob" in outputs:
+        maps.append(outputs["tp_prob"])
+    return np.concatenate(maps, axis=-1).astype(np.float32, copy=False)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 from tensorpack import (
     DataParallelInferenceRunner,
@@ -41,17 +42,22 @@ from misc.io import InputError, move_aside, write_json_atomic
 from misc.viz import plot_training_curves
 from opt.schedules import Phase, get_phase, get_schedule
 from src.config import check_value
-from src.model.graph import NP_DICE_NAME, NP_DICE_SUMS, HoVerNet
+from src.inference import predict_tile
+from src.model.graph import INFERENCE_INPUTS, NP_DICE_NAME, NP_DICE_SUMS, HoVerNet, inference_output_names
 from src.model.weights import make_session_init
+from src.predictor import stack_outputs
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RunState", "inspect_run_dir", "check_run_dir", "prepare_run_dir", "select_trainer", "make_callbacks",
            "train_phase", "train", "resume_point", "TrainingIncompleteError", "PooledDice", "Towers", "TrainOptions",
-           "Dataflows", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY"]
+           "Dataflows", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY", "TileValidation",
+           "TILE_STAT_PREFIX", "best_stat"]
 
 # The validation statistic and the name of its best checkpoint.
 VALID_STAT = f"validation_{NP_DICE_NAME}"
+# Scores of the post-processed held-out tiles (TileValidation) are recorded as 'tiles_<score>', e.g. 'tiles_pq'.
+TILE_STAT_PREFIX = "tiles_"
 BEST_CHECKPOINT = "model-best"
 FINISHED_MARKER = "finished.json"  # written when a phase has run all its epochs ({"epochs": N, ...})
 RUN_HISTORY = "run_history.jsonl"  # one JSON line per start of a phase (run.json keeps the first settings)
@@ -95,11 +101,14 @@ class Dataflows:
     ``dataset.dataflow.get_train_dataflow`` / ``get_valid_dataflow``; tests may pass fakes).
 
     ``train(cfg, data_dir, batch_size=, num_workers=)``: shuffled, augmented batches, ``len()`` = batches per
-    epoch; ``valid(cfg, data_dir, batch_size=)``: every validation patch once per pass.
+    epoch; ``valid(cfg, data_dir, batch_size=)``: every validation patch once per pass; ``tiles(cfg)``: None or
+    the held-out tiles scored after post-processing every epoch (:class:`TileValidation`; ``train.py`` passes a
+    ``metrics.validation.TileScorer``).
     """
 
     train: Callable
-    valid: Callable
+    valid: Callable | None = None
+    tiles: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -339,8 +348,55 @@ class CurvesPlot(Callback):
         self._plot()
 
 
-def make_callbacks(phase: Phase, valid_df, towers: Towers, max_to_keep: int = 2) -> list:
-    """Schedule, validation and saving callbacks for one phase (order matters: save, validate, keep best)."""
+class TileValidation(Callback):
+    """After every epoch: the held-out tiles through the inference graph, stitched and post-processed as ``infer.py``
+    does, scored by ``scorer``; each mean score goes to the monitors as ``tiles_<score>`` (stats.json, curves).
+
+    The forward pass is a predict tower of the trainer (tensorpack ``get_predictor``): the training variables,
+    BatchNorm in inference mode, as a saved checkpoint would run. ``scorer``: ``tiles`` (each with ``image`` HxWx3
+    uint8), ``score(tile, maps) -> {name: float}`` and ``mean(rows) -> {name: float}`` (NaN = not measurable,
+    not recorded): ``metrics.validation.TileScorer``, passed in because ``src`` does not import ``metrics``.
+    """
+
+    def __init__(self, scorer, nr_types: int | None, input_shape: int, output_shape: int, batch_size: int):
+        self.scorer = scorer
+        self.output_names = inference_output_names(nr_types)
+        self.geometry = {"input_shape": int(input_shape), "output_shape": int(output_shape)}
+        self.batch_size = int(batch_size)
+
+    def _setup_graph(self):
+        self._predictor = self.trainer.get_predictor(list(INFERENCE_INPUTS), self.output_names)
+
+    def _forward(self, batch):
+        outputs = self._predictor(np.asarray(batch, np.float32))
+        return stack_outputs(dict(zip(self.output_names, outputs, strict=True)))
+
+    def _trigger(self):
+        start = time.perf_counter()
+        rows = [self.scorer.score(tile, predict_tile(tile.image, self._forward, self.batch_size, **self.geometry))
+                for tile in self.scorer.tiles]
+        means = self.scorer.mean(rows)
+        for key, value in means.items():
+            if not np.isnan(value):
+                self.trainer.monitors.put_scalar(TILE_STAT_PREFIX + key, float(value))
+        log.info("validation on %d tiles in %.0f s: %s", len(rows), time.perf_counter() - start,
+                 ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
+
+
+def best_stat(best_metric: str) -> str:
+    """The monitor name of ``TRAIN.BEST_METRIC``: 'np_dice' -> the pooled patch Dice, others -> 'tiles_<metric>'."""
+    check_value("TRAIN.BEST_METRIC", best_metric)
+    return VALID_STAT if best_metric == "np_dice" else TILE_STAT_PREFIX + best_metric
+
+
+def make_callbacks(phase: Phase, valid_df, towers: Towers, max_to_keep: int = 2, tile_validation=None,
+                   best_metric: str = "np_dice") -> list:
+    """Schedule, validation and saving callbacks for one phase (order matters: save, validate, keep best).
+
+    ``tile_validation``: a :class:`TileValidation` or None. ``model-best`` follows ``best_metric``
+    (``TRAIN.BEST_METRIC``) when that statistic is measured: the patch Dice needs ``valid_df``, the others
+    ``tile_validation`` (:func:`train_phase` refuses the combination before training).
+    """
     callbacks = [
         ModelSaver(max_to_keep=max_to_keep),
         ScheduledHyperParamSetter("learning_rate", list(phase.lr_schedule)),
@@ -352,7 +408,11 @@ def make_callbacks(phase: Phase, valid_df, towers: Towers, max_to_keep: int = 2)
             callbacks.append(DataParallelInferenceRunner(valid_df, inferencers, list(range(towers.count))))
         else:
             callbacks.append(InferenceRunner(valid_df, inferencers))
-        callbacks.append(_ResumableMaxSaver(VALID_STAT, filename=BEST_CHECKPOINT))
+    if tile_validation is not None:
+        callbacks.append(tile_validation)
+    stat = best_stat(best_metric)
+    if (valid_df is not None and stat == VALID_STAT) or (tile_validation is not None and stat != VALID_STAT):
+        callbacks.append(_ResumableMaxSaver(stat, filename=BEST_CHECKPOINT))
     return callbacks
 
 
@@ -413,8 +473,14 @@ def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, data
     session_init = make_session_init(str(init_path), strict=False) if init_path is not None else None
 
     batch_size = options.batch_size or phase.batch_size_per_gpu
+    scorer = dataflows.tiles(cfg) if dataflows.tiles is not None else None
+    if cfg.TRAIN.BEST_METRIC != "np_dice" and scorer is None:
+        raise InputError(f"TRAIN.BEST_METRIC={cfg.TRAIN.BEST_METRIC!r} scores post-processed held-out tiles: "
+                         "give them with --valid_images")
     train_df = dataflows.train(cfg, train_dir, batch_size=batch_size, num_workers=options.num_workers)
     valid_df = dataflows.valid(cfg, valid_dir, batch_size=cfg.TRAIN.VALID_BATCH_SIZE) if valid_dir else None
+    tile_validation = None if scorer is None else TileValidation(
+        scorer, cfg.MODEL.NR_TYPES, cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE, cfg.INFER.BATCH_SIZE)
     steps_per_epoch = options.steps_per_epoch
     if steps_per_epoch is None:
         # One epoch = every training patch once, split across the towers.
@@ -439,7 +505,9 @@ def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, data
     if session_init is not None:
         kwargs["session_init"] = session_init
     train_config = TrainConfig(
-        model=model, data=QueueInput(train_df), callbacks=make_callbacks(phase, valid_df, towers),
+        model=model, data=QueueInput(train_df),
+        callbacks=make_callbacks(phase, valid_df, towers, tile_validation=tile_validation,
+                                 best_metric=cfg.TRAIN.BEST_METRIC),
         steps_per_epoch=steps_per_epoch, max_epoch=max_epoch, **kwargs)
     if train_config.starting_epoch > max_epoch:
         log.info("%s already ran %d epochs", phase_dir, max_epoch)

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,7 +25,7 @@ from tensorpack.utils import logger
 
 import train
 from dataset.dataflow import TrainingDataPreprocessor, get_train_dataflow, get_valid_dataflow
-from misc.io import InputError
+from misc.io import InputError, save_label_mat
 from src import training
 from src.config import config_from_args
 from src.model.graph import COST_NAME, HoVerNet
@@ -390,3 +391,38 @@ def test_ctrl_c_is_one_line_and_exit_130(patch_dir, tmp_path, monkeypatch, capsy
     assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, tmp_path / "run")]) == 130
     assert capsys.readouterr().err.strip() == ("train.py: interrupted; rerun the same command to resume from the "
                                                "last checkpoint")
+
+
+@pytest.fixture(scope="module")
+def tiles_dir(tmp_path_factory):
+    """Two labelled 200x200 tiles (Images/ + Labels/) of touching synthetic nuclei, for --valid_images."""
+    folder = tmp_path_factory.mktemp("tiles")
+    (folder / "Images").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        patch = _synthetic_patch(rng)[170:370, 170:370]  # where the discs are
+        bgr = cv2.cvtColor(patch[..., :3].astype(np.uint8), cv2.COLOR_RGB2BGR)
+        assert cv2.imwrite(str(folder / "Images" / f"tile_{i}.png"), bgr)
+        save_label_mat(folder / "Labels" / f"tile_{i}.mat", patch[..., 3])
+    return folder
+
+
+def test_validation_on_post_processed_tiles_picks_model_best_by_pq(patch_dir, tiles_dir, tmp_path, capsys):
+    """Issue 20.3: every epoch the held-out tiles go through inference and post-processing; AJI, PQ, DICE and the
+    HV scores land in stats.json and curves.png, and TRAIN.BEST_METRIC=pq keeps model-best by the tiles' PQ."""
+    out = tmp_path / "run"
+    assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, out), "TRAIN.BEST_METRIC='pq'"]) == 2
+    assert "--valid_images" in capsys.readouterr().err  # PQ needs the tiles: refused before training
+    assert not (out / "phase1" / "checkpoint").exists()
+
+    assert train.main(["--phase", "1", "--epochs", "2", "--valid_images", str(tiles_dir),
+                       *_args(patch_dir, out), "TRAIN.BEST_METRIC='pq'"]) == 0
+    phase1 = out / "phase1"
+    stats = json.loads((phase1 / "stats.json").read_text())
+    assert [s["epoch_num"] for s in stats] == [1, 2]
+    for record in stats:
+        for key in ("tiles_dice", "tiles_aji", "tiles_pq", "tiles_np_dice", "tiles_hv_mse", "validation_np_dice"):
+            assert 0.0 <= record[key] <= 1.0 or key == "tiles_hv_mse", (key, record)
+        assert record["tiles_hv_mse_zero"] > 0.05  # the targets of touching discs: a real baseline
+    assert (phase1 / f"{BEST_CHECKPOINT}.index").is_file() and (phase1 / "curves.png").is_file()
+    assert json.loads((phase1 / "run.json").read_text())["config"]["TRAIN"]["BEST_METRIC"] == "pq"
