@@ -11,11 +11,16 @@ Every format writes ``<output>/Images/<name>.png`` (8-bit RGB) and ``<output>/La
 what ``extract_patches.py``, ``infer.py`` and ``metrics/compute_stats.py`` read. Formats, each from its
 public description:
 
-``kumar``   Kumar / MoNuSeg: Aperio ImageScope XML (``<Region>`` elements holding ``<Vertex X=.. Y=..>``,
-            X the column, Y the row) beside or below the images (``.tif``/``.png``...) of the same name; each
-            region is one nucleus, rasterised as a filled polygon; where polygons overlap the later region
-            in the file wins; regions covered entirely by later ones, or with no area, vanish and the ids
-            are made contiguous. Untyped.
+``kumar``   Kumar / MoNuSeg. Either the layout of ``../shared/data/kumar`` (``Tissue_Images/<name>.tif``,
+            ``Instance_Maps/<name>.png`` uint16 instance maps, ``Annotations/<name>.xml`` where kept,
+            ``split.json``): the instance map is used where there is one (the organisers' own rasterisation),
+            else the XML read with 1-based vertices as the organisers' MATLAB did; with ``split.json`` each set
+            goes to ``<output>/<set>/`` (``train``, ``test_same_organ``, ``test_different_organ``) and every
+            test image also to ``<output>/test/``. Or, as distributed, Aperio ImageScope XML (``<Region>``
+            elements holding ``<Vertex X=.. Y=..>``, X the column, Y the row) beside or below the images
+            (``.tif``/``.png``...) of the same name; each region is one nucleus, rasterised as a filled
+            polygon; where polygons overlap the later region in the file wins; regions covered entirely by
+            later ones, or with no area, vanish and the ids are made contiguous. Untyped.
 ``cpm``     CPM-15 / CPM-17: ``Images/`` and ``Labels/`` with label images (single-channel ids or
             colour-coded PNG/TIFF) or ``.mat``/``.npy`` instance maps, as ``extract_patches.py --kind
             instance`` reads them. Untyped.
@@ -45,6 +50,7 @@ naming the file (exit status 2). numpy/scipy/OpenCV only; no TensorFlow.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
@@ -170,11 +176,13 @@ def _read_rgb(path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Kumar / MoNuSeg XML
 # --------------------------------------------------------------------------------------------------
-def rasterise_xml(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+def rasterise_xml(path: str | Path, shape: tuple[int, int], origin: float = 0.0) -> np.ndarray:
     """Rasterise an Aperio ImageScope XML (``<Region>``/``<Vertex X= Y=>``) into an HxW int32 map.
 
     Region k (document order, from 1) is filled with id k; a later region overwrites an earlier one.
-    Vertices are rounded to the nearest pixel (X column, Y row). Ids are not made contiguous here.
+    Vertices minus ``origin`` are rounded to the nearest pixel (X column, Y row): ``origin=1`` reads them as the
+    1-based coordinates of the MoNuSeg organisers' MATLAB conversion (``poly2mask``), whose masks sit one pixel
+    up-left of a 0-based rasterisation. Ids are not made contiguous here.
     Raises :class:`InputError` naming ``path`` for unreadable XML, no ``<Region>``, a region without
     ``<Vertex>`` or a vertex without numeric X/Y.
     """
@@ -196,12 +204,76 @@ def rasterise_xml(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
         except (KeyError, ValueError) as exc:
             raise InputError(f"{path}: <Region> {region.get('Id', k)} has a <Vertex> without numeric X and Y "
                              f"({exc})") from None
-        polygon = np.round(xy).astype(np.int32).reshape(-1, 1, 2)
+        polygon = np.round(xy - origin).astype(np.int32).reshape(-1, 1, 2)
         cv2.fillPoly(inst_map, [polygon], int(k))
     return inst_map
 
 
+# The MoNuSeg 2018 training set as ../shared/data/kumar holds it (see its README).
+KUMAR_IMAGES, KUMAR_MAPS, KUMAR_XML, KUMAR_SPLIT = "Tissue_Images", "Instance_Maps", "Annotations", "split.json"
+# Written besides the split's own sets: every test image (Table II's "all" rows).
+KUMAR_ALL_TESTS = "test"
+
+
+def _read_instance_png(path: Path) -> np.ndarray:
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if array is None or array.ndim != 2 or array.dtype.kind not in "ui":
+        raise InputError(f"{path}: not a single-channel integer instance map (expected a uint16 PNG)")
+    return array.astype(np.int32)
+
+
+def _kumar_split(src: Path) -> dict[str, list[str]] | None:
+    """``{set name: [image names]}`` from ``split.json`` (every list-valued entry), or None without one."""
+    path = src / KUMAR_SPLIT
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable JSON split ({exc})") from None
+    sets = {k: v for k, v in record.items() if isinstance(v, list)} if isinstance(record, dict) else {}
+    if not sets or not all(isinstance(n, str) for names in sets.values() for n in names):
+        raise InputError(f"{path}: expected {{set name: [image names], ...}}")
+    return sets
+
+
+def _convert_kumar_layout(src: Path, output: Path) -> Iterator[str]:
+    """``Tissue_Images/`` + ``Instance_Maps/`` (+ ``Annotations/`` XML where there is no map) + ``split.json``."""
+    images = sorted(p for p in (src / KUMAR_IMAGES).iterdir()
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not images:
+        raise InputError(f"{src / KUMAR_IMAGES}: no images")
+    split = _kumar_split(src)
+    if split is not None:
+        unknown = sorted({n for names in split.values() for n in names} - {p.stem for p in images})
+        if unknown:
+            raise InputError(f"{src / KUMAR_SPLIT} names images that {src / KUMAR_IMAGES} lacks: {unknown}")
+    for image_path in images:
+        name = image_path.stem
+        image = _read_rgb(image_path)
+        map_path, xml_path = src / KUMAR_MAPS / f"{name}.png", src / KUMAR_XML / f"{name}.xml"
+        if map_path.is_file():
+            inst_map = _read_instance_png(map_path)
+            if inst_map.shape != image.shape[:2]:
+                raise InputError(f"{map_path}: {inst_map.shape} does not match the image {image.shape[:2]}")
+        elif xml_path.is_file():
+            inst_map = rasterise_xml(xml_path, image.shape[:2], origin=1.0)
+        else:
+            raise InputError(f"{name}: neither {map_path} nor {xml_path}")
+        if split is None:
+            _write(output, name, image, inst_map)
+        else:
+            sets = [s for s, names in split.items() if name in names]
+            sets += [KUMAR_ALL_TESTS] if any(s.startswith("test_") for s in sets) else []
+            for set_name in sets or ["unsplit"]:
+                _write(output / set_name, name, image, inst_map)
+        yield name
+
+
 def _convert_kumar(src: Path, output: Path, args) -> Iterator[str]:
+    if (src / KUMAR_IMAGES).is_dir():
+        yield from _convert_kumar_layout(src, output)
+        return
     xmls = sorted(src.rglob("*.xml"))
     if not xmls:
         raise InputError(f"{src}: no .xml annotation files")
@@ -408,7 +480,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Convert a published nuclei data set into Images/<name>.png + Labels/<name>.mat "
                     "(inst_map, type_map where typed, inst_type, inst_centroid x,y).",
         epilog="formats:\n" + "\n".join(f"  {line}" for line in (
-            "kumar     Kumar/MoNuSeg Aperio XML polygons + images (later region wins on overlap)",
+            "kumar     Kumar/MoNuSeg: Tissue_Images/ + Instance_Maps/ (+ split.json: one folder per set), "
+            "or Aperio XML polygons + images (later region wins on overlap)",
             "cpm       CPM-15/CPM-17 Images/ + Labels/ (label images or .mat/.npy instance maps)",
             "tnbc      TNBC Slide_<k>/ images + GT_<k>/ binary or instance PNG masks",
             "crchisto  CRCHisto imgN_detection.mat + imgN_<class>.mat points (20x; untyped = -1)",

@@ -1,4 +1,5 @@
 """dataset/convert.py: every format on a tiny fixture written here from the format's public description."""
+import json
 import subprocess
 import sys
 
@@ -93,6 +94,56 @@ def test_kumar_malformed_xml_names_the_file(tmp_path, capsys, xml, message):
     (src / "a.xml").write_text(xml)
     code, _, err = _run(capsys, "--format", "kumar", "--input", src, "--output", tmp_path / "o")
     assert code == 2 and "a.xml" in err and message in err and len(err.strip().splitlines()) == 1
+
+
+def _kumar_layout(src, split=None):
+    """Three 16x20 tiles in the shared folder's layout: A and B with uint16 instance maps, C with XML only."""
+    maps = {}
+    for k, name in enumerate("ABC"):
+        _png(src / "Tissue_Images" / f"TCGA-{name}.tif", _image(seed=k))
+    for name in "AB":
+        inst = np.zeros((16, 20), np.uint16)
+        inst[2:6, 3:9] = 300  # non-contiguous ids, one above 255
+        inst[8:12, 10:15] = 7
+        _png(src / "Instance_Maps" / f"TCGA-{name}.png", inst)
+        maps[name] = inst
+    (src / "Annotations").mkdir(parents=True, exist_ok=True)
+    # 1-based MATLAB vertices: the square (2..5, 2..5) is pixels 1..4 in 0-based rows and columns
+    (src / "Annotations" / "TCGA-C.xml").write_text(_XML.format(regions=_region(1, [(2, 2), (5, 2), (5, 5), (2, 5)])))
+    if split is not None:
+        (src / "split.json").write_text(json.dumps(split))
+    return maps
+
+
+def test_kumar_shared_layout_instance_maps_xml_fallback_and_split(tmp_path, capsys):
+    src, out = tmp_path / "kumar", tmp_path / "out"
+    maps = _kumar_layout(src, {"train": ["TCGA-A"], "test_same_organ": ["TCGA-B"], "test_different_organ": ["TCGA-C"],
+                               "source": "a note, not a set"})
+    code, stdout, err = _run(capsys, "--format", "kumar", "--input", src, "--output", out)
+    assert code == 0, err
+    assert "3 image(s)" in stdout
+    assert sorted(p.stem for p in (out / "train" / "Labels").iterdir()) == ["TCGA-A"]
+    assert sorted(p.stem for p in (out / "test" / "Labels").iterdir()) == ["TCGA-B", "TCGA-C"]
+    inst = _labels(out / "train", "TCGA-A")["inst_map"]
+    np.testing.assert_array_equal(inst > 0, maps["A"] > 0)
+    assert sorted(np.unique(inst)) == [0, 1, 2]  # contiguous ids
+    xml_inst = _labels(out / "test_different_organ", "TCGA-C")["inst_map"]
+    assert xml_inst[1:5, 1:5].all() and xml_inst.sum() == 16  # shifted to 0-based like the organisers' masks
+
+
+def test_kumar_shared_layout_without_split_and_with_a_bad_one(tmp_path, capsys):
+    src, out = tmp_path / "kumar", tmp_path / "out"
+    _kumar_layout(src)
+    code, _, err = _run(capsys, "--format", "kumar", "--input", src, "--output", out)
+    assert code == 0, err
+    assert sorted(p.stem for p in (out / "Labels").iterdir()) == ["TCGA-A", "TCGA-B", "TCGA-C"]
+    (src / "split.json").write_text(json.dumps({"train": ["TCGA-Z"]}))
+    code, _, err = _run(capsys, "--format", "kumar", "--input", src, "--output", tmp_path / "o2")
+    assert code == 2 and "TCGA-Z" in err and len(err.strip().splitlines()) == 1
+    (src / "Annotations" / "TCGA-C.xml").unlink()
+    (src / "split.json").unlink()
+    code, _, err = _run(capsys, "--format", "kumar", "--input", src, "--output", tmp_path / "o3")
+    assert code == 2 and "TCGA-C" in err and "neither" in err
 
 
 def test_cpm_label_png_and_mat(tmp_path, capsys):
