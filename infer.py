@@ -33,13 +33,14 @@ same command resumes.
 from __future__ import annotations
 
 import argparse
+import math
 import logging
 import os
 import sys
 from pathlib import Path
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from misc.io import DiskFullError, InputError, check_writable
+from misc.io import DiskFullError, InputError, NonFiniteMapsError, check_writable
 from misc.logs import attach_log_file, setup_logging
 from misc.outputs import FORMATS, check_formats
 
@@ -115,8 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--batch_size must be >= 1")
     if args.workers < 1:
         parser.error("--workers must be >= 1")
-    if args.mpp is not None and args.mpp <= 0:
-        parser.error("--mpp must be > 0")
+    if args.mpp is not None and not (math.isfinite(args.mpp) and args.mpp > 0):
+        parser.error(f"--mpp must be a finite number > 0, got {args.mpp}")
     return args
 
 
@@ -232,6 +233,9 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     except DiskFullError as exc:  # stop: every further write would fail; the image in progress left no file
         print(f"infer.py: error: {exc.strerror}", file=sys.stderr)
+        return 2
+    except NonFiniteMapsError as exc:  # every further image would be as wrong
+        print(f"infer.py: error: {exc}; {len(report.done)} image(s) done", file=sys.stderr)
         return 2
     return 0 if ok else 1
 

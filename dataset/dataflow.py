@@ -25,6 +25,7 @@ Run ``python -m benchmarks.dataflow_speed`` for throughput.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 from tensorpack.dataflow import BatchData, MapData, MultiProcessMapDataZMQ, RNGDataFlow
@@ -37,6 +38,7 @@ from dataset.patches import (
     datapoint_names,
     list_patches,
     load_patch,
+    patch_shape,
 )
 from misc.io import InputError
 from misc.proc import DieWithParent
@@ -73,12 +75,15 @@ class PatchDataFlow(RNGDataFlow):
     malformed patch found later, inside a worker process, would stall the pipeline instead of failing.
     """
 
-    def __init__(self, data_dir, shuffle: bool = True, min_size: int = 1, seed: int | None = None):
+    def __init__(self, data_dir, shuffle: bool = True, min_size: int = 1, seed: int | None = None,
+                 patch_size: int | None = None):
         self.paths = list_patches(data_dir)
         self.shuffle = shuffle
         self.seed = seed
         for path in self.paths:
             check_patch(path, min_size)
+        if patch_size is not None:
+            _check_patch_size(self.paths, patch_size)
 
     def reset_state(self):
         super().reset_state()
@@ -92,6 +97,17 @@ class PatchDataFlow(RNGDataFlow):
         order = self.rng.permutation(len(self.paths)) if self.shuffle else range(len(self.paths))
         for index in order:
             yield [self.paths[index], int(self.rng.randint(_SEED_RANGE))]
+
+
+def _check_patch_size(paths: list[str], patch_size: int) -> None:
+    """Refuse patches cut for another geometry: 540 px patches of the original mode in a fast-mode run (512 px)
+    would train on crops the run's targets were not designed for, without a word."""
+    sizes = {patch_shape(p)[:2] for p in paths}
+    if sizes != {(patch_size, patch_size)}:
+        shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
+        raise InputError(f"{Path(paths[0]).parent}: patches are {shown} px but this run's geometry (MODEL.MODE, "
+                         f"DATA.PATCH_SIZE) expects {patch_size}x{patch_size}; cut them again with extract_patches.py "
+                         "and the same --config, or train with the settings they were cut for")
 
 
 def _mapped(source, mapper, workers: int, buffer_size: int, strict: bool):
@@ -123,7 +139,8 @@ def get_train_dataflow(cfg, data_dir, batch_size: int, num_workers: int | str | 
         With workers the stream is endless (tensorpack's non-strict ``MultiProcessMapDataZMQ`` keeps
         re-reading the source, reshuffled each pass); in-process it ends after one epoch.
     """
-    source = PatchDataFlow(data_dir, shuffle=True, min_size=int(cfg.MODEL.INPUT_SHAPE), seed=seed)
+    source = PatchDataFlow(data_dir, shuffle=True, min_size=int(cfg.MODEL.INPUT_SHAPE), seed=seed,
+                           patch_size=int(cfg.DATA.PATCH_SIZE))
     if len(source) < batch_size:
         raise InputError(f"{len(source)} patches in {data_dir} cannot fill one batch of {batch_size}")
     flow = _mapped(source, TrainingDataPreprocessor(cfg, is_training=True),
@@ -137,7 +154,8 @@ def get_valid_dataflow(cfg, data_dir, batch_size: int, num_workers: int = 0):
     In-process and in sorted order by default; with ``num_workers > 0`` mapped by ZMQ workers in tensorpack's
     strict mode (the same set each pass, order not kept). Components as :func:`datapoint_names`.
     """
-    source = PatchDataFlow(data_dir, shuffle=False, min_size=int(cfg.MODEL.INPUT_SHAPE))
+    source = PatchDataFlow(data_dir, shuffle=False, min_size=int(cfg.MODEL.INPUT_SHAPE),
+                           patch_size=int(cfg.DATA.PATCH_SIZE))
     flow = _mapped(source, TrainingDataPreprocessor(cfg, is_training=False),
                    resolve_num_workers(num_workers, cfg), buffer_size=200, strict=True)
     return BatchData(flow, batch_size, remainder=True)

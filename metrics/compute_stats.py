@@ -83,6 +83,9 @@ def _build_parser(default_radius: float) -> argparse.ArgumentParser:
                              "in part, e.g. CRCHisto): it counts for detection (f1_d) but is left out of the "
                              "accuracy and of every type's false positives, as the released "
                              "run_nuclei_type_stat(..., exhaustive=False)")
+    parser.add_argument("--allow_missing", action="store_true",
+                        help="score the truths that have a prediction and list the others (warning, and "
+                             "'missing_predictions' in the JSON); without it a truth with no prediction is an error")
     parser.add_argument("--merge_types", action="store_true",
                         help="type mode: merge the truth's original CoNSeP types 1..7 into the paper's 4 "
                              "(DATA.TYPE_MERGE: 3,4 -> 3 epithelial; 5,6,7 -> 4 spindle) before scoring; not for "
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--radius must be positive, got {args.radius:g}")
         if args.strict_types and args.types is None:
             raise InputError("--strict_types needs --types (the type ids predictions may use)")
-        names = match_files(args.true_dir, args.pred_dir)
+        names, missing = match_files(args.true_dir, args.pred_dir, allow_missing=args.allow_missing)
         if args.mode == "instance":
             result = evaluate_instance(args.true_dir, args.pred_dir, names, match_iou=float(cfg.EVAL.MATCH_IOU))
             _print_instance(result)
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate_type(args.true_dir, args.pred_dir, names, args.radius, args.types, merge,
                                    exhaustive=args.exhaustive, strict_types=args.strict_types)
             _print_type(result)
+        if args.allow_missing:
+            result["missing_predictions"] = missing
         if args.json is not None:
             try:
                 write_json_atomic(args.json, result, indent=2, newline=True)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from metrics.stats import INSTANCE_KEYS, UNTYPED_TRUTH, concat_pairings, instance_metrics, pair_types, type_metrics
 from misc.io import InputError, load_label_mat
 
-__all__ = ["match_files", "evaluate_instance", "evaluate_type"]
+__all__ = ["MatchedFiles", "match_files", "evaluate_instance", "evaluate_type"]
 
 _PROGRESS_MIN_FILES = 10  # a progress bar only where the run takes long enough to wonder
 _MAX_NAMES_SHOWN = 10
@@ -29,12 +30,21 @@ def _shown(names: list[str]) -> str:
     return head + (f" ... ({len(names) - _MAX_NAMES_SHOWN} more)" if len(names) > _MAX_NAMES_SHOWN else "")
 
 
-def match_files(true_dir: Path, pred_dir: Path) -> list[str]:
-    """Sorted names ``<name>`` with a ``.mat`` in both folders.
+class MatchedFiles(NamedTuple):
+    """What :func:`match_files` found: ``names`` with a ``.mat`` in both folders (sorted), and ``missing``, the
+    truths without a prediction (sorted; empty unless ``allow_missing``)."""
 
-    Raises :class:`InputError` for a missing folder, a prediction folder without ``.mat`` files, or
-    predictions without a matching truth (all such names listed). Truths without a prediction are
-    skipped with a warning on stderr: like the published evaluation, the predictions decide what is scored.
+    names: list[str]
+    missing: list[str]
+
+
+def match_files(true_dir: Path, pred_dir: Path, allow_missing: bool = False) -> MatchedFiles:
+    """Pair the ``<name>.mat`` files of the two folders.
+
+    Raises :class:`InputError` for a missing folder, a prediction folder without ``.mat`` files, predictions
+    without a matching truth, and, unless ``allow_missing``, truths without a prediction (all such names
+    listed): a mean over a subset of the images is not the set's score. With ``allow_missing`` those are
+    skipped with a warning on stderr and returned in ``missing``.
     """
     for folder, flag in ((true_dir, "--true_dir"), (pred_dir, "--pred_dir")):
         if not folder.is_dir():
@@ -47,11 +57,14 @@ def match_files(true_dir: Path, pred_dir: Path) -> list[str]:
     if orphans:
         raise InputError(f"{pred_dir}: {len(orphans)} prediction(s) without a matching truth in {true_dir}: "
                          f"{_shown(orphans)}")
-    skipped = sorted(true_names.difference(pred_names))
-    if skipped:
-        print(f"warning: {len(skipped)} truth file(s) without a prediction are not scored: {_shown(skipped)}",
+    missing = sorted(true_names.difference(pred_names))
+    if missing and not allow_missing:
+        raise InputError(f"{pred_dir}: no prediction for {len(missing)} of the {len(true_names)} truth file(s) in "
+                         f"{true_dir}: {_shown(missing)} (--allow_missing scores the others and lists these)")
+    if missing:
+        print(f"warning: {len(missing)} truth file(s) without a prediction are not scored: {_shown(missing)}",
               file=sys.stderr)
-    return pred_names
+    return MatchedFiles(pred_names, missing)
 
 
 def _load_pair(true_dir: Path, pred_dir: Path, name: str, with_types: bool) -> tuple[dict, dict]:

@@ -40,11 +40,15 @@ class DiskFullError(OSError):
     """No space left writing a result (``ENOSPC``): the run must stop, not skip image after image."""
 
 
+class NonFiniteMapsError(RuntimeError):
+    """The network answered NaN or infinity: every later image would be as wrong, so the run stops."""
+
+
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an H&E image as HxWx3 uint8 RGB.
 
-    RGBA is reduced to RGB (the alpha channel is dropped). Grayscale, 16-bit, empty or unreadable
-    files raise :class:`InputError`: HoVer-Net is trained on 8-bit RGB and would silently produce
+    RGBA is reduced to RGB (the alpha channel is dropped). Grayscale (with or without alpha), 16-bit, empty or
+    unreadable files raise :class:`InputError`: HoVer-Net is trained on 8-bit RGB and would silently produce
     nonsense on anything else.
     """
     path = Path(path)
@@ -62,6 +66,9 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise InputError(f"{path}: unsupported image shape {image.shape}")
     if image.shape[2] == 4:
+        # OpenCV expands grey + alpha (PNG colour type 4) to four channels with B = G = R
+        if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]):
+            raise InputError(f"{path}: grayscale image with alpha; an RGB H&E image is required")
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     else:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -51,7 +51,7 @@ def score_row(table: str, true_dir: Path, pred_dir: Path, radius: float, exhaust
 
     A table-V truth without instance maps (points, e.g. CRCHisto) gives no PQ. Values are floats in [0, 1].
     """
-    names = match_files(true_dir, pred_dir)
+    names = match_files(true_dir, pred_dir).names
     ours = {}
     try:
         mean = evaluate_instance(true_dir, pred_dir, names)["mean"]

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from misc.io import NonFiniteMapsError
+
 __all__ = ["GRID_EDGES", "grid_starts", "window_grid", "WindowLayout", "window_layout", "reflect_index",
            "gather_windows", "iter_window_batches", "stitch", "predict_tile"]
 
@@ -252,6 +254,7 @@ def predict_tile(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarra
     (any float dtype), called ``ceil(n_windows / batch_size)`` times with ``N <= batch_size``. The geometry
     (keyword-only, required) is the config's ``MODEL.INPUT_SHAPE`` / ``MODEL.OUTPUT_SHAPE``.
     ``progress(done, total)``, if given, is called after each batch with window counts.
+    Raises :class:`misc.io.NonFiniteMapsError` as soon as a batch's output holds NaN or infinity.
     Returns HxWxC float32, the channels as ``predict_fn`` returns them. At most ``batch_size`` windows
     (and their outputs) exist at a time besides the HxWxC result.
     """
@@ -261,6 +264,9 @@ def predict_tile(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarra
     for start, windows in iter_window_batches(image, layout, batch_size):
         outputs = _check_outputs(predict_fn(windows), len(windows), layout,
                                  None if canvas is None else canvas.shape[2])
+        if not np.isfinite(outputs).all():
+            raise NonFiniteMapsError(f"the network's output holds NaN or infinity (windows {start}-"
+                                     f"{start + len(windows) - 1}): its weights or input are not usable")
         if canvas is None:  # the channel count is known only once the model has answered
             canvas = np.empty((layout.height, layout.width, outputs.shape[3]), dtype=np.float32)
         _place(canvas, outputs, start, layout)

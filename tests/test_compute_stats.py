@@ -164,12 +164,17 @@ def test_prediction_without_truth(tmp_path, capsys):
                 "2 prediction(s) without a matching truth", "omega, zeta")
 
 
-def test_truth_without_prediction_is_skipped_with_warning(tmp_path, capsys):
+def test_truth_without_prediction_is_an_error_unless_allowed_and_then_listed(tmp_path, capsys):
+    """Issue 22.6: a subset was scored with exit 0 and the JSON did not say which truths were left out."""
     true_dir, pred_dir = _instance_folders(tmp_path)
     save_label_mat(true_dir / "extra.mat", _discs())
-    code, _, err = _run(capsys, "--mode", "instance", "--true_dir", true_dir, "--pred_dir", pred_dir)
+    args = ["--mode", "instance", "--true_dir", true_dir, "--pred_dir", pred_dir]
+    _assert_bad(capsys, args, "no prediction for 1", "extra", "--allow_missing")
+    out = tmp_path / "scores.json"
+    code, _, err = _run(capsys, *args, "--allow_missing", "--json", out)
     assert code == 0
     assert "warning" in err and "extra" in err
+    assert json.loads(out.read_text())["missing_predictions"] == ["extra"]
 
 
 def test_shape_mismatch(tmp_path, capsys):

@@ -396,6 +396,14 @@ def test_train_dataflow_single_process_batches(patch_dir):
         get_train_dataflow(_cfg(), patch_dir, batch_size=6, num_workers=0)
 
 
+def test_patches_of_the_other_mode_are_refused(patch_dir):
+    """Issue 22.12: 540 px patches of the original mode trained a fast-mode run (512) without a word."""
+    fast = config_from_args(["MODEL.MODE='fast'"])
+    for factory in (get_train_dataflow, get_valid_dataflow):
+        with pytest.raises(InputError, match="patches are 540x540 px but .* expects 512x512"):
+            factory(fast, patch_dir, batch_size=2)
+
+
 def test_valid_dataflow_keeps_the_remainder_in_order(patch_dir):
     flow = get_valid_dataflow(_cfg(None), patch_dir, batch_size=2)
     flow.reset_state()

@@ -20,7 +20,9 @@ def test_match_files_scores_what_was_predicted(tmp_path, capsys):
         save_label_mat(true_dir / f"{name}.mat", _disc_map())
     for name in ("b", "a"):
         save_label_mat(pred_dir / f"{name}.mat", _disc_map())
-    assert match_files(true_dir, pred_dir) == ["a", "b"]
+    with pytest.raises(InputError, match="no prediction for 1 of the 3 truth file.*: c .*--allow_missing"):
+        match_files(true_dir, pred_dir)  # issue 22.6: a subset is not the set's score
+    assert match_files(true_dir, pred_dir, allow_missing=True) == (["a", "b"], ["c"])
     assert "1 truth file(s) without a prediction are not scored: c" in capsys.readouterr().err
     save_label_mat(pred_dir / "d.mat", _disc_map())
     with pytest.raises(InputError, match="1 prediction"):

@@ -258,10 +258,44 @@ def test_mpp_for_tiles(images, tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "x20" / "small.json").read_text())["image_shape"] == [60, 75]
     assert windows == [1, 4]  # 60x75: one window of 80; upsampled to 120x150 for the model: 2x2
     capsys.readouterr()
-    for bad in ("0", "-0.5"):
+    for bad in ("0", "-0.5", "nan", "inf"):  # issue 22.9: nan and inf were tracebacks after the model loaded
         with pytest.raises(SystemExit):
             infer.main([*argv, "--output", str(tmp_path / "bad"), "--mpp", bad])
-        assert "--mpp must be > 0" in capsys.readouterr().err
+        assert "--mpp must be a finite number > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         infer.parse_args(["--help"])
     assert "Tiles: e.g. 0.5 for 20x" in " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+@pytest.mark.parametrize("poison", ["all", "one"])
+def test_non_finite_weights_are_refused_naming_the_variables(weights_npz, images, tmp_path, capsys, poison):
+    """Issue 22.1: an all-NaN file wrote '1 image(s)' with 0 nuclei, one NaN in conv0/W gave 2 nuclei of 21."""
+    with np.load(weights_npz) as data:
+        arrays = {k: data[k] for k in data.files}
+    names = [k for k in arrays if not k.startswith("__") and arrays[k].dtype.kind == "f"]
+    for name in names if poison == "all" else ["conv0/W"]:
+        arrays[name] = arrays[name].copy()
+        arrays[name].flat[0] = np.nan
+    path = tmp_path / "nan.npz"
+    np.savez(path, **arrays)
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "NaN or infinity" in err and "conv0/W" in err
+    assert not (tmp_path / "out" / "small.mat").exists()
+
+
+def test_a_network_answering_nan_stops_the_run(images, tmp_path, monkeypatch, capsys):
+    """Issue 22.1: non-finite maps stop the run with one line instead of writing empty results."""
+    import src.predictor
+
+    class _NanPredictor(_FakePredictor):
+        def __call__(self, batch):
+            return np.full_like(super().__call__(batch), np.nan)
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _NanPredictor)
+    model = tmp_path / "m.npz"
+    np.savez(model, w=np.zeros(3, np.float32))
+    code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(model), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "NaN or infinity" in err and len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "out").glob("*.mat"))

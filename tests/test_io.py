@@ -46,6 +46,16 @@ def test_read_image_rgb_rejects_unsupported_images(tmp_path, name, array, reason
         read_image_rgb(path)
 
 
+def test_read_image_rgb_rejects_grey_with_alpha(tmp_path):
+    """Issue 22.7: a grey + alpha (LA) PNG was read as RGB and segmented without a word."""
+    from PIL import Image
+
+    grey_alpha = np.dstack([np.arange(20, dtype=np.uint8).reshape(4, 5), np.full((4, 5), 255, np.uint8)])
+    Image.fromarray(grey_alpha, mode="LA").save(tmp_path / "la.png")
+    with pytest.raises(InputError, match="grayscale image with alpha"):
+        read_image_rgb(tmp_path / "la.png")
+
+
 def test_read_image_rgb_rejects_missing_empty_and_garbage(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         read_image_rgb(tmp_path / "missing.png")
