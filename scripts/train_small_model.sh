@@ -1,47 +1,101 @@
 #!/usr/bin/env bash
-# Re-trains the bundled small model (models/small-consep.npz) from scratch on this project's own pipeline:
-# the exact commands that produced it. CPU only; about 2 hours on 2 cores. Run from the repository root with
-# the shared data beside the checkout (../shared) and the environment of `make venv`.
-#   bash scripts/train_small_model.sh [SHARED] [WORK]
+# Trains a bundled small model from scratch on this project's own pipeline, on the CPU: the exact commands
+# that produced models/small-consep.npz (CoNSeP's 4 types) and models/small-kumar.npz (Kumar, instance only).
+#
+#   bash scripts/train_small_model.sh consep|kumar [prepare|train|bundle|evaluate|all]
+#
+# Environment: SHARED (default ../shared), WORK (patches and run folder; default ../runs/small-<model>, outside
+# the checkout so that a fresh clone does not lose it), PY (default .venv/bin/python), PRETRAINED (continue
+# from a bundle, e.g. models/small-consep.npz, when the run folder is gone: a new machine).
+# Every stage is resumable: `train` run again continues the run folder from its last checkpoint (more epochs:
+# EPOCHS=N). Run from the repository root with the environment of `make venv`.
 set -euo pipefail
-SHARED=${1:-../shared}
-WORK=${2:-data/small}
+MODEL=${1:?usage: train_small_model.sh consep|kumar [prepare|train|bundle|evaluate|all]}
+STAGE=${2:-all}
+SHARED=${SHARED:-../shared}
+WORK=${WORK:-../runs/small-$MODEL}
 PY=${PY:-.venv/bin/python}
-# LOSS.MSGE_FOCUS=binary: the bundled file was trained before the published id-weighted focus existed
-CONFIG=(MODEL.MODE=fast MODEL.PRESET=small TRAIN.SCHEDULE=scratch TARGETS.HV_PUBLISHED_OFFSET=True LOSS.MSGE_FOCUS=binary)
+# The recipe (models/README.md, "How the recipe was found"): the small preset (widths / 8, HV head starting at
+# the zero prediction), the fast geometry, one phase from scratch (Adam 1e-3, then 1e-4 for the last 3 of 18
+# epochs), model-best by the post-processed PQ of the held-out tiles.
+CONFIG=(MODEL.MODE=fast MODEL.PRESET=small TRAIN.SCHEDULE=scratch "TRAIN.BEST_METRIC='pq'")
+STEPS=${STEPS:-60}
+EPOCHS=${EPOCHS:-18}
+case "$MODEL" in
+  consep)
+    DATA="$SHARED/data/consep256/train"; KIND=consep; HOLDOUT=3
+    TESTS=("consep256_test:$SHARED/data/consep256/test")
+    DESCRIPTION="small HoVer-Net (fast, widths/8) trained from scratch on CPU on consep256 train; CoNSeP's 4 types" ;;
+  kumar)
+    DATA="$WORK/kumar/train"; KIND=instance; HOLDOUT=2; CONFIG+=(MODEL.NR_TYPES=None)
+    TESTS=("kumar_same_organ:$WORK/kumar/test_same_organ" "kumar_different_organ:$WORK/kumar/test_different_organ"
+           "kumar_all:$WORK/kumar/test")
+    DESCRIPTION="small HoVer-Net (fast, widths/8) trained from scratch on CPU on the 16 Kumar training tiles; no types" ;;
+  *) echo "unknown model $MODEL (consep or kumar)" >&2; exit 2 ;;
+esac
+RUN="$WORK/run"
 
-# 1. Compact patches; the crops of 3 of the 27 CoNSeP training tiles are held out for validation (by tile).
-"$PY" extract_patches.py --input_dir "$SHARED/data/consep256/train" --output_dir "$WORK/train" \
-    --holdout 3 --holdout_dir "$WORK/valid" --format npz --config "${CONFIG[@]}"
-# 2. One phase from scratch, 18 epochs of 70 steps of 8 patches, best checkpoint by validation NP Dice.
-"$PY" train.py --gpu '' --data_dir "$WORK/train" --valid_dir "$WORK/valid" --out_dir "$WORK/run" \
-    --steps_per_epoch 70 --config "${CONFIG[@]}"
-# 3. The best checkpoint as an fp16 .npz carrying its config and training record.
-"$PY" -m src.model.bundle --checkpoint "$WORK/run/phase1/model-best" --run_dir "$WORK/run/phase1" \
-    --output models/small-consep.npz
-# 4. Scores on the held-out test split (never used for training or selection) and on CPM-15 (another lab and
-#    organ, instance labels only), written into the training record models/small-consep.json.
-for SET in consep256/test cpm15; do
-    OUT="output/small-consep-eval/${SET//\//-}"
-    "$PY" infer.py --input "$SHARED/data/$SET/Images" --output "$OUT" --model models/small-consep.npz \
-        --formats mat --quiet
-    "$PY" metrics/compute_stats.py --mode instance --true_dir "$SHARED/data/$SET/Labels" --pred_dir "$OUT" \
-        --json "$OUT/instance.json"
-done
-"$PY" metrics/compute_stats.py --mode type --true_dir "$SHARED/data/consep256/test/Labels" \
-    --pred_dir output/small-consep-eval/consep256-test --json output/small-consep-eval/consep256-test/type.json
-"$PY" - <<'PY'
+prepare() {
+  if [ "$MODEL" = kumar ] && [ ! -d "$WORK/kumar/train" ]; then
+    "$PY" -m dataset.convert --format kumar --input "$SHARED/data/kumar" --output "$WORK/kumar"
+  fi
+  # Compact patches; the crops (consep) or tiles (kumar) of HOLDOUT source tiles held out for validation.
+  if [ ! -d "$WORK/train" ]; then
+    "$PY" extract_patches.py --input_dir "$DATA" --kind "$KIND" --output_dir "$WORK/train" --holdout "$HOLDOUT" \
+        --holdout_dir "$WORK/valid" --format npz --config "${CONFIG[@]}"
+  fi
+}
+
+train() {
+  local init=()
+  if [ -n "${PRETRAINED:-}" ] && [ ! -d "$RUN/phase1" ]; then init=(--pretrained "$PRETRAINED"); fi
+  "$PY" train.py --gpu '' --data_dir "$WORK/train" --valid_dir "$WORK/valid" --valid_images "$DATA" \
+      --out_dir "$RUN" --steps_per_epoch "$STEPS" --epochs "$EPOCHS" "${init[@]}" --config "${CONFIG[@]}"
+}
+
+bundle() {
+  # model-best (highest validation PQ) as a float32 .npz with its config and training record
+  "$PY" -m src.model.bundle --checkpoint "$RUN/phase1/model-best" --run_dir "$RUN/phase1" \
+      --output "models/small-$MODEL.npz" --dtype float32 --description "$DESCRIPTION"
+}
+
+evaluate() {
+  # Scores on the test sets, never used for training, checkpoint selection or post-processing settings.
+  for entry in "${TESTS[@]}"; do
+    local name=${entry%%:*} folder=${entry#*:} out="$WORK/eval/${entry%%:*}"
+    "$PY" infer.py --input "$folder/Images" --output "$out" --model "models/small-$MODEL.npz" --formats mat \
+        --quiet --overwrite
+    "$PY" metrics/compute_stats.py --mode instance --true_dir "$folder/Labels" --pred_dir "$out" \
+        --json "$out/instance.json"
+    if [ "$MODEL" = consep ]; then
+      "$PY" metrics/compute_stats.py --mode type --true_dir "$folder/Labels" --pred_dir "$out" \
+          --json "$out/type.json"
+    fi
+  done
+  "$PY" - "$MODEL" "$WORK/eval" <<'PY'
 import json
+import sys
 from pathlib import Path
 
-root = Path("output/small-consep-eval")
-record_path = Path("models/small-consep.json")
+model, root = sys.argv[1], Path(sys.argv[2])
+record_path = Path(f"models/small-{model}.json")
 record = json.loads(record_path.read_text())
-record["scores"] = {
-    "consep256_test": {"instance_mean": json.loads((root / "consep256-test/instance.json").read_text())["mean"],
-                       "type": json.loads((root / "consep256-test/type.json").read_text())},
-    "cpm15": {"instance_mean": json.loads((root / "cpm15/instance.json").read_text())["mean"]},
-}
+record["scores"] = {}
+for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    scores = {"instance_mean": json.loads((folder / "instance.json").read_text())["mean"]}
+    if (folder / "type.json").is_file():
+        scores["type"] = json.loads((folder / "type.json").read_text())
+    record["scores"][folder.name] = scores
 record_path.write_text(json.dumps(record, indent=1))
 print(json.dumps(record["scores"], indent=1))
 PY
+}
+
+case "$STAGE" in
+  prepare) prepare ;;
+  train) prepare; train ;;
+  bundle) bundle ;;
+  evaluate) evaluate ;;
+  all) prepare; train; bundle; evaluate ;;
+  *) echo "unknown stage $STAGE" >&2; exit 2 ;;
+esac
