@@ -33,8 +33,8 @@ same command resumes.
 from __future__ import annotations
 
 import argparse
-import math
 import logging
+import math
 import os
 import sys
 from pathlib import Path

@@ -12,8 +12,10 @@ exactly the data an uninterrupted one would. After every epoch: validation NP Di
 set, forward artifact), ``model-epoch<e>.npz`` (every variable of the step under the project's names,
 including Adam's slots; ``infer.py --model``, ``train.py --pretrained`` and ``xla_runner infer`` load it),
 ``model-best.npz`` (highest validation Dice), ``stats.json``, ``curves.png`` and ``checkpoint.json`` (written
-last: a killed run resumes from the epoch it names when the same command runs again). Phase 2 starts from
-phase 1's ``model-best.npz`` (its training state too, as the published phase-2 start did).
+last: a killed run resumes from the epoch it names when the same command runs again). The phases and the
+learning rate of each epoch come from ``opt.schedules`` (``TRAIN.SCHEDULE``, ``lr_for_epoch``), as in ``train.py``;
+phase 2 starts from the checkpoint ``TRAIN.PHASE2_INIT`` names (published: phase 1's last epoch), its training state
+too, as the published phase-2 start did.
 Exit status: 0 done, 1 stopped early, 2 could not start.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,12 +33,13 @@ import numpy as np
 from dataset.patches import TrainingDataPreprocessor, list_patches
 from misc.io import InputError, move_aside, write_json_atomic
 from misc.viz import plot_training_curves
-from opt.schedules import get_phase
+from opt.schedules import get_phase, get_schedule, lr_for_epoch
+from src.config import check_value
 from xla_runner.artifacts import Artifacts, initial_state, read_npz, save_npz
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StepRunner", "learning_rate", "epoch_datapoints", "validate", "train_phase", "main"]
+__all__ = ["StepRunner", "phase_init_file", "epoch_datapoints", "validate", "train_phase", "main"]
 
 CHECKPOINT = "checkpoint.json"
 FINISHED = "finished.json"
@@ -43,15 +47,17 @@ BEST = "model-best.npz"
 _SEED_RANGE = 2**31 - 1
 
 
-def learning_rate(lr_schedule, epoch: int) -> float:
-    """The schedule's value for a 1-based epoch (tensorpack ScheduledHyperParamSetter: holds from that epoch)."""
-    value = None
-    for start, lr in lr_schedule:
-        if epoch >= start:
-            value = lr
-    if value is None:
-        raise ValueError(f"the learning-rate schedule {lr_schedule} has no value for epoch {epoch}")
-    return float(value)
+def phase_init_file(out_dir, phase_index: int, init: str) -> Path | None:
+    """The ``.npz`` a phase whose init is 'previous' starts from, as ``src.training.phase_init_checkpoint`` chooses
+    for ``train.py`` (``TRAIN.PHASE2_INIT``): 'last' (published) the previous phase's checkpoint of its last epoch,
+    'best' its ``model-best.npz``; either falls back to the other; None when the previous phase has neither."""
+    check_value("TRAIN.PHASE2_INIT", init)
+    previous = Path(out_dir) / f"phase{phase_index - 1}"
+    epochs = [(int(m.group(1)), p) for p in previous.glob("model-epoch*.npz")
+              if (m := re.fullmatch(r"model-epoch(\d+)\.npz", p.name))]
+    last = max(epochs)[1] if epochs else None
+    best = previous / BEST if (previous / BEST).is_file() else None
+    return (last or best) if init == "last" else (best or last)
 
 
 class StepRunner:
@@ -182,10 +188,11 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
         start_epoch = 1
         init = pretrained
         if init is None and phase.init == "previous":
-            init = Path(out_dir) / f"phase{phase_index - 1}" / BEST
-            if not init.is_file():
-                raise InputError(f"phase {phase_index} starts from {init}, which does not exist; train phase "
-                                 f"{phase_index - 1} first or pass --pretrained")
+            init = phase_init_file(out_dir, phase_index, cfg.TRAIN.PHASE2_INIT)
+            if init is None:
+                raise InputError(f"phase {phase_index} starts from phase {phase_index - 1}, but "
+                                 f"{Path(out_dir) / f'phase{phase_index - 1}'} has no checkpoint; train that phase "
+                                 "first or pass --pretrained")
         weights = read_npz(init) if init is not None else {}
         state, missing = initial_state(entry, weights, seed=seed)
         log.info("phase %d starts from %s; %d variables from their initialisers%s", phase_index,
@@ -202,7 +209,7 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
         pool = multiprocessing.get_context("spawn").Pool(workers)
     try:
         for epoch in range(start_epoch, max_epoch + 1):
-            lr = learning_rate(phase.lr_schedule, epoch)
+            lr = lr_for_epoch(phase, epoch)
             order, seeds = epoch_datapoints(len(paths), steps * step_batch, seed, epoch)
             sums: dict[str, float] = {}
             start = time.perf_counter()
@@ -253,7 +260,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrained", default=None,
                         help="initial weights .npz of the first phase run (by variable name; the rest from the "
                              "published initialisers)")
-    parser.add_argument("--phase", type=int, choices=(1, 2), default=None, help="run only this phase")
+    parser.add_argument("--phase", type=int, default=None,
+                        help="run only this phase (default: every phase of TRAIN.SCHEDULE in order)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per phase (default: the schedule's)")
     parser.add_argument("--steps_per_epoch", type=int, default=None, help="default: every patch once per epoch")
     parser.add_argument("--batch_size", type=int, default=None,
@@ -271,7 +279,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         artifacts = Artifacts(args.artifacts, args.config)
-        phases = (args.phase,) if args.phase else (1, 2)
+        schedule = get_schedule(artifacts.cfg.TRAIN.SCHEDULE)
+        phases = (args.phase,) if args.phase else tuple(range(1, len(schedule) + 1))
+        for index in phases:
+            get_phase(artifacts.cfg.TRAIN.SCHEDULE, index)  # an unknown phase fails before any work
         for index in phases:
             train_phase(artifacts, index, args.data_dir, args.valid_dir, args.out_dir,
                         pretrained=args.pretrained if index == phases[0] else None, epochs=args.epochs,
