@@ -7,7 +7,7 @@ import tensorflow as tf
 from shrunk_networks import MICRO
 
 from src.config import config_from_args
-from src.model.model_config import model_config, recorded_config, resolve_model_path
+from src.model.model_config import METADATA_KEY, model_config, recorded_config, recorded_overrides, resolve_model_path
 from src.model.weights import read_weights
 
 
@@ -47,6 +47,21 @@ def test_recorded_training_config_builds_the_network_and_overrides_win(tmp_path)
     assert model_config(phase / "model-best", ["MODEL.NR_TYPES=None"]).MODEL.NR_TYPES is None
     assert recorded_config(tmp_path / "w.npz") is None
     assert model_config(tmp_path / "w.npz").MODEL.ENCODER_CHANNELS == (64, 128, 256, 512)
+
+
+def test_recorded_overrides_carry_what_does_not_shape_the_graph(tmp_path):
+    """xla_runner infer's graph is the export's; the file's POSTPROC and type names still apply (issue 21)."""
+    path = tmp_path / "bundle.npz"
+    record = {"MODEL": {"PRESET": "small"}, "POSTPROC": {"MARKER_THRESHOLD": 0.7, "SOBEL_KSIZE": 11},
+              "DATA": {"TYPE_NAMES": {"0": "background", "1": "nucleus"}, "TYPE_MERGE": {"1": 1}}}
+    np.savez(path, w=np.zeros(2, np.float32), **{METADATA_KEY: np.array(json.dumps(record))})
+    overrides = recorded_overrides(path)
+    assert overrides == ["DATA.TYPE_NAMES={0: 'background', 1: 'nucleus'}", "POSTPROC.MARKER_THRESHOLD=0.7",
+                         "POSTPROC.SOBEL_KSIZE=11"]  # never MODEL, and only the recorded DATA key
+    cfg = config_from_args([*overrides, "POSTPROC.SOBEL_KSIZE=5"])  # the user's --config still wins
+    assert (cfg.POSTPROC.MARKER_THRESHOLD, cfg.POSTPROC.SOBEL_KSIZE, cfg.DATA.TYPE_NAMES[1]) == (0.7, 5, "nucleus")
+    assert cfg.POSTPROC.MARKER_THRESHOLD == model_config(path).POSTPROC.MARKER_THRESHOLD  # what infer.py uses
+    assert recorded_overrides(tmp_path / "none.npz") == []
 
 
 @pytest.mark.slow

@@ -99,7 +99,11 @@ def test_runner_never_imports_tensorflow(xla_artifacts, tmp_path):
     """`python -m xla_runner infer` end to end, then the train and bench modules imported: no tensorflow."""
     from xla_runner.artifacts import Artifacts, initial_state, save_npz
 
-    save_npz(tmp_path / "w.npz", initial_state(Artifacts(xla_artifacts).find("forward", 2))[0])
+    artifacts = Artifacts(xla_artifacts)
+    # a model file that records its own post-processing (as the bundled models do): xla_runner must apply it,
+    # as infer.py does (issue 21: the bundled model found 0 nuclei where infer.py found 90)
+    metadata = {**artifacts.manifest["weights_metadata"], "POSTPROC": {"MARKER_THRESHOLD": 0.7, "SOBEL_KSIZE": 11}}
+    save_npz(tmp_path / "w.npz", initial_state(artifacts.find("forward", 2))[0], metadata)
     code = (
         "import sys\n"
         "from xla_runner.__main__ import main\n"
@@ -115,3 +119,5 @@ def test_runner_never_imports_tensorflow(xla_artifacts, tmp_path):
     for suffix in (".mat", ".json", ".png", ".geojson"):
         assert (tmp_path / "out" / f"test_1_000{suffix}").is_file()
     assert (tmp_path / "out" / "summary.csv").is_file()
+    postproc = json.loads((tmp_path / "out" / "run_info.json").read_text())["postproc"]
+    assert (postproc["marker_threshold"], postproc["sobel_ksize"]) == (0.7, 11)

@@ -23,7 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m xla_runner infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", required=True, help="export folder (manifest.json + .mlirbc files)")
-    parser.add_argument("--model", required=True, help="weights .npz (variable name -> array)")
+    parser.add_argument("--model", required=True,
+                        help="weights .npz (variable name -> array) or a bundled model's name (infer.py "
+                             "--list-models); the post-processing settings recorded in it apply, as in infer.py")
     parser.add_argument("--input", required=True, help="one image, a folder of images, or a quoted glob")
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--batch_size", type=int, default=None,
@@ -45,11 +47,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from src.model.bundle import resolve_model
+    from src.model.model_config import recorded_overrides
     from src.pipeline import PostprocParams, TileSettings, check_output_dir, collect_inputs, run_inference
     from xla_runner.artifacts import Artifacts, XlaPredictor
 
     try:
-        artifacts = Artifacts(args.artifacts, args.config)
+        args.model = resolve_model(args.model)
+        # what infer.py applies to this file (POSTPROC chosen for the model, its type names), then --config
+        artifacts = Artifacts(args.artifacts, [*recorded_overrides(args.model), *args.config])
         cfg = artifacts.cfg
         files = collect_inputs(args.input)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)

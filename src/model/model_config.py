@@ -22,8 +22,8 @@ from src.config import AttrDict, apply_preset, finalize_config, make_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resolve_model_path", "recorded_config", "model_config", "read_npz_metadata", "BEST_CHECKPOINT",
-           "RECORDED_SECTIONS", "METADATA_KEY", "UNRECORDED_MODEL_KEYS"]
+__all__ = ["resolve_model_path", "recorded_config", "recorded_overrides", "model_config", "read_npz_metadata",
+           "BEST_CHECKPOINT", "RECORDED_SECTIONS", "METADATA_KEY", "UNRECORDED_MODEL_KEYS"]
 
 BEST_CHECKPOINT = "model-best"  # src.training.BEST_CHECKPOINT (not imported: that module loads TensorFlow)
 RUN_RECORD = "run.json"  # src.training writes the phase's settings and "config" there
@@ -127,6 +127,25 @@ def _apply_recorded(C: AttrDict, config: dict) -> list[str]:
                 changed.append(f"{section}.{key}={value!r}")
                 C[section][key] = value
     return changed
+
+
+def recorded_overrides(model_path: str | os.PathLike) -> list[str]:
+    """The settings recorded with the weights that do not shape the graph (``POSTPROC``, ``DATA.TYPE_NAMES``) as
+    ``KEY=VALUE`` overrides, for a runner whose graph is fixed elsewhere (``xla_runner infer``'s export): put before
+    the user's ``--config``, they give it the same post-processing ``infer.py`` applies to that file."""
+    found = recorded_config(model_path)
+    if found is None:
+        return []
+    C = make_config()
+    overrides = []
+    for section, keys in RECORDED_SECTIONS.items():
+        recorded = found[0].get(section) or {}
+        if section == "MODEL":
+            continue
+        for key in keys or recorded:
+            if key in C[section] and key in recorded:
+                overrides.append(f"{section}.{key}={_like(C[section][key], recorded[key])!r}")
+    return overrides
 
 
 def model_config(model_path: str | os.PathLike, overrides: list[str] | None = None) -> AttrDict:
