@@ -33,6 +33,7 @@ same command resumes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -40,7 +41,7 @@ import sys
 from pathlib import Path
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from misc.io import DiskFullError, InputError, NonFiniteMapsError, check_writable
+from misc.io import DiskFullError, InputError, NonFiniteMapsError, check_writable, folder_lock
 from misc.logs import attach_log_file, setup_logging
 from misc.outputs import FORMATS, check_formats
 
@@ -199,45 +200,50 @@ def main(argv=None) -> int:
         print("infer.py: interrupted; 0 image(s) done", file=sys.stderr)
         return EXIT_INTERRUPTED
 
-    Path(args.output).mkdir(parents=True, exist_ok=True)
-    attach_log_file(Path(args.output) / "infer.log")  # the full logs, whatever the console showed
-    ok = True
-    report = InferenceReport()
-    try:
-        if files:
-            settings = TileSettings.from_config(cfg, batch_size=args.batch_size, input_mpp=args.mpp)
-            run_inference(files, args.output, predictor, type_info, settings, formats=args.formats,
-                          overwrite=args.overwrite, run_info=run_info, progress=not args.quiet, report=report)
-            print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
-                  f"{len(report.failed)} skipped -> {args.output}")
-            for path, reason in report.failed.items():  # the reasons of InputError name the file already
-                print(f"infer.py: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}",
-                      file=sys.stderr)
-            ok = report.ok
-        if slides:
-            from src.wsi_cluster import infer_slides
+    with contextlib.ExitStack() as stack:
+        try:  # creates the folder; a second run into it is refused, one line (it would compute or mix everything)
+            stack.enter_context(folder_lock(args.output, "run"))
+        except InputError as exc:
+            print(f"infer.py: error: {exc}", file=sys.stderr)
+            return 2
+        attach_log_file(Path(args.output) / "infer.log")  # the full logs, whatever the console showed
+        ok = True
+        report = InferenceReport()
+        try:
+            if files:
+                settings = TileSettings.from_config(cfg, batch_size=args.batch_size, input_mpp=args.mpp)
+                run_inference(files, args.output, predictor, type_info, settings, formats=args.formats,
+                              overwrite=args.overwrite, run_info=run_info, progress=not args.quiet, report=report)
+                print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
+                      f"{len(report.failed)} skipped -> {args.output}")
+                for path, reason in report.failed.items():  # the reasons of InputError name the file already
+                    print(f"infer.py: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}",
+                          file=sys.stderr)
+                ok = report.ok
+            if slides:
+                from src.wsi_cluster import infer_slides
 
-            try:
-                slide_report = infer_slides(slides, args, cfg, type_info, run_info)
-            except (InputError, ValueError) as exc:
-                print(f"infer.py: error: {exc}", file=sys.stderr)
-                return 2
-            print(f"{len(slide_report.done)} slide(s) written, {len(slide_report.already_complete)} already "
-                  f"complete, {len(slide_report.failed)} skipped -> {args.output}")
-            for path, reason in slide_report.failed.items():
-                print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
-            ok = ok and slide_report.ok
-    except KeyboardInterrupt:
-        print(f"infer.py: interrupted; {len(report.done)} image(s) done, rerun the same command to resume",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except DiskFullError as exc:  # stop: every further write would fail; the image in progress left no file
-        print(f"infer.py: error: {exc.strerror}", file=sys.stderr)
-        return 2
-    except NonFiniteMapsError as exc:  # every further image would be as wrong
-        print(f"infer.py: error: {exc}; {len(report.done)} image(s) done", file=sys.stderr)
-        return 2
-    return 0 if ok else 1
+                try:
+                    slide_report = infer_slides(slides, args, cfg, type_info, run_info)
+                except (InputError, ValueError) as exc:
+                    print(f"infer.py: error: {exc}", file=sys.stderr)
+                    return 2
+                print(f"{len(slide_report.done)} slide(s) written, {len(slide_report.already_complete)} already "
+                      f"complete, {len(slide_report.failed)} skipped -> {args.output}")
+                for path, reason in slide_report.failed.items():
+                    print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
+                ok = ok and slide_report.ok
+        except KeyboardInterrupt:
+            print(f"infer.py: interrupted; {len(report.done)} image(s) done, rerun the same command to resume",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except DiskFullError as exc:  # stop: every further write would fail; the image in progress left no file
+            print(f"infer.py: error: {exc.strerror}", file=sys.stderr)
+            return 2
+        except NonFiniteMapsError as exc:  # every further image would be as wrong
+            print(f"infer.py: error: {exc}; {len(report.done)} image(s) done", file=sys.stderr)
+            return 2
+        return 0 if ok else 1
 
 
 if __name__ == "__main__":

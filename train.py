@@ -24,7 +24,7 @@ import os
 import sys
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from misc.io import InputError, check_writable
+from misc.io import InputError, check_writable, folder_lock
 from misc.logs import setup_logging
 
 
@@ -117,7 +117,8 @@ def main(argv=None) -> int:
             phases=(args.phase,) if args.phase else None, pretrained=args.pretrained, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, num_workers=args.workers,
             overwrite=args.overwrite)
-        train(cfg, options, Dataflows(train=get_train_dataflow, valid=get_valid_dataflow, tiles=tiles))
+        with folder_lock(args.out_dir, "training run"):  # two runs must never share a run folder
+            train(cfg, options, Dataflows(train=get_train_dataflow, valid=get_valid_dataflow, tiles=tiles))
     except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2

@@ -299,3 +299,19 @@ def test_a_network_answering_nan_stops_the_run(images, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert code == 2 and "NaN or infinity" in err and len(err.strip().splitlines()) == 1
     assert not list((tmp_path / "out").glob("*.mat"))
+
+
+def test_a_second_run_into_an_output_folder_in_use_is_refused(images, tmp_path, monkeypatch, capsys):
+    """Issue 22.8: a concurrent run into one folder died with a traceback or computed every image twice."""
+    import src.predictor
+    from misc.io import folder_lock
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _FakePredictor)
+    model, out = tmp_path / "m.npz", tmp_path / "out"
+    np.savez(model, w=np.zeros(3, np.float32))
+    with folder_lock(out, "run"):
+        code = infer.main(["--input", str(images), "--output", str(out), "--model", str(model), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "in use by another run" in err and len(err.strip().splitlines()) == 1
+    assert not list(out.glob("*.mat"))
+    assert infer.main(["--input", str(images), "--output", str(out), "--model", str(model), "--quiet"]) == 0

@@ -264,3 +264,34 @@ def test_write_json_atomic_keeps_each_call_sites_format(tmp_path):
     with pytest.raises(ValueError):  # NaN is not JSON: nothing is left behind
         write_json_atomic(tmp_path / "z.json", {"p": float("nan")}, allow_nan=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "y.json"]
+
+
+def test_folder_lock_refuses_a_second_run_and_dies_with_its_holder(tmp_path):
+    """Issue 22.2/22.8: two runs into one folder mixed their checkpoints/outputs; a killed run's lock must not stay."""
+    import signal
+    import subprocess
+    import sys
+
+    from misc.io import LOCK_NAME, folder_lock
+
+    folder = tmp_path / "run"
+    with folder_lock(folder, "training run"):
+        assert (folder / LOCK_NAME).is_file()
+        with pytest.raises(InputError, match=r"in use by another training run \(pid \d+ on .* since "):
+            with folder_lock(folder, "training run"):
+                pass
+    with folder_lock(folder, "training run"):  # released on exit
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom misc.io import folder_lock\n"
+                               f"with folder_lock({str(folder)!r}, 'run'):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=f"pid {holder.pid}"):
+            with folder_lock(folder, "run"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with folder_lock(folder, "run"):  # the killed holder's lock went with it
+        pass

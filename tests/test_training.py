@@ -426,3 +426,15 @@ def test_validation_on_post_processed_tiles_picks_model_best_by_pq(patch_dir, ti
         assert record["tiles_hv_mse_zero"] > 0.05  # the targets of touching discs: a real baseline
     assert (phase1 / f"{BEST_CHECKPOINT}.index").is_file() and (phase1 / "curves.png").is_file()
     assert json.loads((phase1 / "run.json").read_text())["config"]["TRAIN"]["BEST_METRIC"] == "pq"
+
+
+def test_a_second_run_into_a_run_folder_in_use_is_refused(patch_dir, tmp_path, capsys):
+    """Issue 22.2: both runs logged 'start: new' and the second's worse model-best replaced the first's."""
+    from misc.io import folder_lock
+
+    out = tmp_path / "run"
+    with folder_lock(out, "training run"):  # another train.py (or xla_runner train) holding the folder
+        assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, out)]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another training run" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "phase1").exists()

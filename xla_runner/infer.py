@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from misc.io import InputError, NonFiniteMapsError
+from misc.io import InputError, NonFiniteMapsError, folder_lock
 from misc.outputs import FORMATS, check_formats, default_type_info, load_type_info
 
 
@@ -73,9 +73,10 @@ def main(argv=None) -> int:
     settings = TileSettings(input_shape=artifacts.input_shape, output_shape=artifacts.output_shape,
                             batch_size=predictor.batch_size, postproc=PostprocParams.from_config(cfg))
     try:
-        report = run_inference(files, args.output, predictor, type_info, settings, formats=args.formats,
-                               overwrite=args.overwrite, run_info=run_info, progress=not args.quiet)
-    except NonFiniteMapsError as exc:
+        with folder_lock(args.output, "run"):  # infer.py and xla_runner runs alike: one run per folder
+            report = run_inference(files, args.output, predictor, type_info, settings, formats=args.formats,
+                                   overwrite=args.overwrite, run_info=run_info, progress=not args.quiet)
+    except (NonFiniteMapsError, InputError) as exc:
         print(f"xla_runner infer: error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dataset.patches import TrainingDataPreprocessor, list_patches
-from misc.io import InputError, move_aside, write_json_atomic
+from misc.io import InputError, folder_lock, move_aside, write_json_atomic
 from misc.viz import plot_training_curves
 from opt.schedules import get_phase, get_schedule, lr_for_epoch
 from src.config import check_value
@@ -283,11 +283,12 @@ def main(argv=None) -> int:
         phases = (args.phase,) if args.phase else tuple(range(1, len(schedule) + 1))
         for index in phases:
             get_phase(artifacts.cfg.TRAIN.SCHEDULE, index)  # an unknown phase fails before any work
-        for index in phases:
-            train_phase(artifacts, index, args.data_dir, args.valid_dir, args.out_dir,
-                        pretrained=args.pretrained if index == phases[0] else None, epochs=args.epochs,
-                        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, workers=args.workers,
-                        seed=args.seed, overwrite=args.overwrite)
+        with folder_lock(args.out_dir, "training run"):  # train.py and xla_runner runs alike: one per run folder
+            for index in phases:
+                train_phase(artifacts, index, args.data_dir, args.valid_dir, args.out_dir,
+                            pretrained=args.pretrained if index == phases[0] else None, epochs=args.epochs,
+                            steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, workers=args.workers,
+                            seed=args.seed, overwrite=args.overwrite)
     except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"xla_runner train: error: {exc}", file=sys.stderr)
         return 2
