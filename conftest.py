@@ -156,3 +156,14 @@ def _sessions_without_grappler():
     sesscreate.get_default_sess_config = config
     yield
     sesscreate.get_default_sess_config = default
+
+
+@pytest.fixture(autouse=True)
+def _sigterm_handler_restored():
+    """The command lines install a SIGTERM handler for their process (misc.proc.stop_on_sigterm); tests call their
+    main() inside the test process, whose own handler must come back afterwards."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)

@@ -36,6 +36,7 @@ from dataset.extraction import extract_sets
 from dataset.patches import PATCH_FORMATS
 from dataset.readers import READERS
 from misc.io import InputError, check_writable
+from misc.proc import Terminated, exit_status, stop_on_sigterm
 from src.config import config_from_args
 
 __all__ = ["main", "build_parser"]
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.holdout > 0) != (args.holdout_dir is not None):
         parser.error("--holdout and --holdout_dir go together")
+    stop_on_sigterm()
     try:
         cfg = config_from_args(args.config)
         patch_size = args.patch_size or cfg.DATA.PATCH_SIZE
@@ -92,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, KeyError, ValueError) as exc:
         print(f"extract_patches.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the partial folder is gone, the output as it was
+        print(f"extract_patches.py: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; nothing "
+              "was written to --output_dir", file=sys.stderr)
+        return exit_status(exc)
     for output_dir, summary in results:
         print(f"{summary['images']} images -> {summary['patches']} patches of {patch_size}x{patch_size} "
               f"({args.format}, {summary['bytes'] / 1e9:.2f} GB) in {output_dir}")

@@ -27,8 +27,8 @@ Re-running the same command skips images whose outputs are complete (writes are 
 resumes; --overwrite redoes them. Unreadable, grayscale, 16-bit or empty images are reported and skipped, and
 the exit status is then 1. Exit status 2: the run could not start (bad arguments, model or type file, an
 output folder holding the input images or another model's results; run_info.json there records which; a
-full disk). Ctrl-C stops with one line saying how many images are done, exit status 130; rerunning the
-same command resumes.
+full disk, a network answering NaN, a folder another run is writing into). Ctrl-C stops with one line saying
+how many images are done, exit status 130 (SIGTERM alike, 143); rerunning the same command resumes.
 """
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from misc.io import DiskFullError, InputError, NonFiniteMapsError, check_writable, folder_lock
 from misc.logs import attach_log_file, setup_logging
 from misc.outputs import FORMATS, check_formats
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+from misc.proc import Terminated, exit_status, stop_on_sigterm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -135,8 +134,13 @@ def _list_models() -> int:
     return 0
 
 
+def _stopped(interrupt: KeyboardInterrupt) -> str:
+    return "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    stop_on_sigterm()
     if args.list_models:
         return _list_models()
     if args.gpu is not None:
@@ -196,9 +200,9 @@ def main(argv=None) -> int:
     except (InputError, KeyError, ValueError, OSError) as exc:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # while the model loads
-        print("infer.py: interrupted; 0 image(s) done", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # while the model loads; Ctrl-C or SIGTERM
+        print(f"infer.py: {_stopped(exc)}; 0 image(s) done", file=sys.stderr)
+        return exit_status(exc)
 
     with contextlib.ExitStack() as stack:
         try:  # creates the folder; a second run into it is refused, one line (it would compute or mix everything)
@@ -233,10 +237,10 @@ def main(argv=None) -> int:
                 for path, reason in slide_report.failed.items():
                     print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
                 ok = ok and slide_report.ok
-        except KeyboardInterrupt:
-            print(f"infer.py: interrupted; {len(report.done)} image(s) done, rerun the same command to resume",
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (stop_on_sigterm)
+            print(f"infer.py: {_stopped(exc)}; {len(report.done)} image(s) done, rerun the same command to resume",
                   file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return exit_status(exc)
         except DiskFullError as exc:  # stop: every further write would fail; the image in progress left no file
             print(f"infer.py: error: {exc.strerror}", file=sys.stderr)
             return 2

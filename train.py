@@ -12,7 +12,8 @@ phase for more --epochs than it ran; a phase finished with the requested epochs 
 finished: the run is refused). --overwrite starts every requested phase afresh, moving any earlier
 directory aside to <dir>.old-<time> (never deleting it). run.json keeps a phase's first settings and
 run_history.jsonl one line per start. A run that stops before its last epoch exits with status 1; Ctrl-C
-stops it with one line and status 130 (rerun the same command to resume).
+stops it with one line and status 130, SIGTERM with status 143 (rerun the same command to resume). A run folder
+another run is using is refused.
 
 --gpu: left out, one tower on whatever TensorFlow sees (GPU 0 if any, else the CPU); --gpu '' forces
 the CPU; --gpu 0,1 trains one synchronous tower on each listed GPU (set as CUDA_VISIBLE_DEVICES).
@@ -26,6 +27,7 @@ import sys
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from misc.io import InputError, check_writable, folder_lock
 from misc.logs import setup_logging
+from misc.proc import Terminated, exit_status, stop_on_sigterm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,6 +97,7 @@ def held_out_tiles(cfg, images_dir, valid_dir=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    stop_on_sigterm()
     gpus = [] if args.gpu is None else [g.strip() for g in args.gpu.split(",") if g.strip()]
     if args.gpu is not None:  # before TensorFlow is imported; '' hides every GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -125,9 +128,10 @@ def main(argv=None) -> int:
     except TrainingIncompleteError as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("train.py: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130  # 128 + SIGINT, as shells report a Ctrl-C
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (stop_on_sigterm)
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"train.py: {what}; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return exit_status(exc)
     return 0
 
 

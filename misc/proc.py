@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-__all__ = ["die_with_parent", "DieWithParent"]
+__all__ = ["die_with_parent", "DieWithParent", "Terminated", "stop_on_sigterm", "exit_status"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -52,3 +52,25 @@ class DieWithParent:
             die_with_parent(self.parent_pid)
             self._armed_pid = pid
         return self.func(*args, **kwargs)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, batch schedulers) taken down the Ctrl-C path: the same one-line message,
+    temporary files removed, workers stopped; exit status 143 (128 + SIGTERM) instead of 130."""
+
+    exit_status = 128 + signal.SIGTERM
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises :class:`Terminated` in the main thread, so that every CLI handles it like a
+    Ctrl-C (by default Python dies at once: no message, ``.part`` files and worker semaphores left behind).
+    Call once, at the start of a command line's ``main``; only the main thread may set handlers."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """143 for :class:`Terminated` (SIGTERM), 130 for a Ctrl-C (128 + SIGINT, as shells report them)."""
+    return getattr(interrupt, "exit_status", 128 + signal.SIGINT)

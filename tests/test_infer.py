@@ -192,6 +192,29 @@ def test_ctrl_c_is_one_line_and_exit_130(images, tmp_path, monkeypatch, capsys):
     assert err.strip() == "infer.py: interrupted; 1 image(s) done, rerun the same command to resume"
 
 
+def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary_file(images, tmp_path, monkeypatch, capsys):
+    """Issue 22.5: SIGTERM (timeout, kill, batch schedulers) was a silent exit 143 with a .part file left."""
+    import os
+    import signal
+
+    import src.predictor
+
+    class _Killed(_FakePredictor):
+        def __call__(self, batch):
+            if self.calls == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's kill, during the second forward pass
+            return super().__call__(batch)
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _Killed)
+    model, out = tmp_path / "m.npz", tmp_path / "out"
+    np.savez(model, w=np.zeros(3, np.float32))
+    code = infer.main(["--input", str(images), "--output", str(out), "--model", str(model), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 143
+    assert err.strip() == "infer.py: terminated; 1 image(s) done, rerun the same command to resume"
+    assert not [p for p in out.iterdir() if ".part" in p.name]
+
+
 def test_disk_full_stops_with_exit_2(images, tmp_path, monkeypatch, capsys):
     """Issue 13.5: 'disk full writing PATH', exit 2, no partial file."""
     import errno

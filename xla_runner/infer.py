@@ -17,6 +17,7 @@ from pathlib import Path
 
 from misc.io import InputError, NonFiniteMapsError, folder_lock
 from misc.outputs import FORMATS, check_formats, default_type_info, load_type_info
+from misc.proc import Terminated, exit_status, stop_on_sigterm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from src.model.bundle import resolve_model
     from src.model.model_config import recorded_overrides
@@ -79,6 +81,10 @@ def main(argv=None) -> int:
     except (NonFiniteMapsError, InputError) as exc:
         print(f"xla_runner infer: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        print(f"xla_runner infer: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; rerun the "
+              "same command to resume", file=sys.stderr)
+        return exit_status(exc)
     print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
           f"{len(report.failed)} skipped -> {args.output}")
     for path, reason in report.failed.items():

@@ -16,7 +16,7 @@ last: a killed run resumes from the epoch it names when the same command runs ag
 learning rate of each epoch come from ``opt.schedules`` (``TRAIN.SCHEDULE``, ``lr_for_epoch``), as in ``train.py``;
 phase 2 starts from the checkpoint ``TRAIN.PHASE2_INIT`` names (published: phase 1's last epoch), its training state
 too, as the published phase-2 start did.
-Exit status: 0 done, 1 stopped early, 2 could not start.
+Exit status: 0 done, 1 stopped early, 2 could not start (or the run folder is in use), 130 Ctrl-C, 143 SIGTERM.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import numpy as np
 
 from dataset.patches import TrainingDataPreprocessor, list_patches
 from misc.io import InputError, folder_lock, move_aside, write_json_atomic
+from misc.proc import Terminated, exit_status, stop_on_sigterm
 from misc.viz import plot_training_curves
 from opt.schedules import get_phase, get_schedule, lr_for_epoch
 from src.config import check_value
@@ -276,6 +277,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         artifacts = Artifacts(args.artifacts, args.config)
@@ -292,9 +294,10 @@ def main(argv=None) -> int:
     except (InputError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"xla_runner train: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("xla_runner train: interrupted; run the same command to resume", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        print(f"xla_runner train: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; run the same "
+              "command to resume", file=sys.stderr)
+        return exit_status(exc)
     return 0
 
 
