@@ -30,6 +30,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import cdist
 
 from misc.arrays import check_label_map, relabel_contiguous
 
@@ -345,7 +346,7 @@ def pair_coordinates(true_xy: np.ndarray, pred_xy: np.ndarray, radius: float
     true_xy = _as_points(true_xy, "true_xy")
     pred_xy = _as_points(pred_xy, "pred_xy")
     if len(true_xy) and len(pred_xy):
-        dist = np.sqrt(((true_xy[:, None, :] - pred_xy[None, :, :]) ** 2).sum(-1))
+        dist = cdist(true_xy, pred_xy, metric="euclidean")  # as released
         rows, cols = linear_sum_assignment(dist)
         keep = dist[rows, cols] <= radius
         rows, cols = rows[keep], cols[keep]
@@ -374,13 +375,16 @@ def pair_types(true_xy: np.ndarray, true_type: np.ndarray, pred_xy: np.ndarray, 
     """Pair one image's centroids (:func:`pair_coordinates`) and look up the types of each group.
 
     Args:
-        true_xy, pred_xy: (N, 2) / (M, 2) (x, y) centroids; true_type, pred_type: (N,) / (M,) integer
-            types (Nx1 accepted); radius: pairing radius in pixels.
+        true_xy, pred_xy: (N, 2) / (M, 2) (x, y) centroids, rounded to float32 first as the released evaluation
+            does; true_type, pred_type: (N,) / (M,) integer types (Nx1 accepted); radius: pairing radius in
+            pixels.
     """
     true_type = np.asarray(true_type).reshape(-1).astype(np.int64)
     pred_type = np.asarray(pred_type).reshape(-1).astype(np.int64)
-    true_xy = _as_points(true_xy, "true_xy")
-    pred_xy = _as_points(pred_xy, "pred_xy")
+    # The released run_nuclei_type_stat casts both centroid sets to float32 before pairing; near-ties between
+    # candidates then resolve as they did there (one image of a point-label set paired differently otherwise).
+    true_xy = _as_points(np.asarray(true_xy, np.float32), "true_xy")
+    pred_xy = _as_points(np.asarray(pred_xy, np.float32), "pred_xy")
     if len(true_type) != len(true_xy) or len(pred_type) != len(pred_xy):
         raise ValueError("each centroid needs exactly one type")
     paired, unpaired_true, unpaired_pred = pair_coordinates(true_xy, pred_xy, radius)

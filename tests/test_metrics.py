@@ -452,3 +452,16 @@ def test_type_accuracy_of_no_pairs_is_nan():
     pairing = pair_types(np.array([[0.0, 0.0]]), np.array([1]), np.array([[100.0, 100.0]]), np.array([1]), 12)
     scores = type_metrics(pairing)
     assert scores["f1_d"] == 0.0 and np.isnan(scores["acc"])
+
+
+def test_type_pairing_rounds_centroids_to_float32_as_released():
+    """Issue 22.10: the released run_nuclei_type_stat casts centroids to float32 before pairing. Here the
+    prediction is 1e-9 px nearer the second truth in float64, a tie in float32, which the assignment resolves
+    towards the first truth, as the released evaluation does."""
+    from metrics.stats import pair_coordinates, pair_types
+
+    true_xy = np.array([[0.0, 0.0], [10.0, 0.0]])
+    pred_xy = np.array([[5.0 + 1e-9, 0.0]])
+    assert pair_coordinates(true_xy, pred_xy, 12)[0].tolist() == [[1, 0]]  # float64: the nearer one
+    pairing = pair_types(true_xy, [1, 2], pred_xy, [1], 12)
+    assert pairing.paired_true.tolist() == [1] and pairing.unpaired_true.tolist() == [2]
