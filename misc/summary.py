@@ -58,15 +58,20 @@ def read_summary(path: Path) -> dict[str, dict]:
         return {row["image"]: row for row in csv.DictReader(handle)}
 
 
-def write_summary(path: Path, rows: Mapping[str, dict]) -> None:
-    """Write ``rows`` (name -> row) sorted by name, atomically; missing cells are 0."""
+def write_summary(path: Path, rows: Mapping[str, dict], type_info: Mapping | None = None) -> None:
+    """Write ``rows`` (name -> row) sorted by name, atomically, with Unix line ends; missing cells are 0.
+
+    ``type_info`` (id -> (name, colour)) gives the per-type columns even when no row has them (every image
+    failed: the header is still the full one)."""
     columns = ["image", "height", "width", "nuclei"]
+    if type_info is not None:
+        columns += [f"n_{type_name(type_info, tid)}" for tid in sorted(type_info) if tid != 0] + ["seconds"]
     for row in rows.values():
         columns.extend(c for c in row if c not in columns)
     if "seconds" in columns:  # keep the timing last, after the per-type counts
         columns.append(columns.pop(columns.index("seconds")))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval=0)
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval=0, lineterminator="\n")  # csv's default is CRLF
     writer.writeheader()
     for name in sorted(rows):
         writer.writerow(rows[name])

@@ -43,7 +43,8 @@ def evaluation_demo(shared: Path, out: Path) -> int:
         ours = instance_metrics(truth, pred)
         cells = "".join(f"{ours[k]:>9.4f}/{TABLE_I[label][k]:.4f}" for k in ("dice2", "aji", "pq"))
         print(f"{label:<12}{cells}")
-    print("\nThe same maps through the CLI users run (prediction B):")
+    print("\nThe same maps through the CLI users run (prediction B). Its 'dice' is DICE1, the Dice of the foreground "
+          "pixels; Table I above reports DICE2, the per-nucleus version (metrics.stats.dice2):")
     return compute_stats(["--mode", "instance", "--true_dir", str(out / "fig4" / "true"),
                           "--pred_dir", str(out / "fig4" / "B")])
 

@@ -266,7 +266,7 @@ def postprocess_and_write(sink: OutputSink, name: str, image: np.ndarray, maps: 
     write_outputs(sink.out_dir, name, image, inst_map, inst_info, sink.type_info, formats=sink.formats)
     write_s = time.perf_counter() - start
     sink.summary[name] = summary_row(name, image.shape, inst_info, sink.type_info, forward_s + post_s + write_s)
-    write_summary(sink.summary_path, sink.summary)
+    write_summary(sink.summary_path, sink.summary, sink.type_info)
     sink.report.done.append(name)
 
 
@@ -364,5 +364,5 @@ def run_inference(files: Iterable[Path], out_dir, predict_fn: Callable[[np.ndarr
         collect(pending)
     bar.close()
     if not sink.summary_path.exists():
-        write_summary(sink.summary_path, sink.summary)
+        write_summary(sink.summary_path, sink.summary, sink.type_info)
     return report

@@ -510,7 +510,7 @@ def run_wsi(slides: Iterable[Path], out_dir, factory: Callable[[], Callable], ty
         report.seconds[name]["write"] += time.perf_counter() - start  # part files + assembly
         row["seconds"] = round(sum(report.seconds[name].values()), 3)
         summary[name] = row
-        write_summary(summary_path, summary)
+        write_summary(summary_path, summary, type_info)
         shutil.rmtree(_parts_dir(out_dir, name), ignore_errors=True)
         report.done.append(name)
         log.info("%s: %d nuclei written (%.1f s)", name, row["nuclei"], time.perf_counter() - started[name])

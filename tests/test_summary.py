@@ -24,6 +24,12 @@ def test_write_read_round_trip_and_column_order(tmp_path):
     assert lines[1:] == ["a,5,6,0,0,0,0.5,1.0", "b,3,4,1,1,0,0,2.0"]  # sorted by name; missing cells 0
     assert read_summary(tmp_path / "summary.csv")["b"]["n_tumour"] == "1"
     assert read_summary(tmp_path / "none.csv") == {}
+    assert b"\r" not in (tmp_path / "summary.csv").read_bytes()  # issue 22.13: csv's default CRLF
+
+
+def test_header_is_complete_when_every_image_failed(tmp_path):
+    write_summary(tmp_path / "summary.csv", {}, TYPES)
+    assert (tmp_path / "summary.csv").read_text() == "image,height,width,nuclei,n_tumour,n_immune,seconds\n"
 
 
 def test_restore_rows_from_mat(tmp_path):
