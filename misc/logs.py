@@ -25,10 +25,16 @@ _file: logging.FileHandler | None = None  # the one log file of this process; a 
 
 
 class _QuietFilter(logging.Filter):
-    """Drops INFO (and lower) records of tensorpack's graph-describing modules."""
+    """Drops INFO (and lower) records of tensorpack's graph-describing modules, its "Building ... tower on device
+    /gpu:0" lines (the device name is tensorpack's, whatever runs it), and its 11-line warning about custom GPU
+    options of a session (our sessions set CPU thread counts only)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.module not in CHATTY_TENSORPACK_MODULES
+        if record.module == "sesscreate":
+            return False
+        if record.levelno >= logging.WARNING:
+            return True
+        return record.module not in CHATTY_TENSORPACK_MODULES and not str(record.msg).startswith("Building ")
 
 
 def setup_logging(verbose: bool = False, buffer: bool = False) -> None:

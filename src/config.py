@@ -372,8 +372,8 @@ def finalize_config(C: AttrDict, is_training: bool = False) -> AttrDict:
         C.DATA.PATCH_STEP = geometry.patch_step
     if C.DATA.PATCH_SIZE < C.MODEL.INPUT_SHAPE:
         raise ValueError(f"DATA.PATCH_SIZE {C.DATA.PATCH_SIZE} is smaller than the input {C.MODEL.INPUT_SHAPE}")
-    if is_training:
-        logger.info("Config:\n%s", pprint.pformat(C.to_dict(), width=110))
+    if is_training:  # run.json keeps it too; the console shows what is loading and progress (misc/logs.py)
+        logger.debug("Config:\n%s", pprint.pformat(C.to_dict(), width=110))
     return C.freeze()
 
 

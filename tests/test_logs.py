@@ -4,8 +4,8 @@ import logging
 from misc import logs
 
 
-def _record(module: str, level=logging.INFO) -> logging.LogRecord:
-    return logging.LogRecord("tensorpack", level, f"/site-packages/tensorpack/x/{module}.py", 1, "msg", None, None)
+def _record(module: str, level=logging.INFO, msg="msg") -> logging.LogRecord:
+    return logging.LogRecord("tensorpack", level, f"/site-packages/tensorpack/x/{module}.py", 1, msg, None, None)
 
 
 def test_graph_chatter_is_dropped_from_the_console_but_kept_in_the_file(tmp_path, monkeypatch):
@@ -19,6 +19,10 @@ def test_graph_chatter_is_dropped_from_the_console_but_kept_in_the_file(tmp_path
     assert all(not h.filter(_record("sessinit")) for h in console)  # the 22 kB variable list
     assert all(h.filter(_record("monitor")) for h in console)  # epoch statistics stay
     assert all(h.filter(_record("registry", logging.WARNING)) for h in console)  # warnings always
+    # issue 22.11: but not the 11-line GPU-options warning of every session, nor "Building tower ... /gpu:0"
+    assert all(not h.filter(_record("sesscreate", logging.WARNING)) for h in console)
+    assert all(not h.filter(_record("training", msg="Building graph for training tower 0 on device /gpu:0 ..."))
+               for h in console)
     logging.getLogger("tensorpack").info("layer conv0 input: [None, 270, 270, 3]")
     logs.attach_log_file(tmp_path / "run.log")
     logging.getLogger("tensorpack").info("after attaching")
