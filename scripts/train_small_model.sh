@@ -72,6 +72,16 @@ evaluate() {
           --json "$out/type.json"
     fi
   done
+  # this model's rows beside the paper's (Table III; Table V for types); rows without published values print alone
+  if [ "$MODEL" = consep ]; then
+    ROWS=(--row III CoNSeP "$SHARED/data/consep256/test/Labels" "$WORK/eval/consep256_test"
+          --row V CoNSeP "$SHARED/data/consep256/test/Labels" "$WORK/eval/consep256_test")
+  else
+    ROWS=(--row III Kumar "$WORK/kumar/test/Labels" "$WORK/eval/kumar_all"
+          --row III "Kumar same organ" "$WORK/kumar/test_same_organ/Labels" "$WORK/eval/kumar_same_organ"
+          --row III "Kumar different organ" "$WORK/kumar/test_different_organ/Labels" "$WORK/eval/kumar_different_organ")
+  fi
+  "$PY" scripts/reproduce_tables.py "${ROWS[@]}" --json "$WORK/eval/tables.json"
   "$PY" - "$MODEL" "$WORK/eval" <<'PY'
 import json
 import sys
@@ -81,6 +91,7 @@ model, root = sys.argv[1], Path(sys.argv[2])
 record_path = Path(f"models/small-{model}.json")
 record = json.loads(record_path.read_text())
 record["scores"] = {}
+record["tables"] = json.loads((root / "tables.json").read_text())
 for folder in sorted(p for p in root.iterdir() if p.is_dir()):
     scores = {"instance_mean": json.loads((folder / "instance.json").read_text())["mean"]}
     if (folder / "type.json").is_file():
