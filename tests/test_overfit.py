@@ -4,8 +4,10 @@ A CI-sized overfit check (issue 20.1): the MICRO network (tests/shrunk_networks.
 head trains through src.training.train (train.py's code) on the patches of one synthetic tile of touching
 nuclei, augmentation off, then the tile goes through inference and post-processing. The bounds are ones a
 correct path reaches with margin and a broken one cannot: HV correlation measures the maps against targets
-built independently from the tile (a swapped or misaligned target, a wrong loss or channel order leaves it near
-0), and PQ needs the touching nuclei split.
+built independently from the tile, and PQ needs the touching nuclei split. Measured once each (2-core CPU,
+/work runs of this check with the training target broken on purpose): correct HV correlation 0.97 / 0.98, PQ
+0.99, AJI 0.99; HV target channels swapped 0.21 / 0.22, PQ 0.84, AJI 0.88; HV target shifted by 8 px -0.23 /
+-0.14, PQ 0.74, AJI 0.74.
 """
 import json
 
@@ -53,10 +55,10 @@ def test_overfit_check_learns_hv_maps_that_split_touching_nuclei(tmp_path):
     record = run_overfit(cfg, [sample], steps=120, batch_size=2, steps_per_epoch=40, work_dir=tmp_path)
     mean = record["mean_over_crops_with_nuclei"]
     assert record["patches"] == 4 and record["steps"] == 120
-    assert mean["np_dice"] >= 0.9, mean
-    assert mean["hv_corr_x"] >= 0.8 and mean["hv_corr_y"] >= 0.8, mean
+    assert mean["np_dice"] >= 0.95, mean
+    assert mean["hv_corr_x"] >= 0.9 and mean["hv_corr_y"] >= 0.9, mean
     assert mean["hv_mse"] < 0.5 * mean["hv_mse_zero"], mean
-    assert mean["pq"] >= 0.6 and mean["aji"] >= 0.6, mean
+    assert mean["pq"] >= 0.9 and mean["aji"] >= 0.9, mean
     losses = [e["loss_hv_mse"] for e in record["loss_per_epoch"]]
     assert losses[-1] < losses[0], losses
 
