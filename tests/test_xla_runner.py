@@ -121,3 +121,31 @@ def test_runner_never_imports_tensorflow(xla_artifacts, tmp_path):
     assert (tmp_path / "out" / "summary.csv").is_file()
     postproc = json.loads((tmp_path / "out" / "run_info.json").read_text())["postproc"]
     assert (postproc["marker_threshold"], postproc["sobel_ksize"]) == (0.7, 11)
+
+
+def test_bundled_model_gives_the_same_nuclei_in_xla_runner_and_infer(tmp_path):
+    """Issue 21: `xla_runner infer --model small-consep` found 0 nuclei where infer.py found 90, because it ignored
+    the post-processing recorded in the file. Now, with no --config, both write the same instance map."""
+    import infer
+    from misc.io import load_label_mat
+    from src.model.bundle import resolve_model
+    from src.model.model_config import read_npz_metadata
+    from xla_runner.__main__ import main as xla_main
+
+    model = resolve_model("small-consep")
+    overrides = [f"MODEL.{k}={tuple(v) if isinstance(v, list) else v!r}"
+                 for k, v in read_npz_metadata(model)["MODEL"].items()]
+    export = tmp_path / "export"
+    done = subprocess.run([sys.executable, "-m", "src.model.export", "--out_dir", str(export), "--batch_sizes", "4",
+                           "--no_train", "--config", *overrides], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert xla_main(["infer", "--artifacts", str(export), "--model", "small-consep", "--input", str(CROP),
+                     "--output", str(tmp_path / "xla"), "--quiet"]) == 0
+    assert infer.main(["--model", "small-consep", "--input", str(CROP), "--output", str(tmp_path / "tf"),
+                       "--quiet"]) == 0
+    xla = load_label_mat(tmp_path / "xla" / f"{CROP.stem}.mat")["inst_map"]
+    tf = load_label_mat(tmp_path / "tf" / f"{CROP.stem}.mat")["inst_map"]
+    assert xla.max() > 5  # a trained model finds nuclei on a real crop
+    np.testing.assert_array_equal(xla, tf)
+    runs = [json.loads((tmp_path / d / "run_info.json").read_text())["postproc"] for d in ("xla", "tf")]
+    assert runs[0] == runs[1]
