@@ -36,7 +36,7 @@ from dataset.extraction import extract_sets
 from dataset.patches import PATCH_FORMATS
 from dataset.readers import READERS
 from misc.io import InputError, check_writable
-from misc.proc import Terminated, exit_status, stop_on_sigterm
+from misc.proc import exit_status, stop_on_sigterm, stop_word
 from src.config import config_from_args
 
 __all__ = ["main", "build_parser"]
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"extract_patches.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the partial folder is gone, the output as it was
-        print(f"extract_patches.py: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; nothing "
+        print(f"extract_patches.py: {stop_word(exc)}; nothing "
               "was written to --output_dir", file=sys.stderr)
         return exit_status(exc)
     for output_dir, summary in results:

@@ -44,7 +44,7 @@ import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from misc.io import DiskFullError, InputError, NonFiniteMapsError, check_writable, folder_lock
 from misc.logs import attach_log_file, setup_logging
 from misc.outputs import FORMATS, check_formats
-from misc.proc import Terminated, exit_status, stop_on_sigterm
+from misc.proc import exit_status, stop_on_sigterm, stop_word
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -134,10 +134,6 @@ def _list_models() -> int:
     return 0
 
 
-def _stopped(interrupt: KeyboardInterrupt) -> str:
-    return "terminated" if isinstance(interrupt, Terminated) else "interrupted"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
@@ -201,7 +197,7 @@ def main(argv=None) -> int:
         print(f"infer.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # while the model loads; Ctrl-C or SIGTERM
-        print(f"infer.py: {_stopped(exc)}; 0 image(s) done", file=sys.stderr)
+        print(f"infer.py: {stop_word(exc)}; 0 image(s) done", file=sys.stderr)
         return exit_status(exc)
 
     with contextlib.ExitStack() as stack:
@@ -238,7 +234,7 @@ def main(argv=None) -> int:
                     print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
                 ok = ok and slide_report.ok
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (stop_on_sigterm)
-            print(f"infer.py: {_stopped(exc)}; {len(report.done)} image(s) done, rerun the same command to resume",
+            print(f"infer.py: {stop_word(exc)}; {len(report.done)} image(s) done, rerun the same command to resume",
                   file=sys.stderr)
             return exit_status(exc)
         except DiskFullError as exc:  # stop: every further write would fail; the image in progress left no file

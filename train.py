@@ -27,7 +27,7 @@ import sys
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from misc.io import InputError, check_writable, folder_lock
 from misc.logs import setup_logging
-from misc.proc import Terminated, exit_status, stop_on_sigterm
+from misc.proc import exit_status, stop_on_sigterm, stop_word
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -129,8 +129,7 @@ def main(argv=None) -> int:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (stop_on_sigterm)
-        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"train.py: {what}; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(f"train.py: {stop_word(exc)}; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return exit_status(exc)
     return 0
 

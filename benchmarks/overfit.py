@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -42,8 +41,6 @@ import numpy as np
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from misc.io import InputError, write_json_atomic
-
-log = logging.getLogger(__name__)
 
 # The issue-20 probe: two crops with touching nuclei and two without nuclei (stroma / lumen).
 PROBE_CROPS = ("train_1_000", "train_1_005", "train_2_003", "train_4_010")

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from metrics.stats import instance_metrics
+from metrics.stats import dice1, instance_metrics
 from misc.io import InputError
-from src.pipeline import split_channels
+from src.pipeline import PostprocParams, split_channels
 from src.postproc import instances_from_np_hv
 from src.targets import gen_targets
 
 __all__ = ["TILE_SCORE_KEYS", "hv_scores", "tile_scores", "mean_tile_scores", "LabelledTile", "TileScorer",
            "held_out_names"]
 
-# Every score of tile_scores, in report order; validation records each as 'validation_<key>'.
+# Every score of tile_scores, in report order; train.py's validation records each as 'tiles_<key>'.
 TILE_SCORE_KEYS = ("np_dice", "hv_corr_x", "hv_corr_y", "hv_mse", "hv_mse_zero", "dice", "aji", "pq")
 
 
@@ -67,11 +67,8 @@ def tile_scores(maps: np.ndarray, inst_true: np.ndarray, hv_true: np.ndarray,
     inst_true = np.asarray(inst_true)
     if np_prob.shape != inst_true.shape:
         raise ValueError(f"maps {maps.shape[:2]} and truth {inst_true.shape} differ in size")
-    nuclei = inst_true > 0
-    foreground = np_prob >= postproc["np_threshold"]
-    denominator = int(foreground.sum() + nuclei.sum())
-    scores = {"np_dice": 2.0 * float((foreground & nuclei).sum()) / denominator if denominator else 1.0}
-    scores.update(hv_scores(hv, hv_true, nuclei))
+    scores = {"np_dice": dice1(inst_true, (np_prob >= postproc["np_threshold"]).astype(np.uint8))}
+    scores.update(hv_scores(hv, hv_true, inst_true > 0))
     inst_pred = instances_from_np_hv(np_prob, hv, **postproc)
     scores.update(instance_metrics(inst_true, inst_pred))
     scores["nuclei_true"] = int(np.count_nonzero(np.unique(inst_true)))
@@ -125,8 +122,6 @@ class TileScorer:
 
     @classmethod
     def from_config(cls, cfg, tiles) -> TileScorer:
-        from src.pipeline import PostprocParams
-
         return cls(tiles, PostprocParams.from_config(cfg).kwargs(), cfg.TARGETS.MIN_INSTANCE_SIZE,
                    cfg.TARGETS.HV_PUBLISHED_OFFSET)
 

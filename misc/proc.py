@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-__all__ = ["die_with_parent", "DieWithParent", "Terminated", "stop_on_sigterm", "exit_status"]
+__all__ = ["die_with_parent", "DieWithParent", "Terminated", "stop_on_sigterm", "exit_status", "stop_word"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -69,6 +69,11 @@ def stop_on_sigterm() -> None:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def stop_word(interrupt: KeyboardInterrupt) -> str:
+    """'terminated' for :class:`Terminated` (SIGTERM), 'interrupted' for a Ctrl-C: the word of every CLI's one line."""
+    return "terminated" if isinstance(interrupt, Terminated) else "interrupted"
 
 
 def exit_status(interrupt: KeyboardInterrupt) -> int:

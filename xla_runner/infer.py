@@ -17,7 +17,7 @@ from pathlib import Path
 
 from misc.io import InputError, NonFiniteMapsError, folder_lock
 from misc.outputs import FORMATS, check_formats, default_type_info, load_type_info
-from misc.proc import Terminated, exit_status, stop_on_sigterm
+from misc.proc import exit_status, stop_on_sigterm, stop_word
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,8 +82,7 @@ def main(argv=None) -> int:
         print(f"xla_runner infer: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
-        print(f"xla_runner infer: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; rerun the "
-              "same command to resume", file=sys.stderr)
+        print(f"xla_runner infer: {stop_word(exc)}; rerun the same command to resume", file=sys.stderr)
         return exit_status(exc)
     print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
           f"{len(report.failed)} skipped -> {args.output}")

@@ -32,7 +32,7 @@ import numpy as np
 
 from dataset.patches import TrainingDataPreprocessor, list_patches
 from misc.io import InputError, folder_lock, move_aside, write_json_atomic
-from misc.proc import Terminated, exit_status, stop_on_sigterm
+from misc.proc import exit_status, stop_on_sigterm, stop_word
 from misc.viz import plot_training_curves
 from opt.schedules import get_phase, get_schedule, lr_for_epoch
 from src.config import check_value
@@ -295,8 +295,7 @@ def main(argv=None) -> int:
         print(f"xla_runner train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
-        print(f"xla_runner train: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; run the same "
-              "command to resume", file=sys.stderr)
+        print(f"xla_runner train: {stop_word(exc)}; run the same command to resume", file=sys.stderr)
         return exit_status(exc)
     return 0
 

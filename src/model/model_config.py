@@ -139,9 +139,9 @@ def recorded_overrides(model_path: str | os.PathLike) -> list[str]:
     C = make_config()
     overrides = []
     for section, keys in RECORDED_SECTIONS.items():
-        recorded = found[0].get(section) or {}
         if section == "MODEL":
             continue
+        recorded = found[0].get(section) or {}
         for key in keys or recorded:
             if key in C[section] and key in recorded:
                 overrides.append(f"{section}.{key}={_like(C[section][key], recorded[key])!r}")

@@ -38,8 +38,7 @@ tf1 = tf.compat.v1
 __all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "resolve_checkpoint",
            "is_training_state", "match_weights", "graph_variable_shapes", "CheckedSessionInit",
            "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "weights_digest", "inference_graph", "initial_weights",
-           "save_initial_weights", "METADATA_KEY", "model_metadata", "save_npz", "NonFiniteWeightsError",
-           "non_finite_variables"]
+           "save_initial_weights", "METADATA_KEY", "model_metadata", "save_npz", "NonFiniteWeightsError"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
 NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one message for any other file
@@ -222,15 +221,6 @@ def _format_problems(match: WeightMatch, path, limit: int = 50) -> str:
     return "\n".join(lines)
 
 
-def non_finite_variables(path: str | os.PathLike, names) -> list[str]:
-    """The variables among ``names`` whose values in the weights file ``path`` hold NaN or infinity."""
-    if _is_npz(path):
-        values = read_weights(path)
-        return [n for n in names if n in values and not np.isfinite(values[n]).all()]
-    reader = tf1.train.load_checkpoint(resolve_checkpoint(path))
-    return [n for n in names if reader.has_tensor(n) and not np.isfinite(reader.get_tensor(n)).all()]
-
-
 class NonFiniteWeightsError(ValueError):
     """A weights file holds NaN or infinity in variables the network would load."""
 
@@ -264,9 +254,9 @@ class CheckedSessionInit(SessionInit):
         match = self.match
         if self.strict and (match.missing or match.unexpected or match.shape_mismatch):
             raise WeightsMismatchError(_format_problems(match, self.path))
-        model_variables = [n for n in match.loaded if not is_training_state(n)]
-        bad = [n for n in model_variables if not np.isfinite(values[n]).all()] if self.is_npz \
-            else non_finite_variables(self.path, model_variables)
+        # the npz is read already; a checkpoint's tensors are read one at a time
+        value = values.__getitem__ if self.is_npz else tf1.train.load_checkpoint(self.path).get_tensor
+        bad = [n for n in match.loaded if not is_training_state(n) and not np.isfinite(value(n)).all()]
         if bad:  # a NaN network answers NaN, which post-processing turns into "no nuclei" without a word
             shown = ", ".join(bad[:10]) + (f" ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
             raise NonFiniteWeightsError(f"weights in {self.path} hold NaN or infinity in {len(bad)} variable(s): "
