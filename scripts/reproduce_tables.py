@@ -115,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"--row {table} {row}: table must be one of {sorted(TABLE_MODES)}")
             ours = score_row(table, Path(true_dir), Path(pred_dir), args.radius, args.exhaustive)
             records.extend(_records(table, row, ours, published))
-        print(f"{'table':<6}{'row':<16}{'metric':<8}{'ours':>8}{'paper':>8}{'diff':>9}")
+        width = max([16] + [len(r["row"]) + 2 for r in records])  # a long row name never runs into the metric
+        print(f"{'table':<6}{'row':<{width}}{'metric':<8}{'ours':>8}{'paper':>8}{'diff':>9}")
         for r in records:
             diff = "-" if r["diff"] is None else f"{r['diff']:+.4f}"
-            print(f"{r['table']:<6}{r['row']:<16}{r['metric']:<8}{_fmt(r['ours']):>8}{_fmt(r['published']):>8}"
+            print(f"{r['table']:<6}{r['row']:<{width}}{r['metric']:<8}{_fmt(r['ours']):>8}{_fmt(r['published']):>8}"
                   f"{diff:>9}")
         if args.json is not None:
             write_json_atomic(args.json, {"rows": records}, indent=2, newline=True)
