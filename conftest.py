@@ -117,18 +117,20 @@ def shared_predictor(monkeypatch, _predictor_cache):
     file and network config for the whole session: each build costs seconds, and the tests that use this
     are about what happens around the network, not about loading it. Keyed by the file's path, size and
     modification time and the MODEL config, so a changed file or config still gets a fresh build. Returns
-    the caching factory, ``(model_path, cfg) -> predictor``."""
+    the caching factory, ``(weights, cfg=None) -> predictor`` (HoVerNetPredictor's signature)."""
     import os
 
     import src.predictor
 
     real = src.predictor.HoVerNetPredictor
 
-    def factory(model_path, cfg):
+    def factory(weights, cfg=None):
+        cfg = weights.cfg if cfg is None else cfg
+        model_path = getattr(weights, "path", weights)
         stat = os.stat(model_path)
         key = (os.path.realpath(model_path), stat.st_size, stat.st_mtime_ns, repr(sorted(cfg.MODEL.items())))
         if key not in _predictor_cache:
-            _predictor_cache[key] = real(model_path, cfg)
+            _predictor_cache[key] = real(weights, cfg)
         return _predictor_cache[key]
 
     monkeypatch.setattr(src.predictor, "HoVerNetPredictor", factory)

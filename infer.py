@@ -33,7 +33,7 @@ how many images are done, exit status 130 (SIGTERM alike, 143); rerunning the sa
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -122,7 +122,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _list_models() -> int:
-    from src.model.bundle import bundled_models
+    from src.model.weights_file import bundled_models
 
     models = bundled_models()
     if not models:
@@ -134,6 +134,96 @@ def _list_models() -> int:
     return 0
 
 
+def _gpu_ids(spec: str | None) -> list[str] | None:
+    return [g.strip() for g in spec.split(",") if g.strip()] if spec else None
+
+
+def _nr_types_of(weights) -> int | None:
+    """The type count of the stored network without building it (slides only: the workers build it)."""
+    if weights.arrays is not None:
+        return weights.nr_types
+    from src.model.weights import read_weight_shapes
+    from src.model.weights_file import detect_nr_types
+
+    try:
+        return detect_nr_types(read_weight_shapes(weights.path))
+    except Exception as exc:  # TensorFlow raises its own error types for corrupt checkpoints
+        raise InputError(f"--model {weights.path}: cannot read weights ({exc})") from exc
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run was set up with: the opened weights and config, the inputs, the predictor (tiles only)."""
+
+    weights: object
+    files: list
+    slides: list
+    type_info: dict
+    run_info: dict
+    predictor: object = None
+
+
+def _set_up(args) -> _Run:
+    """Open the model, list the inputs, check the output folder and load the network: everything that may refuse
+    the run (InputError, ValueError, KeyError, OSError) before anything is written."""
+    from misc.outputs import default_type_info, load_type_info
+    from src.model.weights_file import open_model
+    from src.pipeline import check_output_dir, collect_inputs, run_record
+    from src.wsi import input_suffixes, split_inputs
+
+    check_writable(args.output, "--output")
+    # A bundled model's name means its file, a run or phase folder its model-best; the network is built with the
+    # training config recorded with the weights, so training --config overrides need not be repeated.
+    weights = open_model(args.model, args.config)
+    slides, files = split_inputs(collect_inputs(args.input, input_suffixes(args.mode)), args.mode)
+    type_info = load_type_info(args.types) if args.types else default_type_info(weights.cfg.DATA.TYPE_NAMES)
+    run = _Run(weights, files, slides, type_info, run_record(weights, weights.cfg, args.mpp))
+    check_output_dir(args.output, files + slides, args.formats, run.run_info, args.overwrite)
+    if files:
+        from src.predictor import HoVerNetPredictor
+
+        run.predictor = HoVerNetPredictor(weights)
+        nr_types = run.predictor.nr_types
+    else:  # slides only: the workers build the network; here only check the file and its types
+        nr_types = _nr_types_of(weights)
+    uncovered = [t for t in range(1, nr_types or 0) if t not in type_info]
+    if uncovered:
+        raise InputError(f"type ids {uncovered} of the model have no name/colour in "
+                         f"{args.types or 'the default types'}")
+    return run
+
+
+def _print_skipped(failed: dict) -> None:
+    """One line per skipped image or slide, naming it once (the reasons of InputError name the file already)."""
+    for path, reason in failed.items():
+        print(f"infer.py: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
+
+
+def _infer_tiles(args, run: _Run, report) -> bool:
+    from src.pipeline import TileSettings, run_inference
+
+    settings = TileSettings.from_config(run.weights.cfg, batch_size=args.batch_size, input_mpp=args.mpp)
+    run_inference(run.files, args.output, run.predictor, run.type_info, settings, formats=args.formats,
+                  overwrite=args.overwrite, run_info=run.run_info, progress=not args.quiet, report=report)
+    print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
+          f"{len(report.failed)} skipped -> {args.output}")
+    _print_skipped(report.failed)
+    return report.ok
+
+
+def _infer_slides(args, run: _Run) -> bool:
+    from src.wsi_cluster import infer_slides
+
+    report = infer_slides(run.slides, args.output, run.weights, run.type_info, run.run_info, formats=args.formats,
+                          batch_size=args.batch_size, gzip=args.gzip, tissue_mask=args.tissue_mask,
+                          workers=args.workers, scheduler=args.scheduler, gpus=_gpu_ids(args.gpu), mpp=args.mpp,
+                          overwrite=args.overwrite, progress=not args.quiet, verbose=args.verbose)
+    print(f"{len(report.done)} slide(s) written, {len(report.already_complete)} already complete, "
+          f"{len(report.failed)} skipped -> {args.output}")
+    _print_skipped(report.failed)
+    return report.ok
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
@@ -142,109 +232,32 @@ def main(argv=None) -> int:
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     setup_logging(args.verbose, buffer=True)  # before TensorFlow loads
-
-    from misc.outputs import default_type_info, load_type_info
-    from src.model.bundle import resolve_model
-    from src.model.model_config import model_config, resolve_model_path
-    from src.model.weights import weights_digest
-    from src.pipeline import (
-        InferenceReport,
-        PostprocParams,
-        TileSettings,
-        check_output_dir,
-        collect_inputs,
-        run_inference,
-    )
-    from src.wsi import input_suffixes, split_inputs
-
     if args.gpu:  # like train.py: asking for a GPU that is not there must not pass silently
         import tensorflow as tf
 
         if not tf.config.list_physical_devices("GPU"):
             logging.warning("--gpu %s: no GPU visible; running on the CPU", args.gpu)
+    from src.pipeline import InferenceReport
+
+    report = InferenceReport()
     try:
-        check_writable(args.output, "--output")
-        # A bundled model's name means its file, a run or phase folder its model-best; the network is built with
-        # the training config recorded with the weights, so training --config overrides need not be repeated.
-        args.model = str(resolve_model_path(resolve_model(args.model)))
-        cfg = model_config(args.model, args.config)
-        files = collect_inputs(args.input, input_suffixes(args.mode))
-        slides, files = split_inputs(files, args.mode)
-        type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
-        # The weights by content: new weights at the same path (model-best after more training) are another model.
-        run_info = {"weights": weights_digest(args.model), "model_path": str(Path(args.model).resolve()),
-                    "postproc": PostprocParams.from_config(cfg).kwargs()}
-        if args.mpp is not None:  # recorded only when given, so folders of runs without it stay as they were
-            run_info.update(mpp=args.mpp, model_mpp=float(cfg.WSI.MODEL_MPP))
-        check_output_dir(args.output, files + slides, args.formats, run_info, args.overwrite)
-        from src.predictor import HoVerNetPredictor, detect_nr_types
-
-        if files:
-            predictor = HoVerNetPredictor(args.model, cfg)
-            nr_types = predictor.nr_types
-        else:  # slides only: the workers build the network; here only check the file and its types
-            from src.model.weights import read_weight_shapes
-
-            try:
-                nr_types = detect_nr_types(read_weight_shapes(args.model))
-            except Exception as exc:  # TensorFlow raises its own error types for corrupt checkpoints
-                raise InputError(f"--model {args.model}: cannot read weights ({exc})") from exc
-        uncovered = [t for t in range(1, nr_types or 0) if t not in type_info]
-        if uncovered:
-            raise InputError(f"type ids {uncovered} of the model have no name/colour in "
-                             f"{args.types or 'the default types'}")
+        run = _set_up(args)
+        # creates the folder; a second run into it is refused, one line (it would compute or mix everything)
+        with folder_lock(args.output, "run"):
+            attach_log_file(Path(args.output) / "infer.log")  # the full logs, whatever the console showed
+            ok = _infer_tiles(args, run, report) if run.files else True
+            return 0 if (_infer_slides(args, run) if run.slides else True) and ok else 1
     except (InputError, KeyError, ValueError, OSError) as exc:
-        print(f"infer.py: error: {exc}", file=sys.stderr)
+        # DiskFullError: every further write would fail; the image in progress left no file
+        print(f"infer.py: error: {exc.strerror if isinstance(exc, DiskFullError) else exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # while the model loads; Ctrl-C or SIGTERM
-        print(f"infer.py: {stop_word(exc)}; 0 image(s) done", file=sys.stderr)
+    except NonFiniteMapsError as exc:  # every further image would be as wrong
+        print(f"infer.py: error: {exc}; {len(report.done)} image(s) done", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (stop_on_sigterm)
+        print(f"infer.py: {stop_word(exc)}; {len(report.done)} image(s) done, rerun the same command to resume",
+              file=sys.stderr)
         return exit_status(exc)
-
-    with contextlib.ExitStack() as stack:
-        try:  # creates the folder; a second run into it is refused, one line (it would compute or mix everything)
-            stack.enter_context(folder_lock(args.output, "run"))
-        except InputError as exc:
-            print(f"infer.py: error: {exc}", file=sys.stderr)
-            return 2
-        attach_log_file(Path(args.output) / "infer.log")  # the full logs, whatever the console showed
-        ok = True
-        report = InferenceReport()
-        try:
-            if files:
-                settings = TileSettings.from_config(cfg, batch_size=args.batch_size, input_mpp=args.mpp)
-                run_inference(files, args.output, predictor, type_info, settings, formats=args.formats,
-                              overwrite=args.overwrite, run_info=run_info, progress=not args.quiet, report=report)
-                print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
-                      f"{len(report.failed)} skipped -> {args.output}")
-                for path, reason in report.failed.items():  # the reasons of InputError name the file already
-                    print(f"infer.py: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}",
-                          file=sys.stderr)
-                ok = report.ok
-            if slides:
-                from src.wsi_cluster import infer_slides
-
-                try:
-                    slide_report = infer_slides(slides, args, cfg, type_info, run_info)
-                except (InputError, ValueError) as exc:
-                    print(f"infer.py: error: {exc}", file=sys.stderr)
-                    return 2
-                print(f"{len(slide_report.done)} slide(s) written, {len(slide_report.already_complete)} already "
-                      f"complete, {len(slide_report.failed)} skipped -> {args.output}")
-                for path, reason in slide_report.failed.items():
-                    print(f"infer.py: skipped {path}: {reason}", file=sys.stderr)
-                ok = ok and slide_report.ok
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (stop_on_sigterm)
-            print(f"infer.py: {stop_word(exc)}; {len(report.done)} image(s) done, rerun the same command to resume",
-                  file=sys.stderr)
-            return exit_status(exc)
-        except DiskFullError as exc:  # stop: every further write would fail; the image in progress left no file
-            print(f"infer.py: error: {exc.strerror}", file=sys.stderr)
-            return 2
-        except NonFiniteMapsError as exc:  # every further image would be as wrong
-            print(f"infer.py: error: {exc}; {len(report.done)} image(s) done", file=sys.stderr)
-            return 2
-        return 0 if ok else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -133,7 +133,7 @@ def run_overfit(cfg, samples, steps: int, batch_size: int, steps_per_epoch: int,
     stats = json.loads((phase_dir / "stats.json").read_text())
     tf.compat.v1.reset_default_graph()
 
-    predictor = HoVerNetPredictor(tf.train.latest_checkpoint(str(phase_dir)), cfg)
+    predictor = HoVerNetPredictor(phase_dir, cfg)  # its latest checkpoint
     scorer = TileScorer.from_config(cfg, [(s.name, s.image, s.inst_map) for s in samples])
     per_crop, rows = {}, []
     for tile in scorer.tiles:

@@ -185,11 +185,10 @@ def main(argv=None) -> int:
     from src.wsi_cluster import ModelFactory, dask_client
 
     if args.model is not None:
-        from src.model.bundle import resolve_model
-        from src.model.model_config import model_config, resolve_model_path
+        from src.model.weights_file import open_model
 
-        args.model = str(resolve_model_path(resolve_model(args.model)))
-        cfg = model_config(args.model, args.config)  # the network recorded with the weights, as infer.py builds it
+        weights = open_model(args.model, args.config)  # the network recorded with the weights, as infer.py builds it
+        args.model, cfg = weights.path, weights.cfg
     else:
         cfg = config_from_args(args.config)
     settings = wsi_settings(cfg, batch_size=args.batch_size)

@@ -50,7 +50,7 @@ def evaluation_demo(shared: Path, out: Path) -> int:
 
 
 def inference_demo(shared: Path, out: Path, model: str, count: int) -> int:
-    from src.model.bundle import bundled_models
+    from src.model.weights_file import bundled_models
 
     test = shared / "data" / "consep256" / "test"
     tiles = sorted((test / "Images").glob("*.jpg"))[::max(1, 224 // max(count, 1))][:count]  # spread over tiles

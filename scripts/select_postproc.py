@@ -25,7 +25,8 @@ from misc.io import load_label_mat, read_image_rgb
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="weights (.npz or checkpoint)")
+    parser.add_argument("--model", required=True,
+                        help="weights: a bundled model's name, an .npz, a checkpoint or a run folder (as infer.py)")
     parser.add_argument("--split", required=True, help="split.json written by extract_patches.py --holdout")
     parser.add_argument("--data", required=True, help="the data set root holding Images/ and Labels/")
     parser.add_argument("--thresholds", default="0.4,0.5,0.6,0.7", help="MARKER_THRESHOLD values to try")
@@ -33,13 +34,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from src.inference import predict_tile
-    from src.model.model_config import model_config
+    from src.model.weights_file import open_model
     from src.pipeline import PostprocParams, split_channels
     from src.postproc import process
     from src.predictor import HoVerNetPredictor
 
-    cfg = model_config(args.model)
-    predictor = HoVerNetPredictor(args.model, cfg)
+    weights = open_model(args.model)  # bundled names and run folders too, as infer.py takes them
+    cfg = weights.cfg
+    predictor = HoVerNetPredictor(weights)
     names = json.loads(Path(args.split).read_text())["holdout"]
     data = Path(args.data)
     cases = []

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["collect_inputs", "split_channels", "PostprocParams", "TileSettings", "mpp_scale", "to_model_mpp",
            "instances_to_input", "InferenceReport", "OutputSink", "postprocess_and_write", "WindowProgress",
-           "run_inference", "check_output_dir", "SUMMARY_NAME", "RUN_INFO_NAME"]
+           "run_inference", "check_output_dir", "run_record", "SUMMARY_NAME", "RUN_INFO_NAME"]
 
 RUN_INFO_NAME = "run_info.json"  # which model and settings made the outputs in a folder
 _RUN_INFO_NOTES = ("model_path",)  # recorded for the reader, not compared: weights are compared by content
@@ -194,6 +194,17 @@ class PostprocParams:
         """``{name: value}``: keyword arguments of :func:`src.postproc.process`, and the ``postproc`` record of
         ``run_info.json``."""
         return asdict(self)
+
+
+def run_record(weights, cfg, mpp: float | None = None) -> dict:
+    """What ``run_info.json`` records of a run, the same for ``infer.py`` and ``xla_runner infer`` so that either
+    resumes a folder the other wrote: the weights by content and path (``ModelWeights.run_identity``), the
+    post-processing, and ``--mpp`` with the model's resolution when given (folders of runs without it stay as
+    they were)."""
+    record = {**weights.run_identity(), "postproc": PostprocParams.from_config(cfg).kwargs()}
+    if mpp is not None:
+        record.update(mpp=mpp, model_mpp=float(cfg.WSI.MODEL_MPP))
+    return record
 
 
 @dataclass(frozen=True)

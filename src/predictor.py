@@ -21,19 +21,12 @@ from tensorpack.tfutils import sesscreate
 
 from misc.io import InputError
 from src.model.graph import INFERENCE_INPUTS, HoVerNet, check_inference_tensors, inference_output_names
-from src.model.weights import (
-    NOT_WEIGHTS,
-    NonFiniteWeightsError,
-    WeightsMismatchError,
-    make_session_init,
-    read_weight_shapes,
-)
+from src.model.weights import NonFiniteWeightsError, WeightsMismatchError, make_session_init, read_weight_shapes
+from src.model.weights_file import NOT_WEIGHTS, ModelWeights, detect_nr_types
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HoVerNetPredictor", "detect_nr_types", "session_config", "stack_outputs", "TP_HEAD_BIAS"]
-
-TP_HEAD_BIAS = "conv_out_tp/b"  # the type head's bias: its length is nr_types
+__all__ = ["HoVerNetPredictor", "session_config", "stack_outputs"]
 
 
 def session_config():
@@ -46,18 +39,14 @@ def session_config():
     return config
 
 
-def detect_nr_types(weight_shapes: dict[str, tuple]) -> int | None:
-    """Number of type channels of the network stored in a weights file; None when it has no tp branch."""
-    shape = weight_shapes.get(TP_HEAD_BIAS)
-    return int(shape[0]) if shape else None
-
-
 class HoVerNetPredictor:
     """Callable ``batch (N x in x in x 3, RGB 0..255) -> N x out x out x C float32`` for one weights file.
 
     Args:
-        model_path: a train.py checkpoint (prefix, ``.index`` file or run directory) or an ``.npz``.
-        cfg: finalised config (geometry, data format). The number of types is read from the file.
+        weights: an opened :class:`src.model.weights_file.ModelWeights` (``open_model``: its arrays are not read
+            again), or the path of a ``train.py`` checkpoint (prefix, ``.index`` file or run directory) or ``.npz``.
+        cfg: finalised config (geometry, data format); default: the ``ModelWeights``' own. The number of types
+            is read from the file.
 
     Raises :class:`misc.io.InputError` when the file is missing or unreadable and when its variables do
     not fit the network (the message lists them); ``KeyError`` from
@@ -65,10 +54,17 @@ class HoVerNetPredictor:
     fetches (a code mismatch, not a bad file).
     """
 
-    def __init__(self, model_path, cfg):
-        model_path = os.fspath(model_path)
+    def __init__(self, weights: ModelWeights | str | os.PathLike, cfg=None):
+        if cfg is None:
+            if not isinstance(weights, ModelWeights):
+                raise TypeError("a weights path needs its cfg; open_model() gives both")
+            cfg = weights.cfg
+        model_path = weights.path if isinstance(weights, ModelWeights) else os.fspath(weights)
         try:
-            shapes = read_weight_shapes(model_path)
+            if isinstance(weights, ModelWeights) and weights.arrays is not None:
+                shapes = {k: v.shape for k, v in weights.arrays.items()}
+            else:
+                shapes = read_weight_shapes(model_path)
         except FileNotFoundError as exc:
             raise InputError(f"--model {model_path}: {exc}") from exc
         except Exception as exc:  # also TensorFlow's own error types for corrupt checkpoints
@@ -87,7 +83,7 @@ class HoVerNetPredictor:
         predict_config = PredictConfig(
             tower_func=build_and_check, input_signature=model.get_input_signature(),
             input_names=list(INFERENCE_INPUTS), output_names=self.output_names,
-            session_init=make_session_init(model_path, strict=True),
+            session_init=make_session_init(weights, strict=True),
             session_creator=sesscreate.NewSessionCreator(config=session_config()))
         try:
             self._predict = OfflinePredictor(predict_config)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,31 +37,39 @@ from tensorpack.callbacks import Callback, Inferencer
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.utils import logger as tp_logger
 
-from misc.io import InputError, move_aside, write_json_atomic
+from misc.io import InputError
 from misc.viz import plot_training_curves
 from opt.schedules import Phase, get_phase, get_schedule
 from src.config import check_value
 from src.inference import predict_tile
 from src.model.graph import INFERENCE_INPUTS, NP_DICE_NAME, NP_DICE_SUMS, HoVerNet, inference_output_names
 from src.model.weights import make_session_init
+from src.model.weights_file import checkpoint_prefix
 from src.predictor import stack_outputs
+from src.run_folder import (
+    BEST_CHECKPOINT,
+    check_run_dir,
+    last_epoch,
+    mark_finished,
+    phase_start,
+    prepare_run_dir,
+    record_run,
+    stats_records,
+)
+from src.run_folder import (
+    phase_dir as phase_dir_of,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunState", "inspect_run_dir", "check_run_dir", "prepare_run_dir", "select_trainer", "make_callbacks",
-           "train_phase", "train", "resume_point", "TrainingIncompleteError", "PooledDice", "Towers", "TrainOptions",
-           "Dataflows", "VALID_STAT", "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY", "TileValidation",
-           "TILE_STAT_PREFIX", "best_stat"]
+__all__ = ["select_trainer", "make_callbacks", "train_phase", "train", "resume_point", "TrainingIncompleteError",
+           "PooledDice", "Towers", "TrainOptions", "Dataflows", "VALID_STAT", "TileValidation", "TILE_STAT_PREFIX",
+           "best_stat"]
 
 # The validation statistic and the name of its best checkpoint.
 VALID_STAT = f"validation_{NP_DICE_NAME}"
 # Scores of the post-processed held-out tiles (TileValidation) are recorded as 'tiles_<score>', e.g. 'tiles_pq'.
 TILE_STAT_PREFIX = "tiles_"
-BEST_CHECKPOINT = "model-best"
-FINISHED_MARKER = "finished.json"  # written when a phase has run all its epochs ({"epochs": N, ...})
-RUN_HISTORY = "run_history.jsonl"  # one JSON line per start of a phase (run.json keeps the first settings)
-# What a start that failed before training leaves behind (tensorpack's log, our settings): not a run yet.
-_STARTUP_FILES = {"log.log", "run.json", RUN_HISTORY}
 
 
 class TrainingIncompleteError(RuntimeError):
@@ -136,54 +143,6 @@ class TrainOptions:
     overwrite: bool = False
 
 
-@dataclass(frozen=True)
-class RunState:
-    """What a phase directory holds: nothing, an interrupted run (resumable) or a finished run."""
-
-    kind: str  # 'new' | 'resume' | 'finished' | 'foreign'
-    last_epoch: int | None = None
-
-
-def inspect_run_dir(path: str | os.PathLike, epochs: int | None = None) -> RunState:
-    """Classify ``path`` without touching it. 'foreign' = non-empty but not a run of ours.
-
-    With ``epochs`` (the number now requested), a phase that finished with fewer epochs counts as
-    'resume': it continues from its last checkpoint up to ``epochs``. A folder holding only what a
-    failed start leaves (``log.log``, ``run.json``) is 'new'.
-    """
-    path = Path(path)
-    if not path.exists():
-        return RunState("new")
-    if not path.is_dir():
-        return RunState("foreign")
-    entries = {p.name for p in path.iterdir() if not p.name.startswith(".")}
-    if entries <= _STARTUP_FILES:
-        return RunState("new")
-    last_epoch = _last_epoch(path)
-    has_checkpoint = (path / "checkpoint").is_file()
-    if (path / FINISHED_MARKER).is_file():
-        done = _finished_epochs(path, last_epoch)
-        if epochs is not None and has_checkpoint and (done is None or done < epochs):
-            return RunState("resume", last_epoch)
-        return RunState("finished", last_epoch)
-    if has_checkpoint:
-        return RunState("resume", last_epoch)
-    if (path / "run.json").is_file():  # started, died before the first checkpoint: nothing to keep
-        return RunState("new")
-    return RunState("foreign")
-
-
-def _last_epoch(path: Path) -> int | None:
-    stats = path / "stats.json"
-    if not stats.is_file():
-        return None
-    try:
-        records = json.loads(stats.read_text())
-    except json.JSONDecodeError:
-        return None
-    return records[-1]["epoch_num"] if records else None
-
-
 def resume_point(path: str | os.PathLike, steps_per_epoch: int) -> tuple[Path | None, int]:
     """(checkpoint prefix to restore or None, first epoch to run) for resuming the phase in ``path``.
 
@@ -196,77 +155,19 @@ def resume_point(path: str | os.PathLike, steps_per_epoch: int) -> tuple[Path | 
     that checkpoint is gone is the latest one used, its epoch derived from its step.
     """
     path = Path(path)
-    records = _stats_records(path)
+    records = stats_records(path)
     epoch, step = (records[-1]["epoch_num"], records[-1]["global_step"]) if records else (0, 0)
     if (path / f"model-{step}.index").is_file():
         return path / f"model-{step}", epoch + 1
     if epoch == 0:
         return None, 1
-    latest = tf.train.latest_checkpoint(str(path))
-    if latest is None:
-        raise InputError(f"{path}: stats.json records epoch {epoch} but no checkpoint is left to resume from")
+    try:
+        latest = checkpoint_prefix(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: stats.json records epoch {epoch} but no checkpoint is left to resume from") from None
     latest_step = int(latest.rsplit("-", 1)[1])
     log.warning("%s: no checkpoint at the step of epoch %d (%d); resuming from %s", path, epoch, step, latest)
     return Path(latest), latest_step // steps_per_epoch + 1
-
-
-def _stats_records(path: Path) -> list:
-    try:
-        return json.loads((path / "stats.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-
-
-def _finished_epochs(path: Path, last_epoch: int | None) -> int | None:
-    """Epochs a finished phase ran: its marker's "epochs", else the last epoch in stats.json."""
-    try:
-        epochs = json.loads((path / FINISHED_MARKER).read_text()).get("epochs")
-    except (json.JSONDecodeError, AttributeError, OSError):
-        epochs = None
-    return epochs if isinstance(epochs, int) else last_epoch
-
-
-def _refusal(path: Path, state: RunState) -> InputError:
-    what = "a finished run" if state.kind == "finished" else "files that are not a training run"
-    return InputError(f"{path} already holds {what}; choose another --out_dir or pass --overwrite "
-                      "(the old directory is kept as <dir>.old-<time>)")
-
-
-def check_run_dir(path: str | os.PathLike, overwrite: bool, epochs: int | None = None,
-                  skip_finished: bool = False) -> RunState:
-    """Inspect a phase directory (:func:`inspect_run_dir`) and refuse what must not be touched; changes nothing.
-
-    The one place that decides the refusal: without ``overwrite``, a directory that is not a run, and a finished
-    run unless ``skip_finished`` (:func:`train` skips finished phases), raise :class:`InputError`.
-    """
-    path = Path(path)
-    state = inspect_run_dir(path, epochs)
-    refused = ("foreign",) if skip_finished else ("finished", "foreign")
-    if not overwrite and state.kind in refused:
-        raise _refusal(path, state)
-    return state
-
-
-def prepare_run_dir(path: str | os.PathLike, overwrite: bool, epochs: int | None = None) -> RunState:
-    """Decide what to do with a phase directory; never destroys a previous run.
-
-    A new or half-started directory is used as is; an interrupted run, or one that finished with
-    fewer than ``epochs`` epochs, is resumed from its last checkpoint (the same command simply
-    continues; the finished marker of a shorter run is removed); a finished run, or a non-empty
-    directory that is not a run, is refused (:func:`check_run_dir`). With ``overwrite`` every directory that
-    is not new (finished, interrupted or foreign) is moved aside to ``<path>.old-<timestamp>``, never deleted,
-    so the phase starts afresh.
-    """
-    path = Path(path)
-    state = check_run_dir(path, overwrite, epochs)
-    if overwrite and state.kind != "new":
-        log.warning("moved the existing %s to %s", path, move_aside(path))
-        state = RunState("new")
-    if state.kind == "resume" and (path / FINISHED_MARKER).is_file():
-        log.info("%s finished after epoch %s; continuing to epoch %s", path, state.last_epoch, epochs)
-        (path / FINISHED_MARKER).unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    return state
 
 
 def select_trainer(num_towers: int):
@@ -416,32 +317,6 @@ def make_callbacks(phase: Phase, valid_df, towers: Towers, max_to_keep: int = 2,
     return callbacks
 
 
-def _last_step_checkpoint(phase_dir: Path) -> Path | None:
-    """``phase_dir/model-<step>`` with the largest global step among its ``.index`` files, else None."""
-    steps = []
-    for index in phase_dir.glob("model-*.index"):
-        step = index.name[len("model-"):-len(".index")]
-        if step.isdigit():
-            steps.append(int(step))
-    return phase_dir / f"model-{max(steps)}" if steps else None
-
-
-def phase_init_checkpoint(out_dir: Path, phase_index: int, init: str = "last") -> Path | None:
-    """The checkpoint a phase starts from when its init is 'previous' (``cfg.TRAIN.PHASE2_INIT``).
-
-    ``init='last'`` (published: the released ``train.py`` loads ``model-<max global_step>``): the previous
-    phase's checkpoint with the largest global step; ``'best'``: its ``model-best`` (highest validation NP
-    Dice). Either falls back to the other when it is missing; None when the previous phase has neither.
-    """
-    check_value("TRAIN.PHASE2_INIT", init)
-    previous = out_dir / f"phase{phase_index - 1}"
-    best = previous / BEST_CHECKPOINT if (previous / f"{BEST_CHECKPOINT}.index").is_file() else None
-    last = _last_step_checkpoint(previous)
-    if last is None and (previous / "checkpoint").is_file() and tf.train.latest_checkpoint(str(previous)):
-        last = Path(tf.train.latest_checkpoint(str(previous)))
-    return (last or best) if init == "last" else (best or last)
-
-
 def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, dataflows: Dataflows) -> Path:
     """Train one phase into ``options.out_dir/phase<k>``; returns that directory.
 
@@ -455,19 +330,13 @@ def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, data
     ``dataflows`` builds the phase's training (and, with ``options.valid_dir``, validation) batches.
     """
     out_dir = Path(options.out_dir)
-    phase_dir = out_dir / f"phase{phase_index}"
+    phase_dir = phase_dir_of(out_dir, phase_index)
     towers, train_dir, valid_dir = options.towers, options.train_dir, options.valid_dir
     max_epoch = options.epochs if options.epochs is not None else phase.epochs
     check_run_dir(phase_dir, options.overwrite, max_epoch)
 
     # Weights and data first: a bad --pretrained or patch folder fails before anything is written.
-    init_path = options.pretrained
-    if init_path is None and phase.init == "previous":
-        init_path = phase_init_checkpoint(out_dir, phase_index, cfg.TRAIN.PHASE2_INIT)
-        if init_path is None:
-            raise InputError(f"phase {phase_index} starts from phase {phase_index - 1}, but "
-                             f"{out_dir / f'phase{phase_index - 1}'} has no checkpoint; train that phase "
-                             "first or pass --pretrained")
+    init_path = phase_start(out_dir, phase_index, phase.init, cfg.TRAIN.PHASE2_INIT, options.pretrained)
     if init_path is None and phase.init != "scratch":
         log.warning("phase %d starts from random weights: no --pretrained ImageNet .npz was given", phase_index)
     session_init = make_session_init(str(init_path), strict=False) if init_path is not None else None
@@ -490,7 +359,7 @@ def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, data
     if state.kind == "resume":
         log.info("resuming %s after epoch %s", phase_dir, state.last_epoch)
     tp_logger.set_logger_dir(str(phase_dir), action="k")
-    _record_run(phase_dir, state, {
+    record_run(phase_dir, state, {
         "phase": phase.name, "towers": towers.count, "batch_size_per_tower": batch_size, "epochs": max_epoch,
         "steps_per_epoch": steps_per_epoch, "init": str(init_path), "train_dir": str(train_dir),
         "valid_dir": str(valid_dir) if valid_dir else None, "config": cfg.to_dict()})
@@ -515,37 +384,12 @@ def train_phase(cfg, phase: Phase, phase_index: int, options: TrainOptions, data
         launch_train_with_config(train_config, select_trainer(towers.count))
     # tensorpack returns normally when its loop ends early (StopTraining, OutOfRangeError from the data),
     # so only the epoch history says whether the phase is complete.
-    last_epoch = _last_epoch(phase_dir) or 0
-    if last_epoch < max_epoch:
-        raise TrainingIncompleteError(f"training stopped after epoch {last_epoch} of {max_epoch}; "
+    ran = last_epoch(phase_dir) or 0
+    if ran < max_epoch:
+        raise TrainingIncompleteError(f"training stopped after epoch {ran} of {max_epoch}; "
                                       f"see {phase_dir / 'log.log'}")
-    finished = {"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_json_atomic(phase_dir / FINISHED_MARKER, finished)
+    mark_finished(phase_dir, max_epoch)
     return phase_dir
-
-
-def _record_run(phase_dir: Path, state: RunState, settings: dict) -> None:
-    """Keep the settings of every start: run.json holds the first, run_history.jsonl one line per start.
-
-    On a resume, settings that differ from run.json (towers, batch size, config) are logged as a warning.
-    """
-    settings = json.loads(json.dumps(settings, default=str))
-    first = phase_dir / "run.json"
-    if state.kind == "new" or not first.is_file():
-        write_json_atomic(first, settings, indent=1)
-    else:
-        try:
-            original = json.loads(first.read_text())
-        except json.JSONDecodeError:
-            original = {}
-        changed = [key for key in ("towers", "batch_size_per_tower", "steps_per_epoch", "config")
-                   if key in original and original[key] != settings[key]]
-        if changed:
-            log.warning("resuming %s with different %s than it started with (see %s and %s)", phase_dir,
-                        ", ".join(changed), first, phase_dir / RUN_HISTORY)
-    record = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "start": state.kind, "argv": sys.argv, **settings}
-    with open(phase_dir / RUN_HISTORY, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
 
 
 def train(cfg, options: TrainOptions, dataflows: Dataflows) -> list[Path]:

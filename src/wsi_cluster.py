@@ -31,14 +31,24 @@ class ModelFactory:
 
     model_path: str
     overrides: tuple[str, ...] = ()
+    verbose: bool = False  # infer.py --verbose: tensorpack's and TensorFlow's full logs on the console too
+    log_file: str | None = None  # where the worker's full logs go (infer.py: <output>/infer.log)
 
     def __call__(self):
         import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-        from src.model.model_config import model_config
+        from misc.logs import attach_log_file, setup_logging
+
+        # a worker is a fresh process: without this it would print tensorpack's layer shapes and restored
+        # variables (hundreds of lines) whatever the client's console settings
+        setup_logging(self.verbose)
+        if self.log_file is not None:
+            attach_log_file(self.log_file)
+        from src.model.weights_file import open_model
         from src.predictor import HoVerNetPredictor
 
-        # the network recorded with the weights (bundled .npz, run.json), then --config, as infer.py builds it
-        return HoVerNetPredictor(self.model_path, model_config(self.model_path, list(self.overrides)))
+        # the network recorded with the weights (bundled .npz, run.json), then --config, as infer.py builds it;
+        # the file is read once in this process
+        return HoVerNetPredictor(open_model(self.model_path, self.overrides))
 
 
 class DieWithParent(WorkerPlugin):
@@ -103,21 +113,29 @@ def tissue_mask_files(spec: str | None, slides: list[Path]) -> dict[str, Path]:
     return {slides[0].stem: path}
 
 
-def infer_slides(slides: list[Path], args, cfg, type_info, run_info: dict):
-    """infer.py's whole-slide branch: settings from the config and CLI, a Dask client, :func:`src.wsi.run_wsi`."""
+def infer_slides(slides: list[Path], out_dir, weights, type_info, run_info: dict, *, formats,
+                 batch_size: int | None = None, gzip: bool = False, tissue_mask: str | None = None, workers: int = 1,
+                 scheduler: str | None = None, gpus: list[str] | None = None, mpp: float | None = None,
+                 overwrite: bool = False, progress: bool = True, verbose: bool = False):
+    """infer.py's whole-slide branch: settings from ``weights.cfg``, a Dask client (``workers`` embedded processes,
+    or the cluster at ``scheduler``; one per listed GPU id in ``gpus``), :func:`src.wsi.run_wsi`.
+
+    ``weights``: the opened :class:`src.model.weights_file.ModelWeights`; each worker reopens its file once, and
+    logs as the client does (quiet console unless ``verbose``; everything in ``<out_dir>/infer.log``).
+    """
     from misc.io import write_json_atomic
     from src.pipeline import RUN_INFO_NAME
     from src.wsi import WsiReport, run_wsi, slide_complete, wsi_settings
 
-    settings = wsi_settings(cfg, batch_size=args.batch_size, formats=args.formats, gzip_geojson=args.gzip)
-    masks = tissue_mask_files(args.tissue_mask, slides)
-    out_dir = Path(args.output)
+    settings = wsi_settings(weights.cfg, batch_size=batch_size, formats=formats, gzip_geojson=gzip)
+    masks = tissue_mask_files(tissue_mask, slides)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / RUN_INFO_NAME, run_info, indent=1, sort_keys=True, newline=True)
-    if not args.overwrite and all(slide_complete(out_dir, s.stem, settings) for s in slides):
+    if not overwrite and all(slide_complete(out_dir, s.stem, settings) for s in slides):
         return WsiReport(already_complete=[s.stem for s in slides])  # no cluster: it would spawn its workers
-    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()] if args.gpu else None
-    factory = ModelFactory(str(Path(args.model).resolve()), tuple(args.config))
-    with dask_client(args.workers, args.scheduler, gpus=gpus) as client:
-        return run_wsi(slides, out_dir, factory, type_info, settings, client=client, overwrite=args.overwrite,
-                       mpp=args.mpp, tissue_masks=masks, progress=not args.quiet)
+    factory = ModelFactory(str(Path(weights.path).resolve()), tuple(weights.overrides), verbose,
+                           str((out_dir / "infer.log").resolve()))
+    with dask_client(workers, scheduler, gpus=gpus) as client:
+        return run_wsi(slides, out_dir, factory, type_info, settings, client=client, overwrite=overwrite,
+                       mpp=mpp, tissue_masks=masks, progress=progress)

@@ -1,4 +1,4 @@
-"""src/model/bundle.py: bundled models as float16 .npz with their config, found by name by infer.py."""
+"""src/model/bundle.py: bundled models as float16 .npz with their config, found by name (src/model/weights_file.py)."""
 import json
 from pathlib import Path
 
@@ -10,9 +10,9 @@ from shrunk_networks import MICRO
 import infer
 from misc.io import InputError
 from src.config import config_from_args
-from src.model import bundle
-from src.model.model_config import METADATA_KEY, model_config, read_npz_metadata
+from src.model import bundle, weights_file
 from src.model.weights import read_weights, save_initial_weights
+from src.model.weights_file import METADATA_KEY, model_config, read_npz_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +54,16 @@ def test_bundle_is_float16_with_metadata_and_loads_back_as_float32(models_dir, t
 
 
 def test_names_resolve_to_bundled_files_and_unknown_names_list_them(models_dir, tmp_path):
-    assert bundle.resolve_model("tiny-test", models_dir) == str(models_dir / "tiny-test.npz")
-    assert bundle.resolve_model(str(models_dir / "tiny-test.npz"), models_dir).endswith("tiny-test.npz")
+    assert weights_file.locate_weights("tiny-test", models_dir) == str(models_dir / "tiny-test.npz")
+    assert weights_file.locate_weights(str(models_dir / "tiny-test.npz"), models_dir).endswith("tiny-test.npz")
     with pytest.raises(InputError, match=r"no such file, checkpoint or bundled model \(bundled: tiny-test\)"):
-        bundle.resolve_model("no-such-model", models_dir)
-    assert list(bundle.bundled_models(models_dir)) == ["tiny-test"]
-    assert bundle.bundled_models(tmp_path / "none") == {}
+        weights_file.locate_weights("no-such-model", models_dir)
+    assert list(weights_file.bundled_models(models_dir)) == ["tiny-test"]
+    assert weights_file.bundled_models(tmp_path / "none") == {}
 
 
 def test_infer_runs_a_bundled_model_by_name_with_its_recorded_network(models_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bundle, "MODELS_DIR", models_dir)
+    monkeypatch.setattr(weights_file, "MODELS_DIR", models_dir)
     assert infer.main(["--list-models"]) == 0
     assert "tiny-test: a test model [mode fast, preset small," in capsys.readouterr().out
     image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
@@ -97,7 +97,7 @@ def test_bundled_small_model_finds_the_nuclei_of_a_real_crop(tmp_path):
     if not SHARED_TEST.is_dir():
         pytest.skip(f"{SHARED_TEST} not present")
     out = tmp_path / "out"
-    assert "small-consep" in bundle.bundled_models()
+    assert "small-consep" in weights_file.bundled_models()
     assert infer.main(["--input", str(SHARED_TEST / "Images" / f"{REAL_CROP}.jpg"), "--output", str(out),
                        "--model", "small-consep", "--quiet", "--formats", "mat"]) == 0
     truth = load_label_mat(SHARED_TEST / "Labels" / f"{REAL_CROP}.mat")["inst_map"]

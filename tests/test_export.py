@@ -68,8 +68,9 @@ def test_forward_matches_tensorflow_predictor(xla_artifacts, tmp_path):
     from misc.io import read_image_rgb
     from src.config import config_from_args
     from src.inference import predict_tile
+    from src.model.weights_file import write_npz
     from src.predictor import HoVerNetPredictor
-    from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state, save_npz
+    from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state
 
     artifacts = Artifacts(xla_artifacts)
     weights, missing = initial_state(artifacts.find("forward", BATCH), seed=3)
@@ -81,7 +82,7 @@ def test_forward_matches_tensorflow_predictor(xla_artifacts, tmp_path):
             weights[name] = rng.normal(0, 0.1, weights[name].shape).astype(np.float32)
         elif name.endswith("/variance/EMA"):
             weights[name] = rng.uniform(0.5, 2.0, weights[name].shape).astype(np.float32)
-    save_npz(tmp_path / "w.npz", weights)
+    write_npz(tmp_path / "w.npz", weights)
     image = read_image_rgb(CROP)
     geometry = {"batch_size": BATCH, "input_shape": artifacts.input_shape, "output_shape": artifacts.output_shape}
     tf_maps = predict_tile(image, HoVerNetPredictor(tmp_path / "w.npz", config_from_args(XLA_TINY)), **geometry)

@@ -15,7 +15,7 @@ from tensorpack.tfutils import sesscreate
 from tensorpack.tfutils.tower import TowerContext
 
 from src.config import config_from_args
-from src.geometry import derive_geometry
+from src.geometry import MODES, derive_geometry
 from src.model.graph import (
     COST_NAME,
     DECODER_SCOPES,
@@ -290,7 +290,7 @@ def test_optimizer_reads_learning_rate_variable():
 def test_fast_mode_input_and_output_shapes(fast5):
     graph, model, _ = fast5
     assert model.inputs()[0].shape.as_list() == [None, 256, 256, 3]
-    assert model.geometry.output_shape == 232  # with one dense unit per stage (src/geometry.py)
+    assert model.cfg.MODEL.OUTPUT_SHAPE == 232  # with one dense unit per stage (src/geometry.py)
     assert {n: graph.get_tensor_by_name(f"{n}:0").shape.as_list() for n in inference_output_names(5)} == {
         "np_prob": [None, 232, 232, 2], "hv": [None, 232, 232, 2], "tp_prob": [None, 232, 232, 5]}
     kernels = {v.op.name: v.shape.as_list() for v in _trainable(graph)}
@@ -388,7 +388,7 @@ def test_fast_mode_shapes_and_parameter_counts(fast5, train5):
     """Fast mode changes exactly the decoder's k x k kernels (5x5 -> 3x3), so its full-size counts follow from
     the published original ones by the hand count; checked on the MICRO network in both modes."""
     graph, model, _ = fast5
-    assert model.geometry.mode == "fast"
+    assert model.layers == MODES["fast"]
     fast = {v.op.name: tuple(v.shape.as_list()) for v in _trainable(graph)}
     original = {v.op.name: tuple(v.shape.as_list()) for v in _trainable(train5[0])}
     assert set(fast) == set(original)  # the same variables, named the same

@@ -69,3 +69,49 @@ def test_the_rule_is_acyclic_and_sees_the_imports():
     # The parser finds imports inside functions too (src/wsi_cluster.py imports src.predictor in one).
     assert {"src", "misc"} <= _imported_tops(ROOT / "src" / "wsi_cluster.py")
     assert _imported_tops(ROOT / "train.py") >= {"src", "dataset", "misc"}
+
+
+# The modules whose import loads TensorFlow or tensorpack (ARCHITECTURE.md, "Layers"). Every other module of the
+# packages is importable without them, so the numpy cores, the weights-file and run-folder owners and the XLA
+# runner work on a machine with numpy alone; a command line imports a TensorFlow module only inside the function
+# that needs it.
+TENSORFLOW_MODULES = {
+    "src/model/graph.py", "src/model/losses.py", "src/model/weights.py", "src/model/export.py", "src/predictor.py",
+    "src/training.py", "dataset/dataflow.py", "benchmarks/dataflow_speed.py", "benchmarks/infer_speed.py",
+    "benchmarks/overfit.py",
+}
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Dotted names imported when the module at ``path`` is imported: module-body imports, not function bodies."""
+    names = set()
+
+    def visit(nodes):
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                visit([n for field in ("body", "orelse", "finalbody", "handlers") for n in getattr(node, field, [])])
+            elif isinstance(node, ast.ExceptHandler):
+                visit(node.body)
+
+    visit(ast.parse(path.read_text(), filename=str(path)).body)
+    return names
+
+
+def test_only_the_tensorflow_modules_import_tensorflow():
+    tf_modules = {p[:-3].replace("/", ".") for p in TENSORFLOW_MODULES}
+    found = set()
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative in TENSORFLOW_MODULES:
+                continue
+            for name in _module_level_imports(path):
+                if name.split(".")[0] in ("tensorflow", "tensorpack") or name in tf_modules:
+                    found.add((relative, name))
+    assert found == set()
+    assert all((ROOT / p).is_file() for p in TENSORFLOW_MODULES)  # the list names real files

@@ -14,8 +14,8 @@ import pytest
 import infer
 from metrics.compute_stats import main as compute_stats
 from misc.io import load_label_mat
-from src.model.model_config import model_config
-from src.predictor import TP_HEAD_BIAS, HoVerNetPredictor, detect_nr_types
+from src.model.weights_file import model_config
+from src.predictor import HoVerNetPredictor
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,6 @@ def images(tmp_path):
         image = rng.integers(0, 255, size=shape + (3,), dtype=np.uint8)
         cv2.imwrite(str(folder / f"{name}.png"), image)
     return folder
-
-
-def test_detect_nr_types():
-    assert detect_nr_types({TP_HEAD_BIAS: (5,), "conv0/W": (7, 7, 3, 64)}) == 5
-    assert detect_nr_types({"conv0/W": (7, 7, 3, 64)}) is None
 
 
 def test_predictor_output_layout(weights_npz, shared_predictor):
@@ -167,7 +162,7 @@ def test_gpu_asked_but_none_visible_warns(images, tmp_path, monkeypatch, caplog)
 class _FakePredictor:
     """Stands in for HoVerNetPredictor (no graph): np+hv maps of nothing, or a failure on call ``fail_at``."""
 
-    def __init__(self, model_path, cfg, fail_at=None, error=KeyboardInterrupt):
+    def __init__(self, weights, cfg=None, fail_at=None, error=KeyboardInterrupt):
         self.nr_types, self.calls, self.fail_at, self.error = 5, 0, fail_at, error
 
     def __call__(self, batch):
@@ -183,7 +178,7 @@ def test_ctrl_c_is_one_line_and_exit_130(images, tmp_path, monkeypatch, capsys):
     """Issue 13.9: Ctrl-C prints 'interrupted; N images done, rerun to resume' and exits 130, no traceback."""
     import src.predictor
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", lambda path, cfg: _FakePredictor(path, cfg, fail_at=2))
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", lambda weights: _FakePredictor(weights, fail_at=2))
     model = tmp_path / "m.npz"
     np.savez(model, w=np.zeros(3, np.float32))  # --model must exist; the fake predictor never reads it
     code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(model), "--quiet"])

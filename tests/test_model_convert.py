@@ -21,8 +21,8 @@ import infer
 from src.config import config_from_args
 from src.model import convert
 from src.model.graph import INFERENCE_INPUTS, HoVerNet, inference_output_names
-from src.model.model_config import model_config, read_npz_metadata
 from src.model.weights import match_weights, read_weights
+from src.model.weights_file import model_config, read_npz_metadata
 
 pytestmark = pytest.mark.slow
 tf1 = tf.compat.v1
@@ -150,7 +150,7 @@ def test_original_mode_without_types_checked_against_its_graph(fast_graph, tmp_p
 def test_infer_picks_up_the_fast_geometry_from_the_npz(fast_graph, tmp_path, monkeypatch):
     """infer.py with a converted fast-mode .npz and no --config: windows of 256, outputs of 164, PanNuke's type
     names. The predictor is a recording stand-in: the real one on a file's recorded network is run by
-    tests/test_bundle.py and tests/test_model_config.py, and this file's network by the round trip above."""
+    tests/test_bundle.py and tests/test_weights_file.py, and this file's network by the round trip above."""
     import src.predictor
 
     _, _, variables, _ = fast_graph
@@ -161,8 +161,9 @@ def test_infer_picks_up_the_fast_geometry_from_the_npz(fast_graph, tmp_path, mon
     seen = []
 
     class Recording:
-        def __init__(self, model_path, cfg):
-            seen.append((model_path, cfg.MODEL.MODE, cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE))
+        def __init__(self, weights):
+            cfg = weights.cfg
+            seen.append((weights.path, cfg.MODEL.MODE, cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE))
             self.nr_types = cfg.MODEL.NR_TYPES
 
         def __call__(self, batch):

@@ -32,3 +32,24 @@ def test_predictor_sessions_use_tensorflows_thread_count():
     config = session_config()
     assert config.intra_op_parallelism_threads == 0  # every core, or $TF_NUM_INTRAOP_THREADS
     assert config.allow_soft_placement and config.gpu_options.allow_growth  # tensorpack's other defaults kept
+
+
+def test_predictor_from_an_opened_model_does_not_read_the_file_again(micro_weights_npz, tmp_path):
+    """open_model reads an .npz once (issue 21.1): the predictor restores the arrays it holds, so the same maps come
+    out after the file is gone."""
+    import numpy as np
+
+    from src.model.weights_file import open_model
+
+    copy = tmp_path / "copy.npz"
+    copy.write_bytes(micro_weights_npz.read_bytes())
+    weights = open_model(copy)
+    copy.unlink()
+    predictor = HoVerNetPredictor(weights)
+    assert predictor.nr_types == 5
+    windows = np.random.default_rng(0).integers(0, 255, (2, weights.cfg.MODEL.INPUT_SHAPE,
+                                                        weights.cfg.MODEL.INPUT_SHAPE, 3)).astype(np.float32)
+    reference = HoVerNetPredictor(micro_weights_npz, weights.cfg)
+    np.testing.assert_array_equal(predictor(windows), reference(windows))
+    with pytest.raises(TypeError, match="needs its cfg"):
+        HoVerNetPredictor(micro_weights_npz)

@@ -3,9 +3,10 @@ the same way: the learning rate of every epoch and the checkpoint phase 2 starts
 import pytest
 from tensorpack.callbacks import ScheduledHyperParamSetter
 
+import src.training as tp_train
 import xla_runner.train as xla_train
 from opt.schedules import SCHEDULES, get_phase, lr_for_epoch
-from src.training import phase_init_checkpoint
+from src.run_folder import phase_init_checkpoint
 
 
 def _tensorpack_lr(phase, epoch: int) -> float:
@@ -34,7 +35,9 @@ def test_published_drop_after_epoch_25():
 
 @pytest.mark.parametrize("init", ["last", "best"])
 def test_both_trainers_start_phase_2_from_the_same_epoch(tmp_path, init):
-    """Phase 1 ran 3 epochs, its best at epoch 2: 'last' (published) starts from epoch 3 in both trainers."""
+    """Phase 1 ran 3 epochs, its best at epoch 2: 'last' (published) starts from epoch 3 in both trainers, which
+    share the rule (src.run_folder) and differ only in their checkpoints' names."""
+    assert tp_train.phase_start is xla_train.phase_start  # the rule and its refusal, in src.run_folder
     tp_run, xla_run = tmp_path / "tp", tmp_path / "xla"
     (tp_run / "phase1").mkdir(parents=True)
     (xla_run / "phase1").mkdir(parents=True)
@@ -44,7 +47,7 @@ def test_both_trainers_start_phase_2_from_the_same_epoch(tmp_path, init):
     (tp_run / "phase1" / "model-best.index").write_bytes(b"")
     (xla_run / "phase1" / "model-best.npz").write_bytes(b"")
     tp_start = phase_init_checkpoint(tp_run, 2, init)
-    xla_start = xla_train.phase_init_file(xla_run, 2, init)
+    xla_start = phase_init_checkpoint(xla_run, 2, init)
     assert tp_start.name == ("model-30" if init == "last" else "model-best")
     assert xla_start.name == ("model-epoch3.npz" if init == "last" else "model-best.npz")
-    assert xla_train.phase_init_file(tmp_path / "none", 2, init) is None
+    assert phase_init_checkpoint(tmp_path / "none", 2, init) is None

@@ -22,6 +22,7 @@ from tensorpack import (
 )
 from tensorpack.dataflow import DataFromList
 from tensorpack.utils import logger
+from test_run_folder import finished_phase
 
 import train
 from dataset.dataflow import TrainingDataPreprocessor, get_train_dataflow, get_valid_dataflow
@@ -29,20 +30,8 @@ from misc.io import InputError, save_label_mat
 from src import training
 from src.config import config_from_args
 from src.model.graph import COST_NAME, HoVerNet
-from src.training import (
-    BEST_CHECKPOINT,
-    FINISHED_MARKER,
-    RUN_HISTORY,
-    Dataflows,
-    PooledDice,
-    Towers,
-    TrainOptions,
-    check_run_dir,
-    inspect_run_dir,
-    phase_init_checkpoint,
-    prepare_run_dir,
-    select_trainer,
-)
+from src.run_folder import BEST_CHECKPOINT, FINISHED_MARKER, RUN_HISTORY, inspect_run_dir
+from src.training import Dataflows, PooledDice, Towers, TrainOptions, select_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -80,79 +69,6 @@ def _args(patch_dir, out_dir, *extra, validate=True):
             "--steps_per_epoch", "2", "--workers", "0", *extra, "--config", *MICRO]
 
 
-def test_run_dir_states_and_refusals(tmp_path):
-    run = tmp_path / "run"
-    assert inspect_run_dir(run).kind == "new"
-    assert prepare_run_dir(run, overwrite=False).kind == "new" and run.is_dir()
-    (run / "checkpoint").write_text('model_checkpoint_path: "model-2"')
-    (run / "stats.json").write_text(json.dumps([{"epoch_num": 1, "global_step": 2}]))
-    state = prepare_run_dir(run, overwrite=False)
-    assert (state.kind, state.last_epoch) == ("resume", 1)
-    (run / FINISHED_MARKER).write_text("{}")
-    with pytest.raises(InputError, match="finished run"):
-        prepare_run_dir(run, overwrite=False)
-    assert prepare_run_dir(run, overwrite=True).kind == "new"
-    backups = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
-    assert len(backups) == 1 and (backups[0] / FINISHED_MARKER).is_file()  # moved aside, not deleted
-    assert list(run.iterdir()) == []
-    foreign = tmp_path / "photos"
-    foreign.mkdir()
-    (foreign / "holiday.jpg").write_bytes(b"x")
-    with pytest.raises(InputError, match="not a training run"):
-        prepare_run_dir(foreign, overwrite=False)
-
-
-def _finished_phase(path, epochs):
-    """A phase directory as a run of ``epochs`` epochs leaves it (checkpoint, history, marker)."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "checkpoint").write_text(f'model_checkpoint_path: "model-{2 * epochs}"')
-    (path / f"model-{2 * epochs}.index").write_bytes(b"")
-    (path / "stats.json").write_text(json.dumps([{"epoch_num": e, "global_step": 2 * e} for e in range(1, epochs + 1)]))
-    (path / FINISHED_MARKER).write_text(json.dumps({"epochs": epochs}))
-
-
-def test_run_dir_failed_start_short_run_and_overwrite(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "log.log").write_text("tensorpack log of a start that failed")
-    assert inspect_run_dir(run).kind == "new"  # what set_logger_dir leaves is not 'foreign'
-    (run / "run.json").write_text("{}")
-    assert prepare_run_dir(run, overwrite=False).kind == "new"
-
-    # A run finished after 1 epoch is finished for 1 epoch but resumable when 2 are asked for.
-    _finished_phase(run, 1)
-    assert inspect_run_dir(run, epochs=1).kind == "finished"
-    with pytest.raises(InputError, match="finished run"):
-        prepare_run_dir(run, overwrite=False, epochs=1)
-    state = prepare_run_dir(run, overwrite=False, epochs=2)
-    assert (state.kind, state.last_epoch) == ("resume", 1) and not (run / FINISHED_MARKER).exists()
-
-    # --overwrite moves an interrupted run aside too (a fresh start), and never over an earlier backup.
-    assert prepare_run_dir(run, overwrite=True).kind == "new" and list(run.iterdir()) == []
-    _finished_phase(run, 1)
-    assert prepare_run_dir(run, overwrite=True, epochs=5).kind == "new"
-    backups = sorted(p for p in tmp_path.iterdir() if p.name.startswith("run.old-"))
-    assert len(backups) == 2 and {(b / FINISHED_MARKER).exists() for b in backups} == {False, True}
-    assert all((b / "checkpoint").is_file() for b in backups)
-
-
-def test_check_run_dir_is_the_one_refusal_and_changes_nothing(tmp_path):
-    run = tmp_path / "run"
-    _finished_phase(run, 1)
-    before = sorted(p.name for p in run.iterdir())
-    with pytest.raises(InputError, match="finished run"):
-        check_run_dir(run, overwrite=False, epochs=1)
-    assert check_run_dir(run, overwrite=False, epochs=1, skip_finished=True).kind == "finished"  # train() skips it
-    assert check_run_dir(run, overwrite=False, epochs=2).kind == "resume"
-    assert check_run_dir(run, overwrite=True, epochs=1).kind == "finished"  # only prepare_run_dir moves it
-    assert sorted(p.name for p in run.iterdir()) == before
-    foreign = tmp_path / "photos"
-    foreign.mkdir()
-    (foreign / "holiday.jpg").write_bytes(b"x")
-    with pytest.raises(InputError, match="not a training run"):
-        check_run_dir(foreign, overwrite=False, skip_finished=True)
-
-
 def test_towers_are_the_one_place_that_knows_the_gpus(monkeypatch, caplog):
     monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind=None: [])
     assert Towers.detect([]) == Towers(count=1, on_gpu=False) == TrainOptions("t", "o").towers
@@ -176,7 +92,7 @@ def test_train_refuses_foreign_phase_before_any_work(tmp_path):
 def _fake_launch(epochs_done):
     """Stands in for launch_train_with_config: leaves what tensorpack would after ``epochs_done`` epochs."""
     def launch(config, trainer):
-        _finished_phase(Path(logger.get_logger_dir()), epochs_done)
+        finished_phase(Path(logger.get_logger_dir()), epochs_done)
         (Path(logger.get_logger_dir()) / FINISHED_MARKER).unlink()
     return launch
 
@@ -221,26 +137,6 @@ def test_select_trainer_from_tower_count():
     assert isinstance(select_trainer(2), SyncMultiGPUTrainerReplicated)
     with pytest.raises(ValueError):
         select_trainer(0)
-
-
-def test_phase2_init_last_or_best(tmp_path):
-    phase1 = tmp_path / "phase1"
-    phase1.mkdir()
-    assert phase_init_checkpoint(tmp_path, 2) is None
-    for name in ("model-40", "model-120", "model-80", f"{BEST_CHECKPOINT}"):
-        (phase1 / f"{name}.index").write_text("")
-    (phase1 / "model-9x.index").write_text("")  # not a step: ignored
-    assert phase_init_checkpoint(tmp_path, 2) == phase1 / "model-120"  # largest step, not newest name
-    assert phase_init_checkpoint(tmp_path, 2, "last") == phase1 / "model-120"
-    assert phase_init_checkpoint(tmp_path, 2, "best") == phase1 / BEST_CHECKPOINT
-    for name in ("model-40", "model-120", "model-80"):
-        (phase1 / f"{name}.index").unlink()
-    assert phase_init_checkpoint(tmp_path, 2, "last") == phase1 / BEST_CHECKPOINT  # falls back
-    with pytest.raises(ValueError, match="PHASE2_INIT"):
-        phase_init_checkpoint(tmp_path, 2, "first")
-    assert config_from_args().TRAIN.PHASE2_INIT == "last"
-    with pytest.raises(ValueError, match="PHASE2_INIT"):
-        config_from_args(["TRAIN.PHASE2_INIT=first"])
 
 
 def test_train_bad_input(tmp_path, capsys):

@@ -6,9 +6,7 @@ import pytest
 import tensorflow as tf
 
 from src.config import config_from_args
-from src.model.model_config import model_config, read_npz_metadata
 from src.model.weights import (
-    METADATA_KEY,
     WeightsMismatchError,
     graph_variable_shapes,
     initial_weights,
@@ -18,9 +16,8 @@ from src.model.weights import (
     model_metadata,
     read_weight_shapes,
     read_weights,
-    resolve_checkpoint,
-    save_npz,
 )
+from src.model.weights_file import METADATA_KEY, checkpoint_prefix, model_config, read_npz_metadata, write_npz
 
 tf1 = tf.compat.v1
 
@@ -76,7 +73,7 @@ def test_npz_metadata_round_trip(tmp_path, caplog):
     # mode, preset and type count always; other MODEL keys only where they differ from the preset's value;
     # never the derived geometry nor the machine's data format
     assert metadata == {"MODEL": {"MODE": "fast", "PRESET": "small", "NR_TYPES": 6, "DENSE_UNITS": [8, 4]}}
-    save_npz(tmp_path / "m.npz", {"conv0/W": np.ones((7, 7, 3, 8), np.float32)}, metadata)
+    write_npz(tmp_path / "m.npz", {"conv0/W": np.ones((7, 7, 3, 8), np.float32)}, metadata)
     with np.load(tmp_path / "m.npz") as data:
         assert data[METADATA_KEY].shape == () and data[METADATA_KEY].dtype.kind == "U"
     assert list(read_weights(tmp_path / "m.npz")) == ["conv0/W"]  # '__' keys are not variables
@@ -88,12 +85,12 @@ def test_npz_metadata_round_trip(tmp_path, caplog):
     again = model_config(tmp_path / "m.npz", ["MODEL.MODE=original"])
     assert (again.MODEL.MODE, again.MODEL.NR_TYPES, again.MODEL.ENCODER_UNITS) == ("original", 6, (2, 2, 2, 2))
     # no record, a checkpoint path, a missing file: nothing to apply
-    save_npz(tmp_path / "plain.npz", {"conv0/W": np.ones(1, np.float32)})
+    write_npz(tmp_path / "plain.npz", {"conv0/W": np.ones(1, np.float32)})
     for path in ("plain.npz", "train_log/model-100", "absent.npz"):
         assert read_npz_metadata(tmp_path / path) == {}
     # a record that is not a JSON object: said, and ignored
     np.savez(tmp_path / "bad.npz", **{METADATA_KEY: np.array("[1, 2]")})
-    with caplog.at_level(logging.WARNING, logger="src.model.model_config"):
+    with caplog.at_level(logging.WARNING, logger="src.model.weights_file"):
         assert read_npz_metadata(tmp_path / "bad.npz") == {}
     assert f"bad.npz: {METADATA_KEY} is not" in caplog.text
 
@@ -192,7 +189,7 @@ def _save_tiny_checkpoint(directory):
 
 def test_checkpoint_round_trip(tmp_path):
     prefix, expected = _save_tiny_checkpoint(tmp_path)
-    assert resolve_checkpoint(tmp_path) == prefix == resolve_checkpoint(prefix + ".index")
+    assert checkpoint_prefix(tmp_path) == prefix == checkpoint_prefix(prefix + ".index")
     for source in (tmp_path, prefix, prefix + ".index", tmp_path / "checkpoint"):
         weights = read_weights(source)
         assert set(weights) == set(expected) | {"conv0/W/Adam", "global_step"}
@@ -221,7 +218,7 @@ def test_checkpoint_strict_mismatch_and_missing_path(tmp_path):
     message = str(err.value)
     assert "conv0/W" in message and "decoder_only/W" in message and "graph_only/W" in message
     with pytest.raises(FileNotFoundError):
-        resolve_checkpoint(tmp_path / "nothing")
+        checkpoint_prefix(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError):
         make_session_init(str(tmp_path / "missing.npz"), strict=False)
 

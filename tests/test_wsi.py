@@ -339,9 +339,11 @@ def test_die_with_parent_sets_the_signal():
 
 
 @pytest.mark.slow
-def test_infer_cli_slide_with_the_real_network(tmp_path, scene, micro_weights_npz, monkeypatch, capsys):
+def test_infer_cli_slide_with_the_real_network(tmp_path, scene, micro_weights_npz, monkeypatch, capfd):
     """infer.py --mode auto on a slide: one embedded worker process builds the network of the session's
-    stand-in weights (conftest.py: the MICRO network, 270 -> 216) and runs one tile of 2 x 2 windows."""
+    stand-in weights (conftest.py: the MICRO network, 270 -> 216) and runs one tile of 2 x 2 windows. The worker
+    logs as infer.py does (issue 22.11): its console shows no layer shapes nor restored variables (it printed
+    93 shapes and an 11.8 KB line), infer.log gets them."""
     folder = tmp_path / "in"
     folder.mkdir()
     write_slide(folder / "slide.tif", scene[:400, :400])
@@ -349,6 +351,11 @@ def test_infer_cli_slide_with_the_real_network(tmp_path, scene, micro_weights_np
     argv = ["--input", str(folder), "--output", str(out), "--model", str(micro_weights_npz), "--quiet",
             "--batch_size", "4", "--config", "WSI.TILE_SIZE=432"]
     assert infer.main(argv) == 0
+    console = capfd.readouterr()
+    shown = console.out + console.err
+    assert "'conv0': [?" not in shown and "Variables to restore" not in shown
+    log = (out / "infer.log").read_text()
+    assert "'conv0': [?" in log and "Variables to restore" in log  # the worker's, in the file only
     for name in ("slide.json", "slide.geojson", "slide.png", "summary.csv", "run_info.json"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "slide.json").read_text())
@@ -360,7 +367,7 @@ def test_infer_cli_slide_with_the_real_network(tmp_path, scene, micro_weights_np
 
     monkeypatch.setattr(src.wsi_cluster, "dask_client", None)  # a rerun with nothing to do starts no cluster
     assert infer.main(argv) == 0  # resume: everything complete
-    assert "0 slide(s) written, 1 already complete" in capsys.readouterr().out
+    assert "0 slide(s) written, 1 already complete" in capfd.readouterr().out
 
 
 def test_slide_reader_errors(tmp_path):

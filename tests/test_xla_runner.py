@@ -51,13 +51,14 @@ def test_epoch_datapoints_are_whole_passes_and_reproducible():
 
 
 def test_train_resumes_exactly_after_a_kill(xla_artifacts, tmp_path):
-    from xla_runner.artifacts import Artifacts, initial_state, read_npz, save_npz
+    from src.model.weights_file import read_npz, write_npz
+    from xla_runner.artifacts import Artifacts, initial_state
     from xla_runner.train import train_phase
 
     artifacts = Artifacts(xla_artifacts)
     train_dir = _patches(tmp_path / "train", 3, seed=1)
     valid_dir = _patches(tmp_path / "valid", 2, seed=2)
-    save_npz(tmp_path / "init.npz", initial_state(artifacts.find("train_step", phase=2), seed=4)[0])
+    write_npz(tmp_path / "init.npz", initial_state(artifacts.find("train_step", phase=2), seed=4)[0])
     kwargs = {"pretrained": tmp_path / "init.npz", "epochs": 2, "steps_per_epoch": 1, "seed": 7}
 
     whole = train_phase(artifacts, 2, train_dir, valid_dir, tmp_path / "whole", **kwargs)
@@ -76,7 +77,7 @@ def test_train_resumes_exactly_after_a_kill(xla_artifacts, tmp_path):
     assert not (killed / "finished.json").exists()
     resumed = train_phase(artifacts, 2, train_dir, valid_dir, tmp_path / "killed", **kwargs)
 
-    final, again = read_npz(whole / "model-epoch2.npz"), read_npz(resumed / "model-epoch2.npz")
+    final, again = read_npz(whole / "model-epoch2.npz")[0], read_npz(resumed / "model-epoch2.npz")[0]
     assert sorted(final) == sorted(again)
     for name in final:
         np.testing.assert_array_equal(final[name], again[name], err_msg=name)
@@ -88,7 +89,7 @@ def test_train_resumes_exactly_after_a_kill(xla_artifacts, tmp_path):
     for name in ("model-best.npz", "curves.png", "finished.json"):
         assert (resumed / name).is_file()
     assert "conv0/W/Adam" in final  # the checkpoint carries Adam's state
-    from src.model.model_config import model_config, read_npz_metadata
+    from src.model.weights_file import model_config, read_npz_metadata
 
     # the graph's settings are recorded, so infer.py / train.py rebuild the exported graph from the file alone
     assert read_npz_metadata(resumed / "model-epoch2.npz") == artifacts.manifest["weights_metadata"]
@@ -97,13 +98,14 @@ def test_train_resumes_exactly_after_a_kill(xla_artifacts, tmp_path):
 
 def test_runner_never_imports_tensorflow(xla_artifacts, tmp_path):
     """`python -m xla_runner infer` end to end, then the train and bench modules imported: no tensorflow."""
-    from xla_runner.artifacts import Artifacts, initial_state, save_npz
+    from src.model.weights_file import write_npz
+    from xla_runner.artifacts import Artifacts, initial_state
 
     artifacts = Artifacts(xla_artifacts)
     # a model file that records its own post-processing (as the bundled models do): xla_runner must apply it,
     # as infer.py does (issue 21: the bundled model found 0 nuclei where infer.py found 90)
     metadata = {**artifacts.manifest["weights_metadata"], "POSTPROC": {"MARKER_THRESHOLD": 0.7, "SOBEL_KSIZE": 11}}
-    save_npz(tmp_path / "w.npz", initial_state(artifacts.find("forward", 2))[0], metadata)
+    write_npz(tmp_path / "w.npz", initial_state(artifacts.find("forward", 2))[0], metadata)
     code = (
         "import sys\n"
         "from xla_runner.__main__ import main\n"
@@ -123,16 +125,15 @@ def test_runner_never_imports_tensorflow(xla_artifacts, tmp_path):
     assert (postproc["marker_threshold"], postproc["sobel_ksize"]) == (0.7, 11)
 
 
-def test_bundled_model_gives_the_same_nuclei_in_xla_runner_and_infer(tmp_path):
+def test_bundled_model_gives_the_same_nuclei_in_xla_runner_and_infer(tmp_path, capsys):
     """Issue 21: `xla_runner infer --model small-consep` found 0 nuclei where infer.py found 90, because it ignored
     the post-processing recorded in the file. Now, with no --config, both write the same instance map."""
     import infer
     from misc.io import load_label_mat
-    from src.model.bundle import resolve_model
-    from src.model.model_config import read_npz_metadata
+    from src.model.weights_file import locate_weights, read_npz_metadata
     from xla_runner.__main__ import main as xla_main
 
-    model = resolve_model("small-consep")
+    model = locate_weights("small-consep")
     overrides = [f"MODEL.{k}={tuple(v) if isinstance(v, list) else v!r}"
                  for k, v in read_npz_metadata(model)["MODEL"].items()]
     export = tmp_path / "export"
@@ -147,5 +148,11 @@ def test_bundled_model_gives_the_same_nuclei_in_xla_runner_and_infer(tmp_path):
     tf = load_label_mat(tmp_path / "tf" / f"{CROP.stem}.mat")["inst_map"]
     assert xla.max() > 5  # a trained model finds nuclei on a real crop
     np.testing.assert_array_equal(xla, tf)
-    runs = [json.loads((tmp_path / d / "run_info.json").read_text())["postproc"] for d in ("xla", "tf")]
-    assert runs[0] == runs[1]
+    runs = [json.loads((tmp_path / d / "run_info.json").read_text()) for d in ("xla", "tf")]
+    assert runs[0] == runs[1]  # one run record: the weights by content and path, the post-processing
+    # so either runner resumes the other's folder: nothing to redo, nothing refused
+    assert xla_main(["infer", "--artifacts", str(export), "--model", "small-consep", "--input", str(CROP),
+                     "--output", str(tmp_path / "tf"), "--quiet"]) == 0
+    assert infer.main(["--model", "small-consep", "--input", str(CROP), "--output", str(tmp_path / "xla"),
+                       "--quiet"]) == 0
+    assert capsys.readouterr().out.count("0 image(s) written, 1 already complete") == 2

@@ -18,42 +18,15 @@ import numpy as np
 
 from misc.io import InputError
 from src.config import config_from_args
+from src.model.weights_file import ModelWeights, read_npz
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Artifacts", "Executable", "XlaPredictor", "initial_state", "read_npz", "save_npz", "MANIFEST_NAME",
-           "CACHE_ENV"]
+__all__ = ["Artifacts", "Executable", "XlaPredictor", "initial_state", "MANIFEST_NAME", "CACHE_ENV"]
 
 MANIFEST_NAME = "manifest.json"
 CACHE_ENV = "XLA_RUNNER_CACHE"  # folder of compiled executables, reused across processes (see _compile)
 _COMPILED: dict[tuple[str, str], object] = {}  # (artifact path, device) -> loaded executable, per process
-
-
-def read_npz(path) -> dict[str, np.ndarray]:
-    """{variable name without ':0': array} of an ``.npz`` (tensorpack varmanip format); entries named
-    ``__...`` are metadata (:data:`src.model.model_config.METADATA_KEY`), not variables, and are skipped."""
-    try:
-        with np.load(path) as data:
-            return {(k[:-2] if k.endswith(":0") else k): data[k] for k in data.files if not k.startswith("__")}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npz of weights ({exc})") from exc
-
-
-def save_npz(path, state: dict[str, np.ndarray], metadata: dict | None = None) -> None:
-    """Write ``state`` atomically as an ``.npz`` (loadable by ``infer.py --model`` and ``train.py --pretrained``).
-
-    ``metadata`` (the manifest's ``weights_metadata``: the graph's MODEL settings) is stored under
-    ``METADATA_KEY`` as ``src.model.weights.save_npz`` does, so those entry points rebuild the same graph.
-    """
-    from misc.io import atomic_path
-    from src.model.model_config import METADATA_KEY
-
-    arrays = {k: np.asarray(v) for k, v in state.items()}
-    if metadata is not None:
-        arrays[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
 
 
 class Artifacts:
@@ -169,7 +142,7 @@ class Executable:
         if key not in _COMPILED:
             _COMPILED[key] = _compile(Path(path).read_bytes(), self.device, path)
         self._exe = _COMPILED[key]
-        self._put = lambda array: jax.device_put(array, self.device)
+        self.put = lambda array: jax.device_put(array, self.device)  # one array onto this device
         self._array_type = jax.Array
 
     def __call__(self, *arrays):
@@ -181,7 +154,7 @@ class Executable:
                 raise ValueError(f"{spec['name']}: shape {np.shape(array)}, the graph takes {spec['shape']}")
             if not isinstance(array, self._array_type):
                 array = np.asarray(array, dtype=spec["dtype"])
-            args.append(self._put(array))
+            args.append(self.put(array))
         results = self._exe.execute_sharded(args).disassemble_into_single_device_arrays()
         return [r[0] for r in results]
 
@@ -248,12 +221,17 @@ class XlaPredictor:
     type probabilities. Batches of any size are cut into / padded up to the artifact's static batch.
     """
 
-    def __init__(self, artifacts: Artifacts, weights_path, batch_size: int | None = None, device=None):
+    def __init__(self, artifacts: Artifacts, weights: ModelWeights | str | os.PathLike, batch_size: int | None = None,
+                 device=None):
         self.entry = artifacts.find("forward", batch_size)
         self.batch_size = int(self.entry["batch_size"])
         self.input_shape = artifacts.input_shape
         self.nr_types = artifacts.nr_types
-        weights = read_npz(weights_path)
+        weights_path = weights.path if isinstance(weights, ModelWeights) else weights
+        if isinstance(weights, ModelWeights) and weights.arrays is None:
+            raise InputError(f"{weights_path}: the XLA runner reads .npz weights, not TensorFlow checkpoints "
+                             "(python -m src.model.bundle packs one)")
+        weights = weights.arrays if isinstance(weights, ModelWeights) else read_npz(weights_path)[0]
         bias = weights.get("conv_out_tp/b")
         if (bias.shape[0] if bias is not None else None) != self.nr_types:
             raise InputError(f"{weights_path} has {bias.shape[0] if bias is not None else 'no'} type channels; "
@@ -261,7 +239,7 @@ class XlaPredictor:
         state, _ = initial_state(self.entry, weights, strict=True)
         self._exe = artifacts.executable(self.entry, device)
         names = [s["name"] for s in self.entry["inputs"] if s["role"] == "state"]
-        self._state = [self._exe._put(state[n]) for n in names]  # on the device once
+        self._state = [self._exe.put(state[n]) for n in names]  # on the device once
         self.output_names = [s["name"] for s in self.entry["outputs"]]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -22,16 +22,17 @@ import numpy as np
 
 from misc.io import write_json_atomic
 from src.inference import predict_tile, window_layout
+from src.model.weights_file import read_npz, write_npz
 from src.pipeline import PostprocParams, split_channels
 from src.postproc import process
-from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state, read_npz, save_npz
+from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state
 from xla_runner.train import StepRunner
 
 
 def _forward(artifacts: Artifacts, entry: dict, weights_path, size: int, repeats: int, tmp) -> dict:
     if weights_path is None:
         weights_path = f"{tmp}/init-{entry['batch_size']}.npz"
-        save_npz(weights_path, initial_state(entry)[0])
+        write_npz(weights_path, initial_state(entry)[0])
     predictor = XlaPredictor(artifacts, weights_path, entry["batch_size"])
     tile = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     kwargs = {"batch_size": predictor.batch_size, "input_shape": artifacts.input_shape,
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
             shrunk = any(o.startswith("MODEL.") and not o.startswith(graph_keys)  # '*': e.g. the tests' tiny net
                          for o in artifacts.manifest["config_overrides"])
             label = {"artifacts": folder, "mode": model.MODE, "preset": model.get("PRESET", "full") + "*" * shrunk}
-            if args.model and read_npz(args.model).get("conv_out_tp/b") is None:
+            if args.model and read_npz(args.model)[0].get("conv_out_tp/b") is None:
                 print(f"bench: {args.model} has no type branch", file=sys.stderr)
                 return 2
             for name, entry in sorted(artifacts.entries.items()):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from misc.io import InputError, NonFiniteMapsError, folder_lock
 from misc.outputs import FORMATS, check_formats, default_type_info, load_type_info
@@ -49,21 +48,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from src.model.bundle import resolve_model
-    from src.model.model_config import recorded_overrides
-    from src.pipeline import PostprocParams, TileSettings, check_output_dir, collect_inputs, run_inference
+    from src.model.weights_file import open_model
+    from src.pipeline import PostprocParams, TileSettings, check_output_dir, collect_inputs, run_inference, run_record
     from xla_runner.artifacts import Artifacts, XlaPredictor
 
     try:
-        args.model = resolve_model(args.model)
+        weights = open_model(args.model)
         # what infer.py applies to this file (POSTPROC chosen for the model, its type names), then --config
-        artifacts = Artifacts(args.artifacts, [*recorded_overrides(args.model), *args.config])
+        artifacts = Artifacts(args.artifacts, [*weights.recorded_overrides(), *args.config])
         cfg = artifacts.cfg
         files = collect_inputs(args.input)
         type_info = load_type_info(args.types) if args.types else default_type_info(cfg.DATA.TYPE_NAMES)
-        run_info = {"model": str(Path(args.model).resolve()), "postproc": PostprocParams.from_config(cfg).kwargs()}
+        run_info = run_record(weights, cfg)  # as infer.py records it: either resumes the other's folder
         check_output_dir(args.output, files, args.formats, run_info, args.overwrite)
-        predictor = XlaPredictor(artifacts, args.model, args.batch_size)
+        predictor = XlaPredictor(artifacts, weights, args.batch_size)
         uncovered = [t for t in range(1, predictor.nr_types or 0) if t not in type_info]
         if uncovered:
             raise InputError(f"type ids {uncovered} of the model have no name/colour in "

@@ -4,18 +4,20 @@
       --out_dir runs/consep-xla --pretrained ImageNet-ResNet50-Preact.npz
 
 Each step runs the exported ``train_step_phase<k>`` (one whole tensorpack step: forward, loss, Adam update,
-BatchNorm moving averages) on the published global batch of the phase (batch per GPU x 2 GPUs, in one
-tower), the learning rate set from the schedule by epoch. Patches are read and augmented by the project's
-numpy code (``dataset/patches.py``: the mapping ``train.py``'s dataflow uses), optionally in ``--workers``
-processes; every patch has its own augmentation seed drawn from ``(--seed, epoch)``, so a resumed run sees
-exactly the data an uninterrupted one would. After every epoch: validation NP Dice (pooled over the validation
-set, forward artifact), ``model-epoch<e>.npz`` (every variable of the step under the project's names,
-including Adam's slots; ``infer.py --model``, ``train.py --pretrained`` and ``xla_runner infer`` load it),
-``model-best.npz`` (highest validation Dice), ``stats.json``, ``curves.png`` and ``checkpoint.json`` (written
-last: a killed run resumes from the epoch it names when the same command runs again). The phases and the
-learning rate of each epoch come from ``opt.schedules`` (``TRAIN.SCHEDULE``, ``lr_for_epoch``), as in ``train.py``;
-phase 2 starts from the checkpoint ``TRAIN.PHASE2_INIT`` names (published: phase 1's last epoch), its training state
-too, as the published phase-2 start did.
+BatchNorm moving averages) on the batch it was exported for (default: the published global batch of the phase, batch
+per GPU x 2 GPUs, in one tower), the learning rate set from the schedule by epoch. Patches are read and augmented by
+the project's numpy code (``dataset/patches.py``: the mapping ``train.py``'s dataflow uses), optionally in
+``--workers`` processes; every patch has its own augmentation seed drawn from ``(--seed, epoch)``, so a resumed run
+sees exactly the data an uninterrupted one would. After every epoch: validation NP Dice (pooled over the validation
+set, forward artifact), ``model-epoch<e>.npz`` (every variable of the step under the project's names, including
+Adam's slots; ``infer.py --model``, ``train.py --pretrained`` and ``xla_runner infer`` load it), ``model-best.npz``
+(highest validation Dice), ``stats.json``, ``curves.png`` and ``checkpoint.json`` (written last: a killed run
+resumes from the epoch it names when the same command runs again). The run folder is ``train.py``'s
+(``src.run_folder``: the same refusals of a finished or foreign phase, ``run.json`` and ``run_history.jsonl``,
+``finished.json``). The phases and the learning rate of each epoch come from ``opt.schedules`` (``TRAIN.SCHEDULE``,
+``lr_for_epoch``), as in ``train.py``; phase 2 starts from the checkpoint ``TRAIN.PHASE2_INIT`` names
+(``src.run_folder.phase_init_checkpoint``; published: phase 1's last epoch), its training state too, as the
+published phase-2 start did.
 Exit status: 0 done, 1 stopped early, 2 could not start (or the run folder is in use), 130 Ctrl-C, 143 SIGTERM.
 """
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -31,34 +32,29 @@ from pathlib import Path
 import numpy as np
 
 from dataset.patches import TrainingDataPreprocessor, list_patches
-from misc.io import InputError, folder_lock, move_aside, write_json_atomic
+from misc.io import InputError, folder_lock, write_json_atomic
 from misc.proc import exit_status, stop_on_sigterm, stop_word
 from misc.viz import plot_training_curves
 from opt.schedules import get_phase, get_schedule, lr_for_epoch
-from src.config import check_value
-from xla_runner.artifacts import Artifacts, initial_state, read_npz, save_npz
+from src.model.weights_file import read_npz, write_npz
+from src.run_folder import (
+    BEST_CHECKPOINT,
+    check_run_dir,
+    mark_finished,
+    phase_dir,
+    phase_start,
+    prepare_run_dir,
+    record_run,
+)
+from xla_runner.artifacts import Artifacts, initial_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StepRunner", "phase_init_file", "epoch_datapoints", "validate", "train_phase", "main"]
+__all__ = ["StepRunner", "epoch_datapoints", "validate", "train_phase", "main"]
 
-CHECKPOINT = "checkpoint.json"
-FINISHED = "finished.json"
-BEST = "model-best.npz"
+CHECKPOINT = "checkpoint.json"  # this trainer's resume marker (src.run_folder.RESUME_MARKERS)
+BEST = f"{BEST_CHECKPOINT}.npz"
 _SEED_RANGE = 2**31 - 1
-
-
-def phase_init_file(out_dir, phase_index: int, init: str) -> Path | None:
-    """The ``.npz`` a phase whose init is 'previous' starts from, as ``src.training.phase_init_checkpoint`` chooses
-    for ``train.py`` (``TRAIN.PHASE2_INIT``): 'last' (published) the previous phase's checkpoint of its last epoch,
-    'best' its ``model-best.npz``; either falls back to the other; None when the previous phase has neither."""
-    check_value("TRAIN.PHASE2_INIT", init)
-    previous = Path(out_dir) / f"phase{phase_index - 1}"
-    epochs = [(int(m.group(1)), p) for p in previous.glob("model-epoch*.npz")
-              if (m := re.fullmatch(r"model-epoch(\d+)\.npz", p.name))]
-    last = max(epochs)[1] if epochs else None
-    best = previous / BEST if (previous / BEST).is_file() else None
-    return (last or best) if init == "last" else (best or last)
 
 
 class StepRunner:
@@ -76,10 +72,10 @@ class StepRunner:
         self.metric_names = [s["name"] for s in entry["outputs"] if s["role"] == "metric"]
         self.updated = [s["name"] for s in entry["outputs"] if s["role"] == "state"]
         self.batch_size = int(entry["batch_size"])
-        self.state = {name: self.exe._put(np.asarray(state[name])) for name in self.state_names}
+        self.state = {name: self.exe.put(np.asarray(state[name])) for name in self.state_names}
 
     def step(self, batch: list[np.ndarray], lr: float) -> dict[str, float]:
-        self.state["learning_rate"] = self.exe._put(np.asarray(lr, np.float32))
+        self.state["learning_rate"] = self.exe.put(np.asarray(lr, np.float32))
         outputs = self.exe(*batch, *(self.state[n] for n in self.state_names))
         metrics = {n: float(v) for n, v in zip(self.metric_names, outputs[:len(self.metric_names)], strict=True)}
         for name, value in zip(self.updated, outputs[len(self.metric_names):], strict=True):
@@ -132,7 +128,7 @@ def validate(artifacts: Artifacts, state: dict, valid_paths: list[str], device=N
     entry = artifacts.find("forward")
     exe = artifacts.executable(entry, device)
     names = [s["name"] for s in entry["inputs"] if s["role"] == "state"]
-    weights = [exe._put(np.asarray(state[n])) for n in names]
+    weights = [exe.put(np.asarray(state[n])) for n in names]
     np_index = [s["name"] for s in entry["outputs"]].index("np_prob")
     mapper = _Mapper(artifacts.cfg, is_training=False)
     inter = total = 0.0
@@ -161,13 +157,8 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
     phase = get_phase(cfg.TRAIN.SCHEDULE, phase_index)
     entry = artifacts.find("train_step", batch_size, phase=phase_index)
     max_epoch = epochs or phase.epochs
-    phase_dir = Path(out_dir) / f"phase{phase_index}"
-    if (phase_dir / FINISHED).is_file():
-        done = json.loads((phase_dir / FINISHED).read_text()).get("epochs", 0)
-        if done >= max_epoch and not overwrite:
-            raise InputError(f"{phase_dir} already ran {done} epochs; ask for more --epochs or pass --overwrite")
-    if overwrite and phase_dir.exists():
-        log.warning("moved the existing %s to %s", phase_dir, move_aside(phase_dir))
+    folder = phase_dir(out_dir, phase_index)
+    check_run_dir(folder, overwrite, max_epoch)  # refuse before reading anything, as train.py does
     paths = list_patches(train_dir)
     valid_paths = list_patches(valid_dir) if valid_dir else []
     step_batch = int(entry["batch_size"])
@@ -175,32 +166,29 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
         raise InputError(f"{len(paths)} patches in {train_dir} cannot fill one batch of {step_batch}")
     steps = steps_per_epoch or len(paths) // step_batch
 
-    checkpoint = phase_dir / CHECKPOINT
+    init = phase_start(out_dir, phase_index, phase.init, cfg.TRAIN.PHASE2_INIT, pretrained)
+    state = prepare_run_dir(folder, overwrite, max_epoch)
+    record_run(folder, state, {
+        "phase": phase.name, "trainer": "xla_runner", "batch_size_per_tower": step_batch, "epochs": max_epoch,
+        "steps_per_epoch": steps, "init": str(init), "train_dir": str(train_dir),
+        "valid_dir": str(valid_dir) if valid_dir else None, "config": cfg.to_dict()})
+    checkpoint = folder / CHECKPOINT
     records = []
-    if checkpoint.is_file():
+    if state.kind == "resume" and checkpoint.is_file():
         info = json.loads(checkpoint.read_text())
         start_epoch = info["epoch"] + 1
-        weights = read_npz(phase_dir / info["file"])
-        state, missing = initial_state(entry, weights, strict=True)
-        records = [r for r in json.loads((phase_dir / "stats.json").read_text()) if r["epoch_num"] <= info["epoch"]]
-        log.info("resuming %s after epoch %d", phase_dir, info["epoch"])
-        (phase_dir / FINISHED).unlink(missing_ok=True)
+        weights = read_npz(folder / info["file"])[0]
+        variables, missing = initial_state(entry, weights, strict=True)
+        records = [r for r in json.loads((folder / "stats.json").read_text()) if r["epoch_num"] <= info["epoch"]]
+        log.info("resuming %s after epoch %d", folder, info["epoch"])
     else:
         start_epoch = 1
-        init = pretrained
-        if init is None and phase.init == "previous":
-            init = phase_init_file(out_dir, phase_index, cfg.TRAIN.PHASE2_INIT)
-            if init is None:
-                raise InputError(f"phase {phase_index} starts from phase {phase_index - 1}, but "
-                                 f"{Path(out_dir) / f'phase{phase_index - 1}'} has no checkpoint; train that phase "
-                                 "first or pass --pretrained")
-        weights = read_npz(init) if init is not None else {}
-        state, missing = initial_state(entry, weights, seed=seed)
+        weights = read_npz(init)[0] if init is not None else {}
+        variables, missing = initial_state(entry, weights, seed=seed)
         log.info("phase %d starts from %s; %d variables from their initialisers%s", phase_index,
                  init or "the published initialisers", len(missing), f" ({missing[:10]} ...)" if missing else "")
-    phase_dir.mkdir(parents=True, exist_ok=True)
 
-    runner = StepRunner(artifacts, entry, state, device)
+    runner = StepRunner(artifacts, entry, variables, device)
     metadata = artifacts.manifest.get("weights_metadata")  # the graph's MODEL settings, for infer.py/train.py
     mapper = _Mapper(cfg, is_training=True)
     pool = None
@@ -226,29 +214,28 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
                 record["validation_np_dice"] = validate(artifacts, host, valid_paths, device, pool)
             log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
             name = f"model-epoch{epoch}.npz"
-            save_npz(phase_dir / name, host, metadata)
+            write_npz(folder / name, host, metadata)
             best = max((r for r in records if "validation_np_dice" in r), default=None,
                        key=lambda r: r["validation_np_dice"])
             dice = record.get("validation_np_dice")
             if dice is not None and (best is None or dice > best["validation_np_dice"]):
-                save_npz(phase_dir / BEST, host, metadata)
+                write_npz(folder / BEST, host, metadata)
             records.append(record)
-            write_json_atomic(phase_dir / "stats.json", records, indent=1, newline=True)
-            plot_training_curves(records, phase_dir / "curves.png")
+            write_json_atomic(folder / "stats.json", records, indent=1, newline=True)
+            plot_training_curves(records, folder / "curves.png")
             position = {"epoch": epoch, "global_step": epoch * steps, "file": name}
             write_json_atomic(checkpoint, position, indent=1, newline=True)
             for old in range(1, epoch - 1):  # keep the last two epochs' checkpoints
-                (phase_dir / f"model-epoch{old}.npz").unlink(missing_ok=True)
+                (folder / f"model-epoch{old}.npz").unlink(missing_ok=True)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
     finally:
         if pool is not None:
             pool.terminate()
     if not valid_paths:  # no validation: the last epoch stands in for the best
-        save_npz(phase_dir / BEST, runner.host_state(), metadata)
-    finished = {"epochs": max_epoch, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_json_atomic(phase_dir / FINISHED, finished, indent=1, newline=True)
-    return phase_dir
+        write_npz(folder / BEST, runner.host_state(), metadata)
+    mark_finished(folder, max_epoch)
+    return folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,8 +1,9 @@
-"""Bundled models: named weight files shipped in ``models/`` and the tool that makes one from a training run.
+"""Packing a training run into a bundled model (``models/<name>.npz``; found by name by
+:func:`src.model.weights_file.locate_weights`).
 
 A bundled model is ``models/<name>.npz``: every inference variable of the network (training state dropped),
 as float32 or float16 (half the size; :func:`src.model.weights.read_weights` casts back to float32), plus JSON
-metadata under :data:`src.model.model_config.METADATA_KEY`: the ``MODEL`` config values the graph needs (mode,
+metadata under :data:`src.model.weights_file.METADATA_KEY`: the ``MODEL`` config values the graph needs (mode,
 preset, widths, type count), so ``infer.py --model <name>`` rebuilds the right network without flags, and a
 one-line description. ``models/<name>.json`` beside it is the training record (data, split, schedule, steps,
 wall time, validation curve, scores) and ``models/<name>-curves.png`` the training curves.
@@ -16,7 +17,6 @@ import argparse
 import ast
 import json
 import os
-import re
 import shutil
 import sys
 from datetime import datetime
@@ -24,43 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from misc.io import InputError, atomic_path, write_json_atomic
+from misc.io import InputError, write_json_atomic
 from src.config import config_from_args
-from src.model.model_config import METADATA_KEY, UNRECORDED_MODEL_KEYS, read_npz_metadata
+from src.model.weights_file import UNRECORDED_MODEL_KEYS, write_npz
 
-__all__ = ["MODELS_DIR", "bundled_models", "resolve_model", "write_bundle", "main"]
+__all__ = ["write_bundle", "main"]
 
-# The folder of the bundled models, found from this file (the repository layout), never an absolute path.
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FP16_MAX = float(np.finfo(np.float16).max)
-
-
-def bundled_models(models_dir: Path | None = None) -> dict[str, dict]:
-    """{name: metadata} of every ``<name>.npz`` in ``models_dir`` (default :data:`MODELS_DIR`), sorted by name."""
-    models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
-    if not models_dir.is_dir():
-        return {}
-    return {p.stem: read_npz_metadata(p) for p in sorted(models_dir.glob("*.npz"))}
-
-
-def resolve_model(model: str, models_dir: Path | None = None) -> str:
-    """``--model`` as a path: an existing file/folder/checkpoint prefix as given, else a bundled model's name
-    (``models_dir``, default :data:`MODELS_DIR`).
-
-    Raises :class:`InputError` naming the bundled models when ``model`` is neither.
-    """
-    models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
-    path = Path(model)
-    if path.exists() or Path(f"{model}.index").is_file():
-        return model
-    bundled = models_dir / f"{model}.npz"
-    if _NAME.match(model) and bundled.is_file():
-        return str(bundled)
-    names = ", ".join(bundled_models(models_dir)) or "none"
-    raise InputError(f"--model {model}: no such file, checkpoint or bundled model (bundled: {names})")
-
-
 
 
 def write_bundle(checkpoint, model_cfg: dict, output, description: str, postproc: dict | None = None,
@@ -88,9 +58,7 @@ def write_bundle(checkpoint, model_cfg: dict, output, description: str, postproc
                 "created": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
     if postproc:
         metadata["POSTPROC"] = dict(postproc)
-    packed[METADATA_KEY] = np.array(json.dumps(metadata))
-    with atomic_path(output) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, **packed)
+    write_npz(output, packed, metadata, compress=True)
     return metadata
 
 

@@ -79,8 +79,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint {path}")
     if path.endswith(".npz"):
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        from src.model.weights_file import read_npz
+
+        return read_npz(path)[0]
     try:
         import torch
     except ImportError as exc:
@@ -171,11 +172,11 @@ def check_against_graph(weights: dict[str, np.ndarray], cfg, nr_types: int | Non
 
     Raises :class:`src.model.weights.WeightsMismatchError` listing the missing, extra and mis-shaped names.
     """
-    from src.model.weights import WeightsMismatchError, _format_problems, match_weights
+    from src.model.weights import WeightsMismatchError, format_problems, match_weights
 
     match = match_weights(weights, inference_variable_shapes(cfg, nr_types), ignore=())
     if match.missing or match.unexpected or match.shape_mismatch:
-        raise WeightsMismatchError(_format_problems(match, "the converted checkpoint", limit=10_000))
+        raise WeightsMismatchError(format_problems(match, "the converted checkpoint", limit=10_000))
 
 
 def main(argv=None) -> int:
@@ -193,7 +194,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from src.config import config_from_args
-    from src.model.weights import WeightsMismatchError, model_metadata, save_npz
+    from src.model.weights import WeightsMismatchError, model_metadata
+    from src.model.weights_file import write_npz
 
     try:
         weights, mode, nr_types = convert_state_dict(load_state_dict(args.checkpoint))
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ImportError, KeyError, ConversionError, WeightsMismatchError) as exc:
         print(f"convert: error: {exc}", file=sys.stderr)
         return 2
-    save_npz(args.output, weights, model_metadata(cfg, nr_types))
+    write_npz(args.output, weights, model_metadata(cfg, nr_types))
     types = f"{nr_types} type channels" if nr_types else "no type branch"
     print(f"{len(weights)} variables, mode {mode}, {types} -> {args.output}")
     return 0

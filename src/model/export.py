@@ -231,19 +231,22 @@ def _write(out_dir, name: str, blob: bytes, entry: dict) -> dict:
     return {"name": name, "file": path.name, **entry}
 
 
-def export_all(out_dir, overrides=(), batch_sizes=(16,), phases=(1, 2), train_batch_sizes=None,
+def export_all(out_dir, overrides=(), batch_sizes=(16,), phases=None, train_batch_size: int | None = None,
                target: str | None = None) -> dict:
     """Export forward artifacts for each batch size and a training step per phase; write the manifest.
 
-    ``train_batch_sizes``: {phase: batch}; default the schedule's batch per GPU x :data:`PUBLISHED_TOWERS`
-    (the published global batch in one step). An existing manifest's artifacts of the same config are kept
-    (so artifacts can be added by later runs); another config is refused.
+    ``phases``: 1-based phases of ``TRAIN.SCHEDULE``; default every phase of it (the published schedule's 2, the
+    ``scratch`` schedule's 1). ``train_batch_size``: patches per step of every phase; default the schedule's batch
+    per GPU x :data:`PUBLISHED_TOWERS` (the published global batch in one step). An existing manifest's artifacts
+    of the same config are kept (so artifacts can be added by later runs); another config is refused.
     """
     if not tf.executing_eagerly():
         raise RuntimeError("the XLA export needs TensorFlow's eager mode, which tensorpack's trainer switches off "
                            "for the whole process: export in a process of its own (python -m src.model.export)")
     overrides = list(overrides) + _EXPORT_OVERRIDES
     cfg = config_from_args(overrides)
+    if phases is None:
+        phases = range(1, len(get_schedule(cfg.TRAIN.SCHEDULE)) + 1)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"format": MANIFEST_FORMAT, "tensorflow": tf.__version__, "config_overrides": overrides,
@@ -262,7 +265,7 @@ def export_all(out_dir, overrides=(), batch_sizes=(16,), phases=(1, 2), train_ba
         tf.compat.v1.reset_default_graph()
         entries.append(export_forward(cfg, cfg.MODEL.NR_TYPES, batch, out_dir, target))
     for phase in phases:
-        batch = (train_batch_sizes or {}).get(phase) or get_phase(cfg.TRAIN.SCHEDULE, phase).batch_size_per_gpu \
+        batch = train_batch_size or get_phase(cfg.TRAIN.SCHEDULE, phase).batch_size_per_gpu \
             * PUBLISHED_TOWERS
         tf.compat.v1.reset_default_graph()
         entries.append(export_train_step(cfg, cfg.MODEL.NR_TYPES, phase, batch, out_dir, target))
@@ -286,8 +289,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out_dir", required=True, help="folder for the .mlirbc artifacts and manifest.json")
     parser.add_argument("--batch_sizes", type=_int_list, default=[16],
                         help="forward batch sizes, one artifact each (default 16), e.g. 8,16,32")
-    parser.add_argument("--phases", type=_int_list, default=[1, 2],
-                        help="training phases to export a step for (default 1,2; '' is not allowed, use --no_train)")
+    parser.add_argument("--phases", type=_int_list, default=None,
+                        help="training phases to export a step for (default: every phase of TRAIN.SCHEDULE; '' is "
+                             "not allowed, use --no_train)")
     parser.add_argument("--no_train", action="store_true", help="export the forward artifacts only")
     parser.add_argument("--train_batch_size", type=int, default=None,
                         help=f"patches per training step (default: the schedule's batch per GPU x {PUBLISHED_TOWERS}, "
@@ -298,10 +302,9 @@ def main(argv=None) -> int:
                         help="config overrides, e.g. MODEL.MODE=fast (see src/config.py)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    phases = [] if args.no_train else args.phases
-    train_batch = {p: args.train_batch_size for p in phases} if args.train_batch_size else None
+    phases = [] if args.no_train else args.phases  # None: every phase of the schedule
     try:
-        manifest = export_all(args.out_dir, args.config, args.batch_sizes, phases, train_batch, args.target)
+        manifest = export_all(args.out_dir, args.config, args.batch_sizes, phases, args.train_batch_size, args.target)
     except (KeyError, ValueError) as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 2

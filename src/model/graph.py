@@ -30,7 +30,7 @@ from tensorpack.tfutils.tower import get_current_tower_context
 
 from opt.schedules import get_schedule
 from src.config import check_value
-from src.geometry import CONV0_KSIZE, DENSE_BOTTLENECK_KSIZE, Geometry, derive_geometry
+from src.geometry import CONV0_KSIZE, DENSE_BOTTLENECK_KSIZE, MODES
 from src.model.losses import get_loss, hard_dice_terms, msge_focus
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def _residual_group(name: str, x: tf.Tensor, width: int, count: int, strides: in
     return x
 
 
-def _encoder(images: tf.Tensor, model_cfg, geometry: Geometry, data_format: str, freeze: bool) -> list[tf.Tensor]:
+def _encoder(images: tf.Tensor, model_cfg, conv0_padding: str, data_format: str, freeze: bool) -> list[tf.Tensor]:
     """Preact-ResNet50, down-sampling 8. Returns [group0, group1, group2, conv_bot] in ``data_format``.
 
     ``freeze`` (phase 1) cuts the gradient exactly where the published code did: the residual branch
@@ -163,7 +163,7 @@ def _encoder(images: tf.Tensor, model_cfg, geometry: Geometry, data_format: str,
     mode: the frozen encoder normalises with batch statistics and keeps updating its moving averages,
     as the published tensorpack code did.
     """
-    x = Conv2D("conv0", images, model_cfg.CONV0_CHANNELS, CONV0_KSIZE, padding=geometry.conv0_padding,
+    x = Conv2D("conv0", images, model_cfg.CONV0_CHANNELS, CONV0_KSIZE, padding=conv0_padding,
                activation=BNReLU)
     feats = []
     for g, (count, width, stride) in enumerate(zip(model_cfg.ENCODER_UNITS, model_cfg.ENCODER_CHANNELS,
@@ -271,8 +271,8 @@ class HoVerNet(ModelDesc):
         self.nr_types = nr_types
         self.freeze = bool(freeze)
         self.data_format = resolve_data_format(self.cfg.MODEL.DATA_FORMAT)
-        model_cfg = self.cfg.MODEL
-        self.geometry = derive_geometry(model_cfg.MODE, tuple(model_cfg.DENSE_UNITS), tuple(model_cfg.ENCODER_STRIDES))
+        # the sizes were derived once, by finalize_config (src/geometry.py); the mode's layer settings are data
+        self.layers = MODES[self.cfg.MODEL.MODE]
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -295,11 +295,11 @@ class HoVerNet(ModelDesc):
             x = images / 255.0
             if fmt == "NCHW":
                 x = tf.transpose(x, [0, 3, 1, 2])
-            feats = _encoder(x, model_cfg, self.geometry, fmt, self.freeze)
-            feats[0] = _centre_crop(feats[0], self.geometry.crop_group0, fmt)
-            feats[1] = _centre_crop(feats[1], self.geometry.crop_group1, fmt)
+            feats = _encoder(x, model_cfg, self.layers.conv0_padding, fmt, self.freeze)
+            feats[0] = _centre_crop(feats[0], model_cfg.CROP_GROUP0, fmt)
+            feats[1] = _centre_crop(feats[1], model_cfg.CROP_GROUP1, fmt)
             out_channels = {"np": 2, "hv": 2, "tp": self.nr_types}
-            ksize = self.geometry.decoder_ksize
+            ksize = self.layers.decoder_ksize
             zero_heads = tuple(model_cfg.HEAD_ZERO_INIT)
             logits = {b: _head(b, _decoder(b, feats, model_cfg, ksize, fmt), out_channels[b], fmt,
                                zero_init=b in zero_heads)

@@ -18,11 +18,9 @@ published phase-2 start did (``SaverRestore(..., ignore=['learning_rate'])``, vq
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import zipfile
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -30,24 +28,26 @@ import numpy as np
 import tensorflow as tf
 from tensorpack.tfutils.sessinit import DictRestore, SaverRestore, SessionInit
 
-from src.model.model_config import METADATA_KEY, UNRECORDED_MODEL_KEYS
+from src.model.weights_file import (
+    UNRECORDED_MODEL_KEYS,
+    ModelWeights,
+    checkpoint_prefix,
+    is_npz,
+    read_npz,
+    write_npz,
+)
 
 log = logging.getLogger(__name__)
 tf1 = tf.compat.v1
 
-__all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "resolve_checkpoint",
-           "is_training_state", "match_weights", "graph_variable_shapes", "CheckedSessionInit",
-           "make_session_init", "DEFAULT_IGNORE", "NOT_WEIGHTS", "weights_digest", "inference_graph", "initial_weights",
-           "save_initial_weights", "METADATA_KEY", "model_metadata", "save_npz", "NonFiniteWeightsError"]
+__all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "is_training_state",
+           "match_weights", "graph_variable_shapes", "CheckedSessionInit", "make_session_init", "DEFAULT_IGNORE",
+           "inference_graph", "initial_weights", "save_initial_weights", "model_metadata", "NonFiniteWeightsError",
+           "format_problems"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
-NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one message for any other file
-
-# An .npz written by this project (src.model.convert, save_initial_weights, the bundled models) may carry
-# what the network needs besides its variables: a 0-d unicode array under this key holding JSON
-# {"MODEL": {"MODE": ..., "PRESET": ..., "NR_TYPES": ..., other non-default MODEL keys}}. Keys starting
-# with "__" are never variables: read_weights skips them.
-# (METADATA_KEY itself is defined in the TensorFlow-free src.model.model_config, which reads the record.)
+# The .npz format (variables plus the METADATA_KEY record) and checkpoint locations are owned by the
+# TensorFlow-free src.model.weights_file; this module matches a file against a graph and restores it.
 
 # Variables that only hold training state: optimizer slots and counters, tensorpack's moving-average
 # summaries ('EMA/...'), the step counter and the learning rate.
@@ -85,64 +85,6 @@ def is_training_state(name: str) -> bool:
     return bool(_TRAINING_STATE.search(_clean(name)))
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> str:
-    """The checkpoint prefix for ``path``: a prefix, its ``.index``/``.data-*`` file, a ``checkpoint``
-    file, or a directory with a ``checkpoint`` file (its latest). Raises ``FileNotFoundError``."""
-    path = os.fspath(path)
-    if os.path.isdir(path) or os.path.basename(path) == "checkpoint":
-        directory = path if os.path.isdir(path) else os.path.dirname(path)
-        latest = tf1.train.latest_checkpoint(directory)
-        if latest is None:
-            raise FileNotFoundError(f"{directory} has no 'checkpoint' file naming a checkpoint")
-        return latest
-    prefix = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
-    if os.path.isfile(path) and not os.path.isfile(prefix + ".index"):
-        raise ValueError(f"{path}: {NOT_WEIGHTS}")
-    if not os.path.isfile(prefix + ".index"):
-        raise FileNotFoundError(f"no checkpoint at {path} (expected {prefix}.index)")
-    return prefix
-
-
-def weights_digest(path: str | os.PathLike) -> str:
-    """``"sha256:<hex>"`` identifying the weights in ``path`` by content, not by name (FileNotFoundError if none).
-
-    An ``.npz`` is hashed whole (about a second for HoVer-Net's 150 MB). A checkpoint's ``.index`` is
-    hashed: it records every tensor's name, shape, offset and CRC32C checksum, so it changes whenever a
-    variable does, and it is a few hundred kB. ``runs/x/phase2/model-best`` after more training thus gets
-    a new digest, while the same weights copied elsewhere keep theirs.
-    """
-    file = os.fspath(path) if _is_npz(path) else resolve_checkpoint(path) + ".index"
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"no weights file {file}")
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
-
-
-def _is_npz(path) -> bool:
-    return os.fspath(path).endswith(".npz")
-
-
-def _read_npz(path) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz``; ValueError ``NOT_WEIGHTS`` for anything else (a pickle, a corrupt zip).
-
-    numpy's own message for object arrays suggests loading with allow_pickle, which would run code from the
-    file; weights are plain arrays, so that advice is never passed on.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            # '__' entries are metadata (src.model.model_config.METADATA_KEY), not variables; float16 arrays
-            # (bundled models are stored in half precision to stay small) come back as the graph's float32
-            return {_clean(k): data[k].astype(np.float32) if data[k].dtype == np.float16 else data[k]
-                    for k in data.files if not k.startswith("__")}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{os.fspath(path)}: {NOT_WEIGHTS}") from exc
-
-
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All arrays of a ``.npz`` or a checkpoint, keyed by variable name without ':0'.
 
@@ -150,17 +92,17 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     float16 arrays (the bundled models are stored in half precision to stay small) come back as float32,
     the graph's dtype.
     """
-    if _is_npz(path):
-        return _read_npz(path)
-    reader = tf1.train.load_checkpoint(resolve_checkpoint(path))
+    if is_npz(path):
+        return read_npz(path)[0]
+    reader = tf1.train.load_checkpoint(checkpoint_prefix(path))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
 def read_weight_shapes(path: str | os.PathLike) -> dict[str, tuple]:
     """Names and shapes only (a checkpoint's tensors are not read)."""
-    if _is_npz(path):
+    if is_npz(path):
         return {k: tuple(v.shape) for k, v in read_weights(path).items()}
-    reader = tf1.train.load_checkpoint(resolve_checkpoint(path))
+    reader = tf1.train.load_checkpoint(checkpoint_prefix(path))
     return {k: tuple(v) for k, v in reader.get_variable_to_shape_map().items()}
 
 
@@ -210,7 +152,7 @@ def _by_scope(names: list) -> str:
     return ", ".join(f"{n} under {scope}" for scope, n in sorted(counts.items()))
 
 
-def _format_problems(match: WeightMatch, path, limit: int = 50) -> str:
+def format_problems(match: WeightMatch, path, limit: int = 50) -> str:
     lines = [f"weights in {path} do not fit the graph:"]
     for title, items in (("missing from the file", match.missing), ("unexpected in the file", match.unexpected),
                          ("shape mismatch (name, file, graph)", match.shape_mismatch)):
@@ -233,12 +175,15 @@ class CheckedSessionInit(SessionInit):
     once the graph is built); ``self.match`` holds the :class:`WeightMatch` afterwards.
     """
 
-    def __init__(self, path: str | os.PathLike, strict: bool, ignore=DEFAULT_IGNORE):
-        self.is_npz = _is_npz(path)
-        if self.is_npz and not os.path.isfile(path):
+    def __init__(self, weights: str | os.PathLike | ModelWeights, strict: bool, ignore=DEFAULT_IGNORE):
+        # an opened ModelWeights brings its arrays along: the file is not read again
+        self._arrays = weights.arrays if isinstance(weights, ModelWeights) else None
+        path = weights.path if isinstance(weights, ModelWeights) else weights
+        self.is_npz = is_npz(path)
+        if self.is_npz and self._arrays is None and not os.path.isfile(path):
             raise FileNotFoundError(f"no weights file {path}")
         # tensorpack's AutoResumeTrainConfig reads `.path` of a session init
-        self.path = os.fspath(path) if self.is_npz else resolve_checkpoint(path)
+        self.path = os.fspath(path) if self.is_npz else checkpoint_prefix(path)
         self.strict = strict
         self.ignore = tuple(ignore)
         self.match = None
@@ -247,13 +192,13 @@ class CheckedSessionInit(SessionInit):
     def _setup_graph(self):
         graph_shapes = graph_variable_shapes()
         if self.is_npz:
-            values = read_weights(self.path)
+            values = self._arrays if self._arrays is not None else read_weights(self.path)
             self.match = match_weights(values, graph_shapes, self.ignore)
         else:
             self.match = match_weights(read_weight_shapes(self.path), graph_shapes, self.ignore)
         match = self.match
         if self.strict and (match.missing or match.unexpected or match.shape_mismatch):
-            raise WeightsMismatchError(_format_problems(match, self.path))
+            raise WeightsMismatchError(format_problems(match, self.path))
         # the npz is read already; a checkpoint's tensors are read one at a time
         value = values.__getitem__ if self.is_npz else tf1.train.load_checkpoint(self.path).get_tensor
         bad = [n for n in match.loaded if not is_training_state(n) and not np.isfinite(value(n)).all()]
@@ -283,14 +228,16 @@ class CheckedSessionInit(SessionInit):
         self._inner._run_init(sess)
 
 
-def make_session_init(path: str | os.PathLike, strict: bool, ignore=DEFAULT_IGNORE) -> CheckedSessionInit:
-    """Session init loading ``path`` (``.npz`` or checkpoint) by variable name.
+def make_session_init(weights: str | os.PathLike | ModelWeights, strict: bool,
+                      ignore=DEFAULT_IGNORE) -> CheckedSessionInit:
+    """Session init loading ``weights`` (a path to an ``.npz`` or checkpoint, or an opened :class:`ModelWeights`)
+    by variable name.
 
     ``strict=True`` for inference: any missing, unexpected or wrongly-shaped model variable raises
     :class:`WeightsMismatchError` listing them. ``strict=False`` for training: loads what matches and
     logs the rest (ImageNet weights cover only the encoder; the decoders start from He init).
     """
-    return CheckedSessionInit(path, strict=strict, ignore=ignore)
+    return CheckedSessionInit(weights, strict=strict, ignore=ignore)
 
 
 def inference_graph(cfg, nr_types: int | None, seed: int = 0) -> tf.Graph:
@@ -327,7 +274,7 @@ def initial_weights(cfg, nr_types: int | None, seed: int = 0) -> dict[str, np.nd
 def save_initial_weights(path: str | os.PathLike, cfg, nr_types: int | None, seed: int = 0) -> None:
     """Write :func:`initial_weights` as an ``.npz`` (atomically) that ``infer.py --model`` accepts, with the
     :func:`model_metadata` record so that the mode and widths need no ``--config``."""
-    save_npz(path, initial_weights(cfg, nr_types, seed), model_metadata(cfg, nr_types))
+    write_npz(path, initial_weights(cfg, nr_types, seed), model_metadata(cfg, nr_types))
 
 
 def model_metadata(cfg, nr_types: int | None) -> dict:
@@ -342,17 +289,3 @@ def model_metadata(cfg, nr_types: int | None) -> dict:
         if key not in model and key not in UNRECORDED_MODEL_KEYS and reference.MODEL.get(key) != value:
             model[key] = list(value) if isinstance(value, tuple) else value
     return {"MODEL": model}
-
-
-def save_npz(path: str | os.PathLike, weights: dict[str, np.ndarray], metadata: dict | None = None) -> None:
-    """Write ``weights`` (name -> array) and the JSON ``metadata`` under :data:`METADATA_KEY`, atomically."""
-    import json
-
-    from misc.io import atomic_path
-
-    arrays = dict(weights)
-    if metadata is not None:
-        arrays[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)

@@ -1,4 +1,4 @@
-"""src/model/model_config.py: --model paths and the training config recorded beside a checkpoint (issue 13.11)."""
+"""src/model/weights_file.py: --model paths, the .npz format, and the training config recorded with the weights."""
 import json
 
 import numpy as np
@@ -6,9 +6,23 @@ import pytest
 import tensorflow as tf
 from shrunk_networks import MICRO
 
+from misc.io import InputError
 from src.config import config_from_args
-from src.model.model_config import METADATA_KEY, model_config, recorded_config, recorded_overrides, resolve_model_path
 from src.model.weights import read_weights
+from src.model.weights_file import (
+    METADATA_KEY,
+    TP_HEAD_BIAS,
+    checkpoint_prefix,
+    detect_nr_types,
+    model_config,
+    open_model,
+    read_npz,
+    recorded_config,
+    recorded_overrides,
+    resolve_model_path,
+    weights_digest,
+    write_npz,
+)
 
 
 def _phase(folder, overrides, weights=None):
@@ -77,3 +91,53 @@ def test_infer_loads_a_checkpoint_trained_with_overrides_without_repeating_them(
                        "--model", str(tmp_path / "run"), "--quiet", "--formats", "mat"])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "a.mat").is_file()
+
+
+def test_open_model_reads_an_npz_once_into_path_config_digest_and_arrays(micro_weights_npz, tmp_path):
+    copy = tmp_path / "copy.npz"
+    copy.write_bytes(micro_weights_npz.read_bytes())
+    weights = open_model(copy, ["POSTPROC.MIN_SIZE=3"])
+    assert weights.path == str(copy) and weights.digest == weights_digest(copy)
+    assert weights.nr_types == 5 and weights.cfg.MODEL.ENCODER_CHANNELS == (4, 4, 8, 16)  # the MICRO record
+    assert weights.cfg.POSTPROC.MIN_SIZE == 3 and weights.overrides == ("POSTPROC.MIN_SIZE=3",)
+    assert set(weights.arrays) == set(read_npz(copy)[0]) and weights.metadata["MODEL"]["NR_TYPES"] == 5
+    assert weights.run_identity() == {"weights": weights.digest, "model_path": str(copy.resolve())}
+    # a bundled name and a folder resolve as --model does; a missing file is one InputError naming --model
+    assert open_model("small-consep").path.endswith("models/small-consep.npz")
+    with pytest.raises(InputError, match="--model nope"):
+        open_model("nope")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a weights file"):
+        open_model(tmp_path / "broken.npz")
+
+
+def test_read_and_write_npz_are_one_format(tmp_path):
+    arrays = {"conv0/W": np.ones((3, 3), np.float16), "conv0/b": np.zeros(3, np.float32)}
+    write_npz(tmp_path / "w.npz", arrays, {"MODEL": {"MODE": "fast"}}, compress=True)
+    read, metadata = read_npz(tmp_path / "w.npz")
+    assert metadata == {"MODEL": {"MODE": "fast"}} and read["conv0/W"].dtype == np.float32  # half -> graph's float
+    assert read_npz((tmp_path / "w.npz").read_bytes(), name="w")[1] == metadata
+    np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match="objects.npz: not a weights file") as info:
+        read_npz(tmp_path / "objects.npz")
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_checkpoint_prefix_reads_tensorflows_checkpoint_list_without_tensorflow(tmp_path):
+    (tmp_path / "model-20.index").write_bytes(b"")
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "model-20"\nall_model_checkpoint_paths: "model-10"\n')
+    assert checkpoint_prefix(tmp_path) == str(tmp_path / "model-20") == checkpoint_prefix(tmp_path / "checkpoint")
+    assert checkpoint_prefix(tmp_path / "model-20.index") == str(tmp_path / "model-20")
+    (tmp_path / "checkpoint").write_text(f'model_checkpoint_path: "{tmp_path / "model-20"}"\n')  # absolute
+    assert checkpoint_prefix(tmp_path) == str(tmp_path / "model-20")
+    with pytest.raises(FileNotFoundError):
+        checkpoint_prefix(tmp_path / "empty")
+    # an xla_runner phase folder resolves to its model-best.npz, as a train.py one to its model-best
+    (tmp_path / "xla" / "phase1").mkdir(parents=True)
+    (tmp_path / "xla" / "phase1" / "model-best.npz").write_bytes(b"")
+    assert resolve_model_path(tmp_path / "xla") == tmp_path / "xla" / "phase1" / "model-best.npz"
+
+
+def test_detect_nr_types():
+    assert detect_nr_types({TP_HEAD_BIAS: (5,), "conv0/W": (7, 7, 3, 64)}) == 5
+    assert detect_nr_types({"conv0/W": (7, 7, 3, 64)}) is None
