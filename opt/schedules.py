@@ -16,9 +16,9 @@ rising after 18 epochs of an earlier 18-epoch version (1e-3 for 1-15), which is 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["Phase", "SCHEDULES", "get_schedule", "get_phase", "lr_for_epoch"]
+__all__ = ["Phase", "SCHEDULES", "get_schedule", "get_phase", "lr_for_epoch", "valid_lr_schedule"]
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,30 @@ def get_schedule(name: str) -> tuple[Phase, ...]:
         raise KeyError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}") from None
 
 
-def get_phase(schedule: str, phase: int) -> Phase:
-    """Phase ``phase`` (1-based) of the named schedule."""
+def get_phase(schedule: str, phase: int, lr_schedule=None) -> Phase:
+    """Phase ``phase`` (1-based) of the named schedule; with ``lr_schedule`` (``TRAIN.LR_SCHEDULE``) its learning
+    rates replaced by those."""
     phases = get_schedule(schedule)
     if not 1 <= phase <= len(phases):
         raise ValueError(f"schedule {schedule!r} has phases 1..{len(phases)}, not {phase}")
-    return phases[phase - 1]
+    if lr_schedule is None:
+        return phases[phase - 1]
+    return replace(phases[phase - 1], lr_schedule=tuple((int(e), float(lr)) for e, lr in lr_schedule))
+
+
+def valid_lr_schedule(value) -> bool:
+    """Whether ``value`` is ``((0, lr), (epoch, lr), ...)``: epochs integers increasing from 0, rates > 0."""
+    try:
+        epochs = [e for e, _ in value]
+        rates = [lr for _, lr in value]
+    except (TypeError, ValueError):
+        return False
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    increasing = all(a < b for a, b in zip(epochs, epochs[1:], strict=False))
+    return (bool(epochs) and epochs[0] == 0 and all(number(e) and e == int(e) for e in epochs) and increasing
+            and all(number(r) and r > 0 for r in rates))
 
 
 def lr_for_epoch(phase: Phase, epoch: int) -> float:

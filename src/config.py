@@ -14,7 +14,7 @@ import ast
 import logging
 import pprint
 
-from opt.schedules import SCHEDULES
+from opt.schedules import SCHEDULES, valid_lr_schedule
 from src.geometry import MODES, derive_geometry
 
 logger = logging.getLogger(__name__)
@@ -199,6 +199,8 @@ _RULES = {
     "TRAIN.VALID_BATCH_SIZE": _int(1),
     "TRAIN.PHASE2_INIT": _one_of(*PHASE2_INIT_CHOICES),
     "TRAIN.BEST_METRIC": _one_of(*BEST_METRICS),
+    "TRAIN.LR_SCHEDULE": ((lambda v: v is None or valid_lr_schedule(v)),
+                          "None or ((0, lr), (epoch, lr), ...): epochs increasing from 0, learning rates > 0"),
     "POSTPROC.NP_THRESHOLD": _num(0, 1),
     "POSTPROC.MARKER_THRESHOLD": _num(0, 1),
     "POSTPROC.SOBEL_KSIZE": _odd(1),
@@ -315,6 +317,9 @@ def make_config() -> AttrDict:
     # validation score kept as model-best (highest wins): 'np_dice' (published, pooled over the validation patches)
     # or 'pq' / 'aji' / 'dice' of the post-processed held-out tiles (needs train.py --valid_images); BEST_METRICS
     C.TRAIN.BEST_METRIC = "np_dice"
+    # ((epoch, lr), ...) in the schedule's form (set after that epoch; opt/schedules.py) replacing the learning
+    # rates of every phase, e.g. ((0, 1e-3), (24, 1e-4)) to drop a scratch run's rate early; None = the schedule's
+    C.TRAIN.LR_SCHEDULE = None
 
     # --- post-processing (spec section 5) ---
     C.POSTPROC.NP_THRESHOLD = 0.5  # nuclear probability (0..1) at or above which a pixel is foreground

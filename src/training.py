@@ -423,7 +423,7 @@ def train(cfg, options: TrainOptions, dataflows: Dataflows) -> list[Path]:
             phases = [i for i in phases if i not in finished]
     done = []
     for index in phases:
-        phase = get_phase(cfg.TRAIN.SCHEDULE, index)
+        phase = get_phase(cfg.TRAIN.SCHEDULE, index, cfg.TRAIN.LR_SCHEDULE)
         # An explicit --pretrained initialises the first phase run; later phases chain from it.
         phase_options = replace(options, pretrained=options.pretrained if index == first_phase else None)
         tf.compat.v1.reset_default_graph()  # also after a phase that raised (e.g. Ctrl-C) in this process

@@ -95,7 +95,8 @@ def test_patch_geometry_follows_the_mode_unless_given():
 def test_scratch_schedule_is_one_trainable_phase():
     (phase,) = get_schedule("scratch")
     assert not phase.freeze_encoder and phase.init == "scratch" and phase.batch_size_per_gpu == 8
-    assert [lr_for_epoch(phase, e) for e in (1, 15, 16, 18)] == [1.0e-3, 1.0e-3, 1.0e-4, 1.0e-4]
+    assert phase.epochs == 36
+    assert [lr_for_epoch(phase, e) for e in (1, 30, 31, 36)] == [1.0e-3, 1.0e-3, 1.0e-4, 1.0e-4]
 
 
 def test_schedule_matches_tensorpack_scheduled_hyperparam_setter():

@@ -51,3 +51,17 @@ def test_both_trainers_start_phase_2_from_the_same_epoch(tmp_path, init):
     assert tp_start.name == ("model-30" if init == "last" else "model-best")
     assert xla_start.name == ("model-epoch3.npz" if init == "last" else "model-best.npz")
     assert phase_init_checkpoint(tmp_path / "none", 2, init) is None
+
+
+def test_lr_schedule_override_replaces_every_phases_rates_in_both_trainers():
+    """TRAIN.LR_SCHEDULE: a scratch run's rate dropped early; both trainers read the phase through get_phase."""
+    from src.config import config_from_args
+
+    cfg = config_from_args(["TRAIN.SCHEDULE=scratch", "TRAIN.LR_SCHEDULE=((0, 1e-3), (22, 1e-4))"])
+    phase = get_phase(cfg.TRAIN.SCHEDULE, 1, cfg.TRAIN.LR_SCHEDULE)
+    assert phase.epochs == 36 and phase.init == "scratch"  # only the rates change
+    assert [lr_for_epoch(phase, e) for e in (22, 23)] == [1e-3, 1e-4] == [_tensorpack_lr(phase, e) for e in (22, 23)]
+    assert get_phase("scratch", 1, None) == get_phase("scratch", 1)
+    for bad in ("((1, 1e-3),)", "((0, 0),)", "((0, 1e-3), (5, 1e-4), (3, 1e-5))", "5"):
+        with pytest.raises(ValueError, match="TRAIN.LR_SCHEDULE"):
+            config_from_args([f"TRAIN.LR_SCHEDULE={bad}"])

@@ -154,7 +154,7 @@ def train_phase(artifacts: Artifacts, phase_index: int, train_dir, valid_dir, ou
     ``on_epoch_end(epoch)`` is called after an epoch's files are written (tests use it to simulate a kill).
     """
     cfg = artifacts.cfg
-    phase = get_phase(cfg.TRAIN.SCHEDULE, phase_index)
+    phase = get_phase(cfg.TRAIN.SCHEDULE, phase_index, cfg.TRAIN.LR_SCHEDULE)
     entry = artifacts.find("train_step", batch_size, phase=phase_index)
     max_epoch = epochs or phase.epochs
     folder = phase_dir(out_dir, phase_index)

@@ -96,7 +96,8 @@ def variable_init(name: str, shape, cfg) -> dict:
     ``beta1_power``/``beta2_power``: 0.9 / 0.999; ``learning_rate``: the schedule's first value.
     """
     if name == "learning_rate":
-        return {"kind": "constant", "value": float(get_schedule(cfg.TRAIN.SCHEDULE)[0].lr_schedule[0][1])}
+        return {"kind": "constant",
+                "value": float(get_phase(cfg.TRAIN.SCHEDULE, 1, cfg.TRAIN.LR_SCHEDULE).lr_schedule[0][1])}
     if name in ("beta1_power", "beta2_power"):
         return {"kind": "constant", "value": 0.9 if name == "beta1_power" else 0.999}
     if re.search(r"/Adam(_1)?$", name) or name.endswith(("/b", "/beta", "/mean/EMA")):

@@ -28,7 +28,7 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.tfutils.tower import get_current_tower_context
 
-from opt.schedules import get_schedule
+from opt.schedules import get_phase
 from src.config import check_value
 from src.geometry import CONV0_KSIZE, DENSE_BOTTLENECK_KSIZE, MODES
 from src.model.losses import get_loss, hard_dice_terms, msge_focus
@@ -363,7 +363,7 @@ class HoVerNet(ModelDesc):
 
     def initial_learning_rate(self) -> float:
         """First learning rate of the configured schedule; ScheduledHyperParamSetter drives it after."""
-        return float(get_schedule(self.cfg.TRAIN.SCHEDULE)[0].lr_schedule[0][1])
+        return float(get_phase(self.cfg.TRAIN.SCHEDULE, 1, self.cfg.TRAIN.LR_SCHEDULE).lr_schedule[0][1])
 
     def optimizer(self):
         """Adam (beta1 0.9, beta2 0.999, eps 1e-8: TF defaults, as published), no weight decay (published
