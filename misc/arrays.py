@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CROSS_4", "check_label_map", "relabel_contiguous", "check_rgb_image"]
+__all__ = ["CROSS_4", "check_label_map", "relabel_contiguous", "check_rgb_image", "column_bands"]
 
 # 4-connectivity: the default structure of scipy.ndimage.label (generate_binary_structure(2, 1)), used for
 # every labelling in the released code. Read-only, so no caller can change it for the others.
 CROSS_4 = np.array([[False, True, False], [True, True, True], [False, True, False]])
 CROSS_4.setflags(write=False)
+
+# Bytes of a 4-byte map taken at a time by the writers that go through a map in bands of columns (column_bands).
+BAND_BYTES = 1 << 24
 
 # Above this many ids per pixel (plus a constant), relabelling sorts the ids instead of building a table
 # with one entry per id up to the largest.
@@ -87,3 +90,17 @@ def check_rgb_image(image, what: str = "image") -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"{what} must be HxWx3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
     return image
+
+
+def column_bands(array, max_bytes: int | None = None, itemsize: int = 4):
+    """Yield ``array[:, c0:c1]`` for consecutive bands of columns covering an HxW map, each of at most
+    ``max_bytes`` (default :data:`BAND_BYTES`) at ``itemsize`` bytes per pixel (at least one column).
+
+    ``array``: an ndarray or anything with ``shape`` whose ``[:, c0:c1]`` gives those columns as an array (a
+    label map kept in a file, :class:`misc.io.ScratchArray`). Column bands, because MAT files store maps column by
+    column: the writers of a large map hold one band besides the map, not a second map.
+    """
+    height, width = array.shape
+    step = max(1, (BAND_BYTES if max_bytes is None else max_bytes) // max(1, height * itemsize))
+    for c0 in range(0, width, step):
+        yield array[:, c0:min(width, c0 + step)]

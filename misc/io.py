@@ -13,20 +13,23 @@ import os
 import re
 import secrets
 import shutil
+import struct
 import tempfile
 import time
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import scipy.io
 
-from misc.arrays import check_label_map
+from misc.arrays import check_label_map, column_bands
 
 __all__ = [
     "InputError", "DiskFullError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat",
-    "atomic_path", "check_writable", "pid_alive", "remove_stale_partials", "remove_stale_temporaries",
-    "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES", "write_json_atomic",
+    "ScratchArray", "atomic_path", "check_writable", "pid_alive", "remove_stale_partials", "remove_stale_temporaries",
+    "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES", "write_json_atomic", "write_json_list_atomic",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -71,7 +74,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
             raise InputError(f"{path}: grayscale image with alpha; an RGB H&E image is required")
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: a large tile is not held twice
     return np.ascontiguousarray(image)
 
 
@@ -300,19 +303,174 @@ def write_json_atomic(path: str | os.PathLike, obj, *, newline: bool = False, **
     return Path(path)
 
 
-def save_label_mat(path: str | os.PathLike, inst_map: np.ndarray, type_map: np.ndarray | None = None,
-                   inst_type: np.ndarray | None = None, inst_centroid: np.ndarray | None = None) -> None:
-    """Write a CoNSeP-format ``.mat`` atomically (``inst_type`` Nx1, ``inst_centroid`` Nx2 (x, y))."""
-    data = {"inst_map": np.asarray(inst_map, dtype=np.int32)}
+def write_json_list_atomic(path: str | os.PathLike, head: dict, key: str, items: Iterable, **dumps_kwargs) -> Path:
+    """Write ``{**head, key: [items...]}`` as JSON to ``path`` through :func:`atomic_path`, one item at a time.
+
+    The bytes are those of ``json.dumps`` of the whole object (default separators, no indent), but only one item
+    is held as text: the nuclei of a large tile are many Python objects once converted. ``head`` must not be
+    empty (it supplies the opening brace); ``dumps_kwargs`` as for :func:`write_json_atomic` (``allow_nan``). An
+    item that cannot be serialised stops the write and leaves no file.
+    """
+    if not head or key in head:
+        raise ValueError(f"head must be a non-empty object without the key {key!r}")
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(head, **dumps_kwargs)[:-1] + f", {json.dumps(key)}: [")
+        for index, item in enumerate(items):
+            handle.write((", " if index else "") + json.dumps(item, **dumps_kwargs))
+        handle.write("]}")
+    return Path(path)
+
+
+def save_label_mat(path: str | os.PathLike, inst_map, type_map=None, inst_type: np.ndarray | None = None,
+                   inst_centroid: np.ndarray | None = None) -> None:
+    """Write a CoNSeP-format ``.mat`` atomically (``inst_type`` Nx1, ``inst_centroid`` Nx2 (x, y)).
+
+    The maps (written as int32) may be arrays or anything with an HxW ``shape`` whose ``[:, c0:c1]`` gives those
+    columns as an array (a :class:`ScratchArray`; a type map computed band by band): they are converted and
+    compressed a band of columns at a time (:func:`misc.arrays.column_bands`), so writing holds 16 MB of them
+    besides the inputs, where ``scipy.io.savemat`` made three full-size copies of each map (its bytes, a stream of
+    them, that stream's value). The bytes are savemat's
+    (``do_compression=True``; header, then the variables in this order), which also writes everything but the
+    maps' data.
+    """
+    maps = {"inst_map": inst_map}
     if type_map is not None:
-        data["type_map"] = np.asarray(type_map, dtype=np.int32)
+        maps["type_map"] = type_map
+    data = {}
     if inst_type is not None:
         data["inst_type"] = np.asarray(inst_type, dtype=np.int32).reshape(-1, 1)
     if inst_centroid is not None:
         data["inst_centroid"] = np.asarray(inst_centroid, dtype=np.float64).reshape(-1, 2)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            scipy.io.savemat(handle, data, do_compression=True)
+            scipy.io.savemat(handle, {}, do_compression=True)  # the 128-byte header (at offset 0 only)
+            for name, array in maps.items():
+                if not hasattr(array, "shape"):
+                    array = np.asarray(array, dtype=np.int32)
+                if len(array.shape) == 2 and array.shape[0] * array.shape[1] > 1:
+                    _write_compressed_map(handle, name, array)
+                else:  # not a map, or one too small for a data element of its own: savemat as is
+                    scipy.io.savemat(handle, {name: np.asarray(array, dtype=np.int32)}, do_compression=True)
+            if data:
+                scipy.io.savemat(handle, data, do_compression=True)  # past the header: variables only
+
+
+# MAT-file level 5 codes (MathWorks, "MAT-File Format"): element data types and the int32 array class.
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
+_MX_INT32_CLASS = 12
+
+
+def _int32_matrix_head(name: bytes, height: int, width: int) -> bytes:
+    """An HxW int32 matrix element up to its data, byte for byte as scipy.io.savemat writes it (native byte
+    order; tag, array flags, dimensions, name padded to 8 bytes or packed into its tag when <= 4, data tag)."""
+    size = height * width * 4
+    if len(name) <= 4:
+        name_element = struct.pack("=I", (len(name) << 16) | _MI_INT8) + name.ljust(4, b"\0")
+    else:
+        name_element = struct.pack("=II", _MI_INT8, len(name)) + name + b"\0" * (-len(name) % 8)
+    body = (struct.pack("=IIII", _MI_UINT32, 8, _MX_INT32_CLASS, 0) + struct.pack("=IIii", _MI_INT32, 8, height, width)
+            + name_element + struct.pack("=II", _MI_INT32, size))
+    total = len(body) + size + (-size % 8)
+    if total >= 2 ** 32:
+        raise ValueError(f"a {height}x{width} map is too large for a MAT-file level 5 element")
+    return struct.pack("=II", _MI_MATRIX, total) + body
+
+
+def _write_compressed_map(handle, name: str, array) -> None:
+    """Append ``array`` (HxW, any integer map) as a compressed int32 variable at the handle's position.
+
+    zlib streams its input in pieces to the same bytes as ``zlib.compress`` of the whole, so the element equals
+    savemat's; its length, which leads it, is patched in at the end.
+    """
+    height, width = array.shape
+    start = handle.tell()
+    handle.write(struct.pack("=II", _MI_COMPRESSED, 0))
+    compressor = zlib.compressobj()
+    handle.write(compressor.compress(_int32_matrix_head(name.encode("latin1"), height, width)))
+    for band in column_bands(array):
+        handle.write(compressor.compress(np.asarray(band, dtype=np.int32).tobytes(order="F")))
+    handle.write(compressor.compress(b"\0" * (-(height * width * 4) % 8)))
+    handle.write(compressor.flush())
+    end = handle.tell()
+    handle.seek(start + 4)
+    handle.write(struct.pack("=I", end - start - 8))
+    handle.seek(end)
+
+
+class ScratchArray:
+    """An array kept in a scratch file instead of in memory, read and written a rectangle at a time: what a tile
+    larger than ``INFER.BLOCK_SIZE`` (``src/pipeline.py``) keeps of itself while its blocks are processed (its
+    network maps, 13 bytes a pixel, and its label map, 4: 2.4 GB for 12000x12000 px, which would otherwise sit in
+    memory beside the image and the network).
+
+    ``shape`` (H, W, ...) and ``dtype`` as for an ndarray; ``order`` 'C' keeps rows together (a rectangle is a run
+    of each of its rows), 'F' columns (the label map: the ``.mat`` writer reads whole columns, one contiguous piece
+    of the file per band). Pages are mapped only while used: :meth:`view` maps the rows (or columns) of a rectangle
+    and they leave memory with the last view; ``array[r0:r1, c0:c1]`` returns a copy and assigning to it writes
+    through. ``np.asarray(array)`` reads all of it. Make one with :meth:`scratch`.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype=np.int32, order: str = "C"):
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.order = order
+
+    @classmethod
+    @contextlib.contextmanager
+    def scratch(cls, folder: str | os.PathLike, name: str, shape: tuple[int, ...], dtype=np.int32,
+                order: str = "C"):
+        """A zero array in a temporary file beside ``folder/<name>``, removed on exit (named like
+        :func:`atomic_path`'s temporaries, so a killed run's file is removed by the next run's
+        :func:`remove_stale_temporaries`). Its space is reserved first: a full disk raises
+        :class:`DiskFullError` here, not a crash (SIGBUS) when a mapped page is written."""
+        tmp = _new_temporary(Path(folder) / name)
+        try:
+            fd = os.open(tmp, os.O_RDWR)
+            try:
+                size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, size)
+                else:  # macOS: a sparse file (a full disk then shows when a page is written)
+                    os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+            yield cls(tmp, shape, dtype, order)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
+                raise DiskFullError(errno.ENOSPC, f"disk full writing {tmp}") from exc
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def view(self, key) -> np.ndarray:
+        """The rectangle ``[r0:r1, c0:c1]`` mapped for reading and writing (rows, or columns with order 'F', of
+        all the other axis are mapped; only the rectangle's pages are touched)."""
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) and k.step in (None, 1)
+                                                                   for k in key)):
+            raise TypeError(f"a ScratchArray is read by [r0:r1, c0:c1], got {key!r}")
+        (r0, r1, _), (c0, c1, _) = key[0].indices(self.shape[0]), key[1].indices(self.shape[1])
+        r1, c1 = max(r0, r1), max(c0, c1)
+        inner = self.shape[2:]
+        if (r1 - r0) * (c1 - c0) == 0:
+            return np.zeros((r1 - r0, c1 - c0) + inner, self.dtype)
+        pixel = int(np.prod(inner)) * self.dtype.itemsize
+        if self.order == "F":
+            return np.memmap(self.path, self.dtype, "r+", offset=c0 * self.shape[0] * pixel,
+                             shape=(self.shape[0], c1 - c0) + inner, order="F")[r0:r1]
+        return np.memmap(self.path, self.dtype, "r+", offset=r0 * self.shape[1] * pixel,
+                         shape=(r1 - r0, self.shape[1]) + inner)[:, c0:c1]
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.array(self.view(key))
+
+    def __setitem__(self, key, value) -> None:
+        self.view(key)[...] = value
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self[:, :]
+        return array if dtype is None else array.astype(dtype)
 
 
 def colour_instances_to_ids(rgb: np.ndarray) -> np.ndarray:

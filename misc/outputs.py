@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from misc.arrays import check_label_map
-from misc.io import InputError, save_label_mat, write_json_atomic
+from misc.arrays import check_label_map, column_bands
+from misc.io import InputError, save_label_mat, write_json_list_atomic
 from misc.viz import save_overlay, type_entry
 
 __all__ = ["FORMATS", "default_type_info", "load_type_info", "save_mat", "save_nuclei_json", "save_geojson",
@@ -93,23 +93,42 @@ def _type_or_none(value) -> int | None:
     return None if value is None else int(value)
 
 
-def _check_inst_map(inst_map: np.ndarray, inst_info: Mapping) -> np.ndarray:
-    inst_map = check_label_map(inst_map, "inst_map", allow_bool=False)
-    ids = np.unique(inst_map)
-    ids = ids[ids != 0]
-    if set(ids.tolist()) != {int(k) for k in inst_info}:
-        missing = sorted(set(ids.tolist()) ^ {int(k) for k in inst_info})[:10]
+def _check_inst_map(inst_map, inst_info: Mapping):
+    """``inst_map`` (an array, or a :class:`misc.io.ScratchArray`) after checking it band by band: an HxW map of
+    non-negative integer ids that are exactly those of ``inst_info``."""
+    if not hasattr(inst_map, "shape"):
+        inst_map = np.asarray(inst_map)
+    if len(inst_map.shape) != 2:
+        raise ValueError(f"inst_map must be a 2-D (HxW) map, got shape {inst_map.shape}")
+    ids = set()
+    for band in column_bands(inst_map):
+        ids.update(np.unique(check_label_map(band, "inst_map", allow_bool=False)).tolist())
+    ids.discard(0)
+    if ids != {int(k) for k in inst_info}:
+        missing = sorted(ids ^ {int(k) for k in inst_info})[:10]
         raise ValueError(f"inst_map ids and inst_info ids differ (e.g. {missing})")
     return inst_map
 
 
-def save_mat(path: str | os.PathLike, inst_map: np.ndarray, inst_info: Mapping) -> Path:
+class _TypeMap:
+    """``lookup[inst_map]`` computed for the columns asked for: the ``.mat``'s type map, one band at a time
+    (:func:`misc.io.save_label_mat`) instead of a second full-size map."""
+
+    def __init__(self, inst_map, lookup: np.ndarray):
+        self.inst_map, self.lookup, self.shape = inst_map, lookup, inst_map.shape
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.lookup[self.inst_map[key]]
+
+
+def save_mat(path: str | os.PathLike, inst_map, inst_info: Mapping) -> Path:
     """Write a CoNSeP-format ``.mat`` so predictions and ground truth are read by the same code.
 
     Keys: ``inst_map`` (HxW int32), ``type_map`` (HxW int32, each nucleus's pixels = its type, 0 for
     background and untyped nuclei), ``inst_type`` (Nx1 int32) and ``inst_centroid`` (Nx2 float64,
     x then y), rows in ascending id order (row i is id i + 1 when ids are 1..N). ``inst_info`` must
-    describe exactly the ids present in ``inst_map`` (``ValueError`` otherwise).
+    describe exactly the ids present in ``inst_map`` (``ValueError`` otherwise). ``inst_map``: an array or a
+    :class:`misc.io.ScratchArray`; both are read a band of columns at a time, so no full-size temporary is made.
     """
     inst_map = _check_inst_map(inst_map, inst_info)
     ids = sorted(int(k) for k in inst_info)
@@ -118,7 +137,7 @@ def save_mat(path: str | os.PathLike, inst_map: np.ndarray, inst_info: Mapping) 
     lookup = np.zeros(max(ids, default=0) + 1, dtype=np.int32)
     lookup[ids] = types
     path = Path(path)
-    save_label_mat(path, inst_map, type_map=lookup[inst_map], inst_type=types,
+    save_label_mat(path, inst_map, type_map=_TypeMap(inst_map, lookup), inst_type=types,
                    inst_centroid=centroids.reshape(-1, 2))
     return path
 
@@ -148,13 +167,14 @@ def save_nuclei_json(path: str | os.PathLike, inst_info: Mapping, type_info: Map
     [x, y], ``contour`` [[x, y], ...]; ``type``/``type_prob`` null for untyped nuclei.
     ``image_shape`` is left out when not given.
     """
-    doc = {}
+    head = {}
     if image_shape is not None:
-        doc["image_shape"] = [int(image_shape[0]), int(image_shape[1])]
-    doc["type_info"] = {str(k): [str(name), [int(v) for v in colour]] for k, (name, colour) in type_info.items()}
-    doc["nuclei"] = [nucleus_record(int(i), inst_info[i], type_info) for i in sorted(inst_info, key=int)]
+        head["image_shape"] = [int(image_shape[0]), int(image_shape[1])]
+    head["type_info"] = {str(k): [str(name), [int(v) for v in colour]] for k, (name, colour) in type_info.items()}
+    records = (nucleus_record(int(i), inst_info[i], type_info) for i in sorted(inst_info, key=int))
     path = Path(path)
-    write_json_atomic(path, doc, allow_nan=False)  # NaN/Infinity are not JSON: strict readers (QuPath) fail
+    # NaN/Infinity are not JSON: strict readers (QuPath) fail
+    write_json_list_atomic(path, head, "nuclei", records, allow_nan=False)
     return path
 
 
@@ -260,9 +280,9 @@ def save_geojson(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping
     ``nucleus_id`` (the id in the ``.mat``/JSON, for other readers). Conventions follow QuPath's own
     GeoJSON export (qupath-core ``PathObjectTypeAdapters``; the v0.4 format of qupath/qupath#1099).
     """
-    features = [geojson_feature(inst_id, inst_info[inst_id], type_info) for inst_id in sorted(inst_info, key=int)]
+    features = (geojson_feature(inst_id, inst_info[inst_id], type_info) for inst_id in sorted(inst_info, key=int))
     path = Path(path)
-    write_json_atomic(path, {"type": "FeatureCollection", "features": features}, allow_nan=False)
+    write_json_list_atomic(path, {"type": "FeatureCollection"}, "features", features, allow_nan=False)
     return path
 
 
@@ -282,12 +302,15 @@ def output_paths(out_dir: str | os.PathLike, name: str, formats: Iterable[str] =
     return {f: Path(out_dir) / f"{name}{_SUFFIX[f]}" for f in check_formats(formats)}
 
 
-def write_outputs(out_dir: str | os.PathLike, name: str, image: np.ndarray, inst_map: np.ndarray,
-                  inst_info: Mapping, type_info: Mapping, formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+def write_outputs(out_dir: str | os.PathLike, name: str, image: np.ndarray, inst_map,
+                  inst_info: Mapping, type_info: Mapping, formats: Iterable[str] = FORMATS,
+                  overlay_rows: int | None = None) -> dict[str, Path]:
     """Write the requested outputs of one image and return format -> path.
 
-    ``image``: HxWx3 uint8 RGB (used by the ``png`` overlay); ``inst_map`` HxW int32; ``inst_info`` and
-    ``type_info`` as in the module docstring. Each file is written atomically.
+    ``image``: HxWx3 uint8 RGB (used by the ``png`` overlay); ``inst_map`` HxW int32 (or a
+    :class:`misc.io.ScratchArray`); ``inst_info`` and ``type_info`` as in the module docstring. ``overlay_rows``: draw
+    and write the overlay that many rows at a time (``misc.viz.save_overlay``'s ``band_rows``; None: whole).
+    Each file is written atomically; none of them makes a full-size copy of the map.
     """
     paths = output_paths(out_dir, name, formats)
     image = np.asarray(image)
@@ -297,7 +320,7 @@ def write_outputs(out_dir: str | os.PathLike, name: str, image: np.ndarray, inst
         "mat": lambda p: save_mat(p, inst_map, inst_info),
         "json": lambda p: save_nuclei_json(p, inst_info, type_info, image_shape=image.shape[:2]),
         "geojson": lambda p: save_geojson(p, inst_info, type_info),
-        "png": lambda p: save_overlay(p, image, inst_info, type_info),
+        "png": lambda p: save_overlay(p, image, inst_info, type_info, band_rows=overlay_rows),
     }
     for fmt, path in paths.items():
         writers[fmt](path)

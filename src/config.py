@@ -208,6 +208,7 @@ _RULES = {
     "POSTPROC.ENERGY_BLUR": _odd(1),
     "POSTPROC.MARKER_OPENING": _int(1),
     "INFER.BATCH_SIZE": _int(1),
+    "INFER.BLOCK_SIZE": _int(1),
     "WSI.MODEL_MPP": _num(0, lo_open=True),
     "WSI.MPP_TOLERANCE": _num(0),
     "WSI.TILE_SIZE": _int(1),
@@ -331,6 +332,10 @@ def make_config() -> AttrDict:
 
     # --- inference (spec section 6) ---
     C.INFER.BATCH_SIZE = 16  # input windows per forward pass
+    # px at model resolution: a tile with a longer side is predicted and post-processed in overlapping blocks of
+    # at most this side (src/blocks.py), so memory does not grow with the tile; tiles within it (1000x1000 ones)
+    # are processed whole, as always
+    C.INFER.BLOCK_SIZE = 2048
 
     # --- whole-slide inference (infer.py --mode wsi; src/wsi.py) ---
     C.WSI.MODEL_MPP = 0.25  # um/px the model was trained at (CoNSeP: 40x, 0.25); inputs are resampled to it

@@ -21,12 +21,16 @@ training patch extraction's (``dataset.extraction.cut_patches``, ``last='flush'`
 square ends flush with the image edge, as the published extractor). It lives here, numpy-only, so that
 ``dataset`` may import it while ``src`` never imports ``dataset``.
 
+Regions. ``predict_tile(..., region=...)`` predicts only the windows of the tile's grid whose outputs meet a
+rectangle and returns its maps, equal to the whole tile's there: a block of a tile too large to post-process at
+once (``src/blocks.py``, ``src/pipeline.py``) costs its own windows and memory, not the tile's.
+
 Nothing here imports TensorFlow: ``predict_tile`` takes any ``predict_fn``, so it is tested with fakes
 and reused by the TF runner (``predict_fn`` = an ``OfflinePredictor`` call).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +38,7 @@ import numpy as np
 from misc.io import NonFiniteMapsError
 
 __all__ = ["GRID_EDGES", "grid_starts", "window_grid", "WindowLayout", "window_layout", "reflect_index",
-           "gather_windows", "iter_window_batches", "stitch", "predict_tile"]
+           "gather_windows", "iter_window_batches", "stitch", "region_windows", "predict_tile"]
 
 GRID_EDGES = ("cover", "flush")  # how a grid ends at the far edge; see grid_starts
 
@@ -189,10 +193,15 @@ def gather_windows(image: np.ndarray, layout: WindowLayout, start: int = 0, stop
     stop = layout.n_windows if stop is None else min(stop, layout.n_windows)
     if not 0 <= start <= stop:
         raise ValueError(f"bad window range {start}..{stop} of {layout.n_windows}")
+    return _gather(image, layout, range(start, stop))
+
+
+def _gather(image: np.ndarray, layout: WindowLayout, windows: Sequence[int]) -> np.ndarray:
+    """The windows of the given row-major indices, as one batch (``gather_windows`` without the checks)."""
     row_index, col_index = _padded_indices(layout)
     size, step = layout.input_shape, layout.output_shape
-    out = np.empty((stop - start, size, size, 3), dtype=image.dtype)
-    for k, i in enumerate(range(start, stop)):
+    out = np.empty((len(windows), size, size, 3), dtype=image.dtype)
+    for k, i in enumerate(windows):
         r, c = divmod(i, layout.cols)
         rows = row_index[r * step:r * step + size]
         cols = col_index[c * step:c * step + size]
@@ -200,23 +209,30 @@ def gather_windows(image: np.ndarray, layout: WindowLayout, start: int = 0, stop
     return out
 
 
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 def iter_window_batches(image: np.ndarray, layout: WindowLayout,
                         batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, windows)`` with at most ``batch_size`` windows each, in row-major order."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_batch_size(batch_size)
     for start in range(0, layout.n_windows, batch_size):
         yield start, gather_windows(image, layout, start, start + batch_size)
 
 
-def _place(canvas: np.ndarray, outputs: np.ndarray, start: int, layout: WindowLayout) -> None:
-    """Copy window outputs ``start ..`` into their square of the HxWxC canvas, clipped to the image."""
+def _place(canvas: np.ndarray, outputs: np.ndarray, windows: Sequence[int], layout: WindowLayout,
+           region: tuple[int, int, int, int]) -> None:
+    """Copy the outputs of the given windows into their square of the canvas, which holds image rows
+    ``region[0]:region[2]`` and columns ``region[1]:region[3]``; each square clipped to the region."""
     step = layout.output_shape
-    for k, output in enumerate(outputs):
-        r, c = divmod(start + k, layout.cols)
-        y0, x0 = r * step, c * step
-        h, w = min(step, layout.height - y0), min(step, layout.width - x0)
-        canvas[y0:y0 + h, x0:x0 + w] = output[:h, :w]
+    ry0, rx0, ry1, rx1 = region
+    for output, i in zip(outputs, windows, strict=True):
+        r, c = divmod(i, layout.cols)
+        y0, x0 = max(r * step, ry0), max(c * step, rx0)
+        y1, x1 = min((r + 1) * step, ry1), min((c + 1) * step, rx1)
+        canvas[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = output[y0 - r * step:y1 - r * step, x0 - c * step:x1 - c * step]
 
 
 def _check_outputs(outputs, n: int, layout: WindowLayout, channels: int | None) -> np.ndarray:
@@ -240,36 +256,57 @@ def stitch(outputs: np.ndarray, layout: WindowLayout) -> np.ndarray:
     """
     outputs = _check_outputs(outputs, layout.n_windows, layout, None)
     canvas = np.empty((layout.height, layout.width, outputs.shape[3]), dtype=np.float32)
-    _place(canvas, outputs, 0, layout)
+    _place(canvas, outputs, range(layout.n_windows), layout, (0, 0, layout.height, layout.width))
     return canvas
 
 
+def region_windows(layout: WindowLayout, region: tuple[int, int, int, int] | None) -> tuple[tuple, list[int]]:
+    """``(region, windows)``: the region (y0, x0, y1, x1) checked (the whole image for None) and the row-major
+    indices of the windows whose output squares meet it."""
+    if region is None:
+        return (0, 0, layout.height, layout.width), list(range(layout.n_windows))
+    y0, x0, y1, x1 = (int(v) for v in region)
+    if not (0 <= y0 < y1 <= layout.height and 0 <= x0 < x1 <= layout.width):
+        raise ValueError(f"region {region} is empty or outside the {layout.height}x{layout.width} image")
+    step = layout.output_shape
+    rows = range(y0 // step, -(-y1 // step))
+    cols = range(x0 // step, -(-x1 // step))
+    return (y0, x0, y1, x1), [r * layout.cols + c for r in rows for c in cols]
+
+
 def predict_tile(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray], batch_size: int = 16,
-                 *, input_shape: int, output_shape: int,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Predict a whole tile window by window (spec section 6).
+                 *, input_shape: int, output_shape: int, progress: Callable[[int, int], None] | None = None,
+                 region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Predict a whole tile window by window (spec section 6), or one region of it.
 
     ``image``: HxWx3 RGB, uint8 or float (handed to ``predict_fn`` in that dtype, unnormalised).
     ``predict_fn(batch)``: ``N x input_shape x input_shape x 3`` -> ``N x output_shape x output_shape x C``
     (any float dtype), called ``ceil(n_windows / batch_size)`` times with ``N <= batch_size``. The geometry
     (keyword-only, required) is the config's ``MODEL.INPUT_SHAPE`` / ``MODEL.OUTPUT_SHAPE``.
     ``progress(done, total)``, if given, is called after each batch with window counts.
+    ``region`` (y0, x0, y1, x1), end exclusive: predict only the windows of the tile's grid whose output squares
+    meet it and return its ``(y1 - y0) x (x1 - x0) x C`` maps, the values the whole tile's maps hold there (the
+    windows read the tile's own pixels across the region's edges; reflected ones only past the tile's). A block
+    of a large tile (``src.blocks``) thus costs its own windows, not the tile's.
     Raises :class:`misc.io.NonFiniteMapsError` as soon as a batch's output holds NaN or infinity.
-    Returns HxWxC float32, the channels as ``predict_fn`` returns them. At most ``batch_size`` windows
-    (and their outputs) exist at a time besides the HxWxC result.
+    Returns HxWxC float32 (the region's size with ``region``), the channels as ``predict_fn`` returns them. At
+    most ``batch_size`` windows (and their outputs) exist at a time besides the result.
     """
     image = _check_image(image)
     layout = window_layout(image.shape[0], image.shape[1], input_shape, output_shape)
+    region, windows = region_windows(layout, region)
+    _check_batch_size(batch_size)
     canvas = None
-    for start, windows in iter_window_batches(image, layout, batch_size):
-        outputs = _check_outputs(predict_fn(windows), len(windows), layout,
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start:start + batch_size]
+        outputs = _check_outputs(predict_fn(_gather(image, layout, batch)), len(batch), layout,
                                  None if canvas is None else canvas.shape[2])
         if not np.isfinite(outputs).all():
             raise NonFiniteMapsError(f"the network's output holds NaN or infinity (windows {start}-"
-                                     f"{start + len(windows) - 1}): its weights or input are not usable")
+                                     f"{start + len(batch) - 1}): its weights or input are not usable")
         if canvas is None:  # the channel count is known only once the model has answered
-            canvas = np.empty((layout.height, layout.width, outputs.shape[3]), dtype=np.float32)
-        _place(canvas, outputs, start, layout)
+            canvas = np.empty((region[2] - region[0], region[3] - region[1], outputs.shape[3]), dtype=np.float32)
+        _place(canvas, outputs, batch, layout, region)
         if progress is not None:
-            progress(start + len(windows), layout.n_windows)
+            progress(start + len(batch), len(windows))
     return canvas

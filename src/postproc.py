@@ -20,7 +20,7 @@ from misc.arrays import CROSS_4 as _CROSS  # 4-connectivity, as every labelling 
 from misc.arrays import relabel_contiguous
 from misc.viz import instance_contour
 
-__all__ = ["instances_from_np_hv", "process", "instance_info", "remove_small_labels"]
+__all__ = ["instances_from_np_hv", "hv_sobel", "process", "instance_info", "remove_small_labels"]
 
 
 def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -53,9 +53,39 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | is_hole[background]
 
 
+def _normalize(array: np.ndarray, value_range=None) -> np.ndarray:
+    """``array`` min-max scaled to [0, 1] float32 by ``cv2.normalize``: over its own extremes (the released code),
+    or over ``value_range`` (lo, hi), those of the whole image when ``array`` is a block of it.
+
+    With a range, OpenCV still does the arithmetic, fed the range's ends beside the values (clipped into it: only
+    a block's outermost pixels, whose Sobel responses see its edge, fall outside), so every value scales to the
+    float32 the whole image gives it.
+    """
+    if value_range is None:
+        return cv2.normalize(array, None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
+    values = np.empty(array.size + 2, array.dtype)
+    np.clip(array.reshape(-1), *value_range, out=values[:-2])
+    values[-2:] = value_range
+    scaled = cv2.normalize(values, None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
+    return scaled[:-2].reshape(array.shape)
+
+
+def hv_sobel(hv, sobel_ksize: int, hv_range=None) -> tuple[np.ndarray, np.ndarray]:
+    """HxW float64 Sobel responses of the min-max normalised hv maps: horizontal derivative of x, vertical of y
+    (spec section 5, step 2, before their own normalisation). ``hv_range``: ((lo, hi) of x, (lo, hi) of y) to
+    normalise over instead of the maps' own extremes (:func:`_normalize`)."""
+    hv_range = (None, None) if hv_range is None else hv_range
+    h_dir = _normalize(hv[..., 0], hv_range[0])
+    sobel_h = cv2.Sobel(h_dir, cv2.CV_64F, 1, 0, ksize=sobel_ksize)
+    del h_dir
+    v_dir = _normalize(hv[..., 1], hv_range[1])
+    sobel_v = cv2.Sobel(v_dir, cv2.CV_64F, 0, 1, ksize=sobel_ksize)
+    return sobel_h, sobel_v
+
+
 def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_threshold: float = 0.4,
                          sobel_ksize: int = 21, min_size: int = 10, energy_blur: int = 3,
-                         marker_opening: int = 5) -> np.ndarray:
+                         marker_opening: int = 5, hv_range=None, sobel_range=None) -> np.ndarray:
     """Nuclear instances from the NP probability and the HV maps (spec section 5, steps 1-5).
 
     Args:
@@ -63,6 +93,10 @@ def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_thres
         hv: HxWx2 float, channel 0 horizontal (x) map, channel 1 vertical (y) map, nominally [-1, 1].
         np_threshold, marker_threshold, sobel_ksize, min_size, energy_blur, marker_opening:
             the ``POSTPROC`` section of the config (published values as defaults).
+        hv_range, sobel_range: None (the released code: the hv maps and their Sobel responses are min-max
+            normalised over these maps), or ((lo, hi), (lo, hi)) of the x and y maps and of the horizontal and
+            vertical responses over a whole image of which these maps are a block (``src/pipeline.py``): the
+            block's pixels then get the whole image's values, its nuclei the whole image's nuclei.
 
     Returns:
         HxW int32 instance map, ids 1..N contiguous (in increasing order of the watershed markers,
@@ -75,21 +109,23 @@ def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_thres
         raise ValueError(f"expected np_prob HxW and hv HxWx2, got {np_prob.shape} and {hv.shape}")
 
     # 1. Blobs: threshold, 4-connected components, drop those < min_size px.
+    # (Every full-size temporary is deleted once used: a block of a large tile (src/blocks.py) then holds about
+    # half as many bytes per pixel, with the same results.)
     blobs, _ = ndi.label(np_prob >= np_threshold, structure=_CROSS)
     blb = (remove_small_labels(blobs, min_size) > 0).astype(np.int32)
+    del blobs
     if not blb.any():
         # Released code: no markers, watershed labels nothing. Skip the filtering work.
         return np.zeros(np_prob.shape, dtype=np.int32)
 
     # 2. Edges of the min-max normalised hv maps, horizontal derivative of x, vertical of y.
-    h_dir = cv2.normalize(hv[..., 0], None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
-    v_dir = cv2.normalize(hv[..., 1], None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
-    sobel_h = cv2.Sobel(h_dir, cv2.CV_64F, 1, 0, ksize=sobel_ksize)
-    sobel_v = cv2.Sobel(v_dir, cv2.CV_64F, 0, 1, ksize=sobel_ksize)
-    sobel_h = 1 - cv2.normalize(sobel_h, None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
-    sobel_v = 1 - cv2.normalize(sobel_v, None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
+    sobel_h, sobel_v = hv_sobel(hv, sobel_ksize, hv_range)
+    sobel_range = (None, None) if sobel_range is None else sobel_range
+    sobel_h = 1 - _normalize(sobel_h, sobel_range[0])
+    sobel_v = 1 - _normalize(sobel_v, sobel_range[1])
     # float32 - int32 promotes to float64, as in the released code.
     edges = np.maximum(sobel_h, sobel_v) - (1 - blb)
+    del sobel_h, sobel_v
     edges[edges < 0] = 0
 
     # 3. Energy: nuclei are mountains of (1 - edges); negate so they become basins.
@@ -97,15 +133,20 @@ def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_thres
 
     # 4. Markers: blob interiors away from strong edges, cleaned.
     marker = blb - (edges >= marker_threshold).astype(np.int32)
+    del edges
+    mask = blb > 0
+    del blb
     marker[marker < 0] = 0
     marker = _fill_holes(marker > 0).astype(np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (marker_opening, marker_opening))
     marker = cv2.morphologyEx(marker, cv2.MORPH_OPEN, kernel)
     markers, _ = ndi.label(marker, structure=_CROSS)
+    del marker
     remove_small_labels(markers, min_size)
 
     # 5. Watershed from the markers within the blobs (skimage default connectivity 1 = 4-connected).
-    inst_map = watershed(energy, markers, mask=blb > 0)
+    inst_map = watershed(energy, markers, mask=mask)
+    del energy, markers, mask
     return relabel_contiguous(inst_map, dtype=np.int32)[0]  # ids 1..N in the watershed's order
 
 

@@ -3,11 +3,12 @@
 A slide is processed at the model's resolution ("working" pixels of ``WSI.MODEL_MPP`` microns); level-0
 coordinates are working coordinates times ``scale`` = model mpp / slide mpp (1 when within the tolerance).
 The working plane is cut into square *cores* of ``tile_size`` px (a multiple of the network output), each
-read with a *margin* on every side (a multiple of the output too, see :func:`tile_margin`). Every region
-goes through the tile path unchanged - :func:`src.inference.predict_tile` (reflect padding at the
-region's edge, the 270/80 or 256/164 window grid), :func:`src.postproc.process` - and a nucleus is kept
-only by the tile whose core contains its centroid. The cores partition the slide, so no nucleus is
-lost or counted twice at a tile border.
+read with a *margin* on every side (a multiple of the output too, see :func:`tile_margin`): the block grid of
+:mod:`src.blocks`, which tiles larger than ``INFER.BLOCK_SIZE`` share. Every region goes through the tile path
+unchanged - :func:`src.inference.predict_tile` (reflect padding at the region's edge, the 270/80 or 256/164
+window grid), :func:`src.postproc.process` - and a nucleus is kept only by the tile whose core contains its
+centroid (:func:`src.blocks.owned_ids`). The cores partition the slide, so no nucleus is lost or counted
+twice at a tile border.
 
 Why the result equals the tile path on the same pixels: core and margin are multiples of the output
 size and regions start at multiples of it, so every window of a region is a window of the whole-image
@@ -54,6 +55,7 @@ from misc.outputs import geojson_feature, nucleus_record
 from misc.slide_io import SLIDE_SUFFIXES, SlideReader, is_slide
 from misc.summary import SUMMARY_NAME, read_summary, write_summary
 from misc.viz import type_entry, type_name
+from src.blocks import Block, block_grid, nucleus_margin, owned_ids
 from src.inference import predict_tile
 from src.pipeline import PostprocParams, mpp_scale, split_channels
 from src.postproc import process
@@ -62,7 +64,7 @@ from src.tissue import load_user_mask, tissue_mask
 log = logging.getLogger(__name__)
 
 __all__ = ["input_suffixes", "split_inputs",
-           "SLIDE_FORMATS", "WsiSettings", "wsi_settings", "tile_margin", "TileSpec", "SlidePlan", "plan_slide",
+           "SLIDE_FORMATS", "WsiSettings", "wsi_settings", "tile_margin", "SlidePlan", "plan_slide",
            "TileJob", "run_tile", "run_tile_task", "assemble_slide", "slide_output_paths", "WsiReport", "run_wsi",
            "cached_predictor"]
 
@@ -116,8 +118,7 @@ def tile_margin(input_shape: int, output_shape: int, max_nucleus_px: int, sobel_
     328 for 256/164 (with 80 px nuclei and the 21-px Sobel).
     """
     net = (input_shape - output_shape) // 2
-    out = output_shape
-    return math.ceil(net / out) * out + math.ceil((max_nucleus_px + sobel_ksize // 2) / out) * out
+    return math.ceil(net / output_shape) * output_shape + nucleus_margin(output_shape, max_nucleus_px, sobel_ksize)
 
 
 def wsi_settings(cfg, *, batch_size: int | None = None, formats: Iterable[str] = SLIDE_FORMATS,
@@ -139,20 +140,6 @@ def wsi_settings(cfg, *, batch_size: int | None = None, formats: Iterable[str] =
         gzip=bool(gzip_geojson))
 
 
-@dataclass(frozen=True)
-class TileSpec:
-    """One large tile, in working px: ``core`` and ``region`` as (y0, x0, y1, x1), end exclusive."""
-
-    row: int
-    col: int
-    core: tuple[int, int, int, int]
-    region: tuple[int, int, int, int]
-
-    @property
-    def key(self) -> str:
-        return f"{self.row}_{self.col}"
-
-
 @dataclass
 class SlidePlan:
     """How one slide is cut: sizes, resolution, the tissue tiles and the tissue area."""
@@ -166,7 +153,7 @@ class SlidePlan:
     work_width: int
     work_height: int
     grid: tuple[int, int]  # rows, cols of the full tile grid
-    tiles: list[TileSpec]  # tiles whose core holds tissue, row-major
+    tiles: list[Block]  # large tiles (src.blocks, working px) whose core holds tissue, row-major
     tissue_mm2: float
 
     def fingerprint(self, settings: WsiSettings) -> dict:
@@ -206,22 +193,17 @@ def plan_slide(path, settings: WsiSettings, *, mpp: float | None = None,
     mask_sy, mask_sx = height / mask.shape[0], width / mask.shape[1]
     tissue_mm2 = float(mask.sum()) * mask_sy * mask_sx * slide_mpp ** 2 / 1e6
     work_w, work_h = max(1, round(width / scale)), max(1, round(height / scale))
-    size, margin = settings.tile_size, settings.margin
-    rows, cols = math.ceil(work_h / size), math.ceil(work_w / size)
+    size = settings.tile_size
     tiles = []
-    for r in range(rows):
-        for c in range(cols):
-            y0, x0 = r * size, c * size
-            y1, x1 = min(work_h, y0 + size), min(work_w, x0 + size)
-            my0, my1 = int(y0 * scale / mask_sy), math.ceil(y1 * scale / mask_sy)
-            mx0, mx1 = int(x0 * scale / mask_sx), math.ceil(x1 * scale / mask_sx)
-            if not mask[my0:my1, mx0:mx1].any():
-                continue
-            region = (max(0, y0 - margin), max(0, x0 - margin), min(work_h, y1 + margin), min(work_w, x1 + margin))
-            tiles.append(TileSpec(r, c, (y0, x0, y1, x1), region))
+    for tile in block_grid(work_h, work_w, size, settings.margin):
+        y0, x0, y1, x1 = tile.core
+        my0, my1 = int(y0 * scale / mask_sy), math.ceil(y1 * scale / mask_sy)
+        mx0, mx1 = int(x0 * scale / mask_sx), math.ceil(x1 * scale / mask_sx)
+        if mask[my0:my1, mx0:mx1].any():
+            tiles.append(tile)
     return SlidePlan(name=path.stem, path=str(path.resolve()), width=width, height=height, mpp=slide_mpp,
-                     scale=scale, work_width=work_w, work_height=work_h, grid=(rows, cols), tiles=tiles,
-                     tissue_mm2=tissue_mm2)
+                     scale=scale, work_width=work_w, work_height=work_h,
+                     grid=(math.ceil(work_h / size), math.ceil(work_w / size)), tiles=tiles, tissue_mm2=tissue_mm2)
 
 
 @dataclass(frozen=True)
@@ -231,7 +213,7 @@ class TileJob:
     slide_path: str
     mpp: float
     scale: float
-    tile: TileSpec
+    tile: Block
     part_path: str
     settings: WsiSettings
     type_info: Mapping
@@ -300,12 +282,8 @@ def run_tile(job: TileJob, predict_fn: Callable[[np.ndarray], np.ndarray]) -> di
     del maps
     _, inst_info = process(np_prob, hv, tp_prob, **s.postproc)
     ry0, rx0 = job.tile.region[:2]
-    cy0, cx0, cy1, cx1 = job.tile.core
-    records = []
-    for info in inst_info.values():
-        x, y = info["centroid"][0] + rx0, info["centroid"][1] + ry0
-        if cy0 <= y < cy1 and cx0 <= x < cx1:  # centroid ownership: the cores partition the slide
-            records.append(nucleus_record(0, _to_level0(info, ry0, rx0, job.scale), job.type_info))
+    records = [nucleus_record(0, _to_level0(inst_info[i], ry0, rx0, job.scale), job.type_info)
+               for i in owned_ids(inst_info, job.tile)]  # centroid ownership: the cores partition the slide
     post_s = time.perf_counter() - start
     start = time.perf_counter()
     text = json.dumps(records, allow_nan=False)

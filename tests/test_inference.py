@@ -201,3 +201,31 @@ def test_wrong_predictor_output_raises():
             return np.zeros((len(batch), 80, 80, state["n"]), np.float32)
 
         predict_tile(_image(200, 200), changing, batch_size=2, **ORIGINAL)
+
+
+class WindowMean(CentreCrop):
+    """C = 2: the centre's red channel and the mean of the whole window, which sees past the centre."""
+
+    def __call__(self, batch):
+        crop = super().__call__(batch)[..., :1]
+        mean = np.broadcast_to(batch.mean(axis=(1, 2, 3), dtype=np.float32)[:, None, None, None], crop.shape)
+        return np.concatenate([crop, mean], axis=3)
+
+
+@pytest.mark.parametrize("region", [(0, 0, 173, 251), (80, 160, 173, 251), (80, 80, 160, 160), (17, 33, 95, 250),
+                                    (172, 0, 173, 1)])
+def test_a_region_holds_the_whole_tiles_maps_from_its_own_windows(region):
+    image = _image(173, 251)
+    whole = predict_tile(image, WindowMean(), batch_size=5, **ORIGINAL)
+    fake = WindowMean()
+    y0, x0, y1, x1 = region
+    part = predict_tile(image, fake, batch_size=5, region=region, **ORIGINAL)
+    np.testing.assert_array_equal(part, whole[y0:y1, x0:x1])  # the tile's windows, not the region's reflections
+    meeting = (math.ceil(y1 / 80) - y0 // 80) * (math.ceil(x1 / 80) - x0 // 80)
+    assert sum(shape[0] for shape in fake.calls) == meeting
+
+
+def test_bad_regions_raise():
+    for region in [(0, 0, 0, 10), (5, 5, 4, 10), (0, 0, 11, 10), (-1, 0, 5, 5)]:
+        with pytest.raises(ValueError, match="region"):
+            predict_tile(_image(10, 10), CentreCrop(), region=region, **ORIGINAL)

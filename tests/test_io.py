@@ -1,4 +1,5 @@
 """misc/io.py: image and label reading with clear errors, atomic writes, colour-coded maps."""
+import json
 import os
 from pathlib import Path
 
@@ -7,14 +8,18 @@ import numpy as np
 import pytest
 import scipy.io
 
+import misc.arrays
+import misc.io
 from misc.io import (
     InputError,
+    ScratchArray,
     atomic_path,
     colour_instances_to_ids,
     load_label_mat,
     move_aside,
     read_image_rgb,
     save_label_mat,
+    write_json_list_atomic,
 )
 
 
@@ -78,6 +83,78 @@ def test_label_mat_round_trip(tmp_path):
     assert (label["type_map"] == (inst > 0) * 2).all()
     raw = scipy.io.loadmat(path)
     assert raw["inst_type"].shape == (2, 1)  # CoNSeP stores Nx1
+
+
+def _savemat_bytes(path, inst_map, type_map=None, inst_type=None, inst_centroid=None):
+    """What save_label_mat wrote until it streamed the maps: scipy.io.savemat of the whole arrays."""
+    data = {"inst_map": np.asarray(inst_map, np.int32)}
+    if type_map is not None:
+        data["type_map"] = np.asarray(type_map, np.int32)
+    if inst_type is not None:
+        data["inst_type"] = np.asarray(inst_type, np.int32).reshape(-1, 1)
+    if inst_centroid is not None:
+        data["inst_centroid"] = np.asarray(inst_centroid, np.float64).reshape(-1, 2)
+    with open(path, "wb") as handle:
+        scipy.io.savemat(handle, data, do_compression=True)
+    return Path(path).read_bytes()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (3, 5), (7, 1), (61, 37), (300, 257)])
+def test_label_mat_streamed_in_bands_has_savemats_bytes(tmp_path, monkeypatch, shape):
+    """Issue 22.3: the maps are compressed a band of columns at a time; the file is byte for byte savemat's (after
+    the 128-byte header, which holds the time), with one band and with many."""
+    rng = np.random.default_rng(sum(shape))
+    inst = np.where(rng.random(shape) < 0.5, 0, rng.integers(1, 70_000, shape)).astype(np.int64)
+    types = (inst % 5).astype(np.uint8)
+    for band_bytes in (misc.arrays.BAND_BYTES, 4 * shape[0] * 3, 1):
+        monkeypatch.setattr(misc.arrays, "BAND_BYTES", band_bytes)
+        for args in [(inst,), (inst, types, [1, 2], [[1.5, 2.0], [3.0, 4.0]]), (inst, None, [1], None)]:
+            save_label_mat(tmp_path / "a.mat", *args)
+            assert (tmp_path / "a.mat").read_bytes()[128:] == _savemat_bytes(tmp_path / "b.mat", *args)[128:]
+    # a map kept in a file is written the same
+    with ScratchArray.scratch(tmp_path, "x.labels", shape, np.int32, order="F") as labels:
+        labels[:, :] = inst
+        save_label_mat(tmp_path / "c.mat", labels, types)
+    assert (tmp_path / "c.mat").read_bytes()[128:] == _savemat_bytes(tmp_path / "b.mat", inst, types)[128:]
+    assert load_label_mat(tmp_path / "c.mat")["inst_map"].tolist() == inst.tolist()
+
+
+@pytest.mark.parametrize("order, inner", [("F", ()), ("C", ()), ("C", (2,))])
+def test_scratch_array_reads_and_writes_rectangles_and_leaves_nothing(tmp_path, order, inner):
+    shape = (50, 40) + inner
+    with ScratchArray.scratch(tmp_path, "tile.maps", shape, np.float32, order) as array:
+        (scratch,) = tmp_path.iterdir()
+        match = misc.io._TEMPORARY.match(scratch.name)  # a killed run's file is removed by the next run
+        assert match and int(match.group(1)) == os.getpid() and scratch.stat().st_size == 4 * int(np.prod(shape))
+        assert array.shape == shape and not array[:, :].any()
+        expected = np.zeros(shape, np.float32)
+        for rows, cols, value in ((slice(5, 8), slice(12, 14), 7), (slice(0, 50), slice(39, 40), 2),
+                                  (slice(49, 50), slice(0, 40), 3)):
+            array[rows, cols] = value
+            expected[rows, cols] = value
+        view = array.view((slice(20, 30), slice(10, 30)))  # writes through while mapped
+        view[1] = 5
+        expected[21, 10:30] = 5
+        del view
+        np.testing.assert_array_equal(array[:, :], expected)
+        np.testing.assert_array_equal(array[3:25, 11:39], expected[3:25, 11:39])
+        np.testing.assert_array_equal(np.asarray(array), expected)
+        assert array[:, 40:].shape == (50, 0) + inner
+        with pytest.raises(TypeError):
+            array[3, 4]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_list_atomic_writes_json_dumps_bytes_one_item_at_a_time(tmp_path):
+    items = [{"id": 1, "c": [[1, 2], [3, 4]], "p": 0.25}, {"id": 2, "c": [], "p": None}]
+    for head, listed in (({"a": [1, 2], "b": {"x": "y"}}, items), ({"type": "FeatureCollection"}, [])):
+        write_json_list_atomic(tmp_path / "x.json", head, "nuclei", iter(listed), allow_nan=False)
+        assert (tmp_path / "x.json").read_text() == json.dumps({**head, "nuclei": listed})
+    with pytest.raises(ValueError):  # NaN is not JSON: nothing is left behind
+        write_json_list_atomic(tmp_path / "y.json", {"a": 1}, "n", [{"p": 1.0}, {"p": float("nan")}], allow_nan=False)
+    with pytest.raises(ValueError, match="head"):
+        write_json_list_atomic(tmp_path / "y.json", {}, "n", [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 
 def test_label_mat_errors(tmp_path):

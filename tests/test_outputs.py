@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+import misc.outputs
 from misc.io import InputError, load_label_mat, read_image_rgb, save_label_mat
 from misc.outputs import (
     FORMATS,
@@ -220,12 +221,11 @@ def test_geojson_ring_winding_and_closure():
 def test_interrupted_writes_leave_no_file(tmp_path, scene, monkeypatch):
     image, inst_map, info, type_info = scene
 
-    def half_written_json(self, text, **kwargs):  # Path.write_text of misc.io.write_json_atomic, cut short
-        with open(self, "w") as handle:
-            handle.write(text[:30])
+    def interrupted(*args, **kwargs):  # a nucleus of the streamed file: its head is written, the rest is not
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(type(tmp_path), "write_text", half_written_json)
+    monkeypatch.setattr(misc.outputs, "nucleus_record", interrupted)
+    monkeypatch.setattr(misc.outputs, "geojson_feature", interrupted)
     for writer, path in ((lambda p: save_geojson(p, info, type_info), tmp_path / "a.geojson"),
                          (lambda p: save_nuclei_json(p, info, type_info), tmp_path / "a.json")):
         with pytest.raises(KeyboardInterrupt):
@@ -314,6 +314,22 @@ def test_visualize_instances_from_map_and_info(scene):
     from_info = visualize_instances(image, info, type_info, line_thickness=1)
     x, y = info[3]["contour"].T
     assert np.all(from_info[y, x] == type_info[4][1])
+
+
+@pytest.mark.parametrize("band_rows", [1, 5, 64, 1000])
+def test_overlay_in_bands_has_the_whole_overlays_pixels(tmp_path, band_rows):
+    """Issue 22.3: a large tile's overlay is drawn and written a band of rows at a time; OpenCV draws a contour cut
+    at a band's edge otherwise than the whole one, so bands are drawn with room for the tallest contour."""
+    rng = np.random.default_rng(band_rows)
+    inst_map = np.zeros((300, 257), np.int32)
+    for inst_id in range(1, 150):  # ellipses of every size and angle, overlapping, some cut by the image edge
+        x, y, a, b, angle = (int(v) for v in rng.integers([0, 0, 1, 1, 0], [257, 300, 25, 25, 180]))
+        cv2.ellipse(inst_map, (x, y), (a, b), angle, 0, 360, inst_id, -1)
+    info = make_inst_info(inst_map, {i: i % 5 for i in range(150)})
+    image = rng.integers(0, 256, (300, 257, 3), dtype=np.uint8)
+    paths = write_outputs(tmp_path, "banded", image, inst_map, info, TYPES, formats=("png",), overlay_rows=band_rows)
+    np.testing.assert_array_equal(read_image_rgb(paths["png"]), visualize_instances(image, info, TYPES))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["banded.png"]
 
 
 def _truth_and_prediction(tmp_path):

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+import misc.outputs
 from metrics.compute_stats import main as compute_stats
 from misc.io import InputError, load_label_mat, save_label_mat
 from misc.outputs import default_type_info
@@ -35,24 +36,23 @@ SETTINGS = TileSettings.from_config(_CFG)  # 270/80, batch 16, the published pos
 TYPES = default_type_info(_CFG.DATA.TYPE_NAMES)
 
 
-def _disc_scene(height, width, seed, radii=(5, 9), gap=2):
+def _disc_scene(height, width, seed, radii=(5, 9), gap=2, attempts=39):
     """Instance map with non-touching discs, their types, and the image encoding the exact maps."""
     rng = np.random.default_rng(seed)
     inst = np.zeros((height, width), np.int32)
-    types = {}
-    yy, xx = np.mgrid[:height, :width]
-    for inst_id in range(1, 40):
+    type_of = np.zeros(attempts + 1, np.int32)
+    for inst_id in range(1, attempts + 1):
         r = int(rng.integers(*radii))
         cy, cx = int(rng.integers(r, height - r)), int(rng.integers(r, width - r))
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + gap) ** 2
-        if inst[grown].any():
+        y0, x0 = max(0, cy - r - gap), max(0, cx - r - gap)
+        yy, xx = np.mgrid[y0:min(height, cy + r + gap + 1), x0:min(width, cx + r + gap + 1)]
+        distance2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        window = inst[y0:y0 + yy.shape[0], x0:x0 + yy.shape[1]]
+        if window[distance2 <= (r + gap) ** 2].any():
             continue
-        inst[disc] = inst_id
-        types[inst_id] = int(rng.integers(1, N_TYPES))
-    type_map = np.zeros_like(inst)
-    for inst_id, t in types.items():
-        type_map[inst == inst_id] = t
+        window[distance2 <= r * r] = inst_id
+        type_of[inst_id] = int(rng.integers(1, N_TYPES))
+    type_map = type_of[inst]
     hv = gen_hv_map(inst)
     image = np.stack([type_map * TYPE_LEVEL, np.round((hv[..., 0] + 1) * 127.5),
                       np.round((hv[..., 1] + 1) * 127.5)], axis=-1).astype(np.uint8)
@@ -263,7 +263,8 @@ def test_disk_full_stops_the_run_and_leaves_no_partial_file(tiles, tmp_path, mon
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(type(tmp_path), "write_text", full)  # the JSON writer's (misc.io.write_json_atomic) write
+    # while the nuclei JSON is streamed into its file (misc.io.write_json_list_atomic)
+    monkeypatch.setattr(misc.outputs, "nucleus_record", full)
     folder, _ = tiles
     out = tmp_path / "out"
     with pytest.raises(DiskFullError, match=r"disk full writing .*a\.json"):
@@ -372,3 +373,127 @@ def test_settings_from_config():
     assert settings.postproc == PostprocParams.from_config(cfg)
     assert settings.postproc.kwargs() == {"np_threshold": 0.5, "marker_threshold": 0.4, "sobel_ksize": 21,
                                           "min_size": 7, "energy_blur": 3, "marker_opening": 5}
+
+
+# Blocks of at most 400 px: 240-px cores and 80 px of context (the 17-px discs and the 21-px Sobel in one output).
+BLOCKED = TileSettings.from_config(config_from_args(["INFER.BLOCK_SIZE=400", "WSI.MAX_NUCLEUS_PX=30"]))
+
+
+class CountingPredict:
+    """fake_predict that counts the windows it is asked for and its calls."""
+
+    def __init__(self):
+        self.windows = self.calls = 0
+
+    def __call__(self, batch):
+        self.windows += len(batch)
+        self.calls += 1
+        return fake_predict(batch)
+
+
+def _write_scene(folder, name, shape, seed, attempts):
+    folder.mkdir(exist_ok=True)
+    image, inst, _ = _disc_scene(*shape, seed, attempts=attempts)
+    cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return folder / f"{name}.png", inst
+
+
+def _key(record):
+    return round(record["centroid"][0], 6), round(record["centroid"][1], 6), record["type"]
+
+
+def test_large_tile_in_blocks_gives_the_whole_tiles_nuclei(tmp_path):
+    """Issue 22.3: a tile larger than INFER.BLOCK_SIZE is done in blocks, merged by centroid ownership: the same
+    nuclei as the whole tile (exact maps and whole discs: no block sees a cut nucleus), none lost or doubled at the
+    seams, and the same .mat, overlay and summary."""
+    path, inst = _write_scene(tmp_path / "in", "big", (700, 650), seed=7, attempts=2000)
+    assert BLOCKED.in_blocks((700, 650)) and not SETTINGS.in_blocks((700, 650))
+    whole, blocked = CountingPredict(), CountingPredict()
+    for out, predict, settings in ((tmp_path / "whole", whole, SETTINGS), (tmp_path / "blocked", blocked, BLOCKED)):
+        report = run_inference([path], out, predict, TYPES, replace(settings, batch_size=32), progress=False)
+        assert report.ok and report.done == ["big"]
+    assert whole.windows == blocked.windows == 9 * 9  # every window once, in 3 x 3 blocks of 3 x 3 windows
+    assert (whole.calls, blocked.calls) == (3, 3 * 3)
+    reference = json.loads((tmp_path / "whole" / "big.json").read_text())["nuclei"]
+    nuclei = json.loads((tmp_path / "blocked" / "big.json").read_text())["nuclei"]
+    assert len(reference) == len(np.unique(inst)) - 1 > 600  # every disc, many on the seams of 240-px cores
+    assert sorted(map(_key, nuclei)) == sorted(map(_key, reference))
+    by_key = {_key(r): r for r in reference}
+    for record in nuclei:
+        assert record["contour"] == by_key[_key(record)]["contour"] and record["bbox"] == by_key[_key(record)]["bbox"]
+    assert [r["id"] for r in nuclei] == list(range(1, len(nuclei) + 1))
+    mats = [load_label_mat(tmp_path / d / "big.mat", with_types=True) for d in ("whole", "blocked")]
+    pairs = np.unique(np.stack([mats[0]["inst_map"].ravel(), mats[1]["inst_map"].ravel()]), axis=1)
+    assert pairs.shape[1] == len(nuclei) + 1 and len(set(pairs[1])) == pairs.shape[1]  # one id for one id
+    np.testing.assert_array_equal(mats[0]["type_map"], mats[1]["type_map"])
+    for record in nuclei:  # the .mat rows follow the blocked ids
+        assert np.allclose(mats[1]["inst_centroid"][record["id"] - 1], record["centroid"])
+    np.testing.assert_array_equal(*(cv2.imread(str(tmp_path / d / "big.png")) for d in ("whole", "blocked")))
+    with open(tmp_path / "blocked" / SUMMARY_NAME, newline="") as handle:
+        assert int(next(csv.DictReader(handle))["nuclei"]) == len(nuclei)
+    assert sorted(p.name for p in (tmp_path / "blocked").iterdir()) == sorted(
+        p.name for p in (tmp_path / "whole").iterdir())  # the scratch label file is gone
+
+
+def test_tile_within_the_block_size_is_processed_whole(tiles, tmp_path):
+    """A tile no larger than INFER.BLOCK_SIZE takes the usual path: the same windows and the same bytes as without
+    blocks; one pixel more and it is done in blocks."""
+    folder, _ = tiles
+    path = folder / "a.png"  # 200 x 170
+    outputs = {}
+    for name, block_size in (("none", None), ("equal", 200), ("smaller", 199)):
+        predict = CountingPredict()
+        settings = replace(BLOCKED, block_size=block_size)
+        run_inference([path], tmp_path / name, predict, TYPES, settings, progress=False)
+        outputs[name] = {p.name: p.read_bytes() for p in (tmp_path / name).glob("a.*")}
+        outputs[name]["a.mat"] = outputs[name]["a.mat"][128:]  # the header holds the time
+        outputs[name]["calls"] = predict.calls
+    assert outputs["equal"] == outputs["none"] and outputs["none"]["calls"] == 1  # 3 x 3 windows, one batch
+    assert outputs["smaller"]["calls"] == 3 * 3  # in blocks: one call per 80-px core
+
+
+def rough_predict(batch, output_shape=SETTINGS.output_shape):
+    """fake_predict's maps as a network might give them: the hv maps of type-1 nuclei reach only 0.35, and all
+    carry a small error, so the hv extremes and those of their Sobel responses differ from block to block."""
+    maps = fake_predict(batch, output_shape)
+    off = (batch.shape[1] - output_shape) // 2
+    centre = batch[:, off:off + output_shape, off:off + output_shape].astype(np.float32)
+    reach = np.where(np.rint(centre[..., :1] / TYPE_LEVEL) == 1, 0.35, 1.0)
+    maps[..., 1:3] = maps[..., 1:3] * reach + np.sin(centre[..., 1:3] / 9.0) * 0.05 * maps[..., :1]
+    return maps
+
+
+def test_blocks_post_process_with_the_whole_tiles_scaling(tmp_path):
+    """Issue 22.3: post-processing min-max scales the hv maps and their Sobel responses. Scaled by its own
+    extremes, a block of only weak (type-1) nuclei finds other markers than the whole tile: here 572 nuclei
+    instead of 776. The blocks use the whole tile's ranges: the same nuclei."""
+    image, _, _ = _disc_scene(700, 650, seed=9, attempts=2000)
+    image[:, :230, 0] = np.where(image[:, :230, 0] > 0, TYPE_LEVEL, 0)  # type 1 only in the left blocks
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "big.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    nuclei = {}
+    for name, settings in (("whole", SETTINGS), ("blocked", BLOCKED)):
+        run_inference([tmp_path / "in" / "big.png"], tmp_path / name, rough_predict, TYPES,
+                      replace(settings, batch_size=32), formats=("json",), progress=False)
+        nuclei[name] = json.loads((tmp_path / name / "big.json").read_text())["nuclei"]
+    assert len(nuclei["whole"]) > 700
+    assert sorted(map(_key, nuclei["blocked"])) == sorted(map(_key, nuclei["whole"]))
+
+
+def test_large_tile_memory_follows_the_block_not_the_tile(tmp_path):
+    """Issue 22.3: the whole-tile path holds HxWxC float32 maps and the post-processing buffers of the whole tile
+    (about 100 bytes per pixel); in blocks, memory is one block's plus a few bytes per pixel of the tile (the
+    image; the label map stays in a file). Measured with tracemalloc, which sees numpy's and OpenCV's arrays."""
+    import tracemalloc
+
+    path, _ = _write_scene(tmp_path / "in", "big", (1000, 900), seed=8, attempts=2500)
+    tracemalloc.start()
+    try:
+        report = run_inference([path], tmp_path / "out", fake_predict, TYPES, replace(BLOCKED, batch_size=8),
+                               progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.ok and report.done == ["big"]
+    assert len(json.loads((tmp_path / "out" / "big.json").read_text())["nuclei"]) > 1000
+    assert peak < 30 * 1000 * 900, f"{peak / 1e6:.1f} MB"

@@ -6,7 +6,7 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from misc.viz import instance_contour
-from src.postproc import _fill_holes, instances_from_np_hv, process, remove_small_labels
+from src.postproc import _fill_holes, _normalize, hv_sobel, instances_from_np_hv, process, remove_small_labels
 from src.targets import gen_hv_map
 
 SHAPE = (64, 84)
@@ -216,3 +216,34 @@ def test_contour_of_tiny_instances():
     ring[2:5, 2:5] = 0
     contour = instance_contour(ring)
     assert contour[:, 0].min() == 0 and contour[:, 0].max() == 6
+
+
+def test_a_block_scaled_by_the_whole_maps_ranges_has_their_values_and_nuclei():
+    """Issue 22.3: a block of a large tile is min-max scaled by the whole tile's hv and Sobel extremes; OpenCV does
+    the arithmetic either way, so every pixel gets the whole tile's value, and the block's nuclei are the tile's."""
+    rng = np.random.default_rng(5)
+    inst_map = _random_instance_map((300, 280), 120, rng)
+    np_prob, hv = _perfect_outputs(inst_map)
+    hv = (hv * 0.8 + rng.normal(0, 0.05, hv.shape)).astype(np.float32)  # extremes that a block does not reach
+    hv_range = tuple((hv[..., c].min(), hv[..., c].max()) for c in (0, 1))
+    whole = hv_sobel(hv, 21)
+    sobel_range = tuple((s.min(), s.max()) for s in whole)
+    region, core = (slice(40, 260), slice(30, 250)), (slice(70, 230), slice(60, 220))  # 30 px of margin
+    inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region, strict=True))
+    block = hv_sobel(hv[region], 21, hv_range)
+    for k in (0, 1):
+        # the block alone would be scaled otherwise: its extremes are not the tile's
+        assert (block[k].min(), block[k].max()) != sobel_range[k]
+        np.testing.assert_array_equal(block[k][inner], whole[k][core])  # the kernel stays in the region
+        scaled = cv2.normalize(whole[k], None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
+        np.testing.assert_array_equal(_normalize(block[k], sobel_range[k])[inner], scaled[core])
+    expected = instances_from_np_hv(np_prob, hv)
+    got = instances_from_np_hv(np_prob[region], hv[region], hv_range=hv_range, sobel_range=sobel_range)
+    for inst_id in np.unique(got[inner])[1:]:  # each nucleus met in the core is the tile's
+        mask = got == inst_id
+        if not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()):
+            assert len(np.unique(expected[region][mask])) == 1 and (expected[region][mask] > 0).all()
+            assert (expected == expected[region][mask][0]).sum() == mask.sum()
+    # the maps' own extremes as ranges change nothing
+    np.testing.assert_array_equal(instances_from_np_hv(np_prob, hv, hv_range=hv_range, sobel_range=sobel_range),
+                                  expected)

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from src.model.weights_file import open_model
-    from src.pipeline import PostprocParams, TileSettings, check_output_dir, collect_inputs, run_inference, run_record
+    from src.pipeline import TileSettings, check_output_dir, collect_inputs, run_inference, run_record
     from xla_runner.artifacts import Artifacts, XlaPredictor
 
     try:
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
         print(f"xla_runner infer: error: {exc}", file=sys.stderr)
         return 2
 
-    settings = TileSettings(input_shape=artifacts.input_shape, output_shape=artifacts.output_shape,
-                            batch_size=predictor.batch_size, postproc=PostprocParams.from_config(cfg))
+    # infer.py's settings (geometry, post-processing, large tiles in blocks) at the exported batch size
+    settings = TileSettings.from_config(cfg, batch_size=predictor.batch_size)
     try:
         with folder_lock(args.output, "run"):  # infer.py and xla_runner runs alike: one run per folder
             report = run_inference(files, args.output, predictor, type_info, settings, formats=args.formats,
