@@ -138,19 +138,6 @@ def _gpu_ids(spec: str | None) -> list[str] | None:
     return [g.strip() for g in spec.split(",") if g.strip()] if spec else None
 
 
-def _nr_types_of(weights) -> int | None:
-    """The type count of the stored network without building it (slides only: the workers build it)."""
-    if weights.arrays is not None:
-        return weights.nr_types
-    from src.model.weights import read_weight_shapes
-    from src.model.weights_file import detect_nr_types
-
-    try:
-        return detect_nr_types(read_weight_shapes(weights.path))
-    except Exception as exc:  # TensorFlow raises its own error types for corrupt checkpoints
-        raise InputError(f"--model {weights.path}: cannot read weights ({exc})") from exc
-
-
 @dataclasses.dataclass
 class _Run:
     """What a run was set up with: the opened weights and config, the inputs, the predictor (tiles only)."""
@@ -185,7 +172,11 @@ def _set_up(args) -> _Run:
         run.predictor = HoVerNetPredictor(weights)
         nr_types = run.predictor.nr_types
     else:  # slides only: the workers build the network; here only check the file and its types
-        nr_types = _nr_types_of(weights)
+        nr_types = weights.nr_types  # an .npz says it; a checkpoint's shapes need TensorFlow
+        if weights.arrays is None:
+            from src.model.weights import stored_nr_types
+
+            nr_types = stored_nr_types(weights)
     uncovered = [t for t in range(1, nr_types or 0) if t not in type_info]
     if uncovered:
         raise InputError(f"type ids {uncovered} of the model have no name/colour in "

@@ -209,17 +209,15 @@ def _gather(image: np.ndarray, layout: WindowLayout, windows: Sequence[int]) -> 
     return out
 
 
-def _check_batch_size(batch_size) -> None:
+def iter_window_batches(image: np.ndarray, layout: WindowLayout, batch_size: int,
+                        windows: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, batch)``: at most ``batch_size`` windows each, from the row-major window indices
+    ``windows`` (default: every window) in their order; ``start`` is the batch's position in that list."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-
-def iter_window_batches(image: np.ndarray, layout: WindowLayout,
-                        batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start, windows)`` with at most ``batch_size`` windows each, in row-major order."""
-    _check_batch_size(batch_size)
-    for start in range(0, layout.n_windows, batch_size):
-        yield start, gather_windows(image, layout, start, start + batch_size)
+    windows = range(layout.n_windows) if windows is None else windows
+    for start in range(0, len(windows), batch_size):
+        yield start, _gather(image, layout, windows[start:start + batch_size])
 
 
 def _place(canvas: np.ndarray, outputs: np.ndarray, windows: Sequence[int], layout: WindowLayout,
@@ -295,12 +293,10 @@ def predict_tile(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarra
     image = _check_image(image)
     layout = window_layout(image.shape[0], image.shape[1], input_shape, output_shape)
     region, windows = region_windows(layout, region)
-    _check_batch_size(batch_size)
     canvas = None
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size]
-        outputs = _check_outputs(predict_fn(_gather(image, layout, batch)), len(batch), layout,
-                                 None if canvas is None else canvas.shape[2])
+    for start, inputs in iter_window_batches(image, layout, batch_size, windows):
+        batch = windows[start:start + len(inputs)]
+        outputs = _check_outputs(predict_fn(inputs), len(batch), layout, None if canvas is None else canvas.shape[2])
         if not np.isfinite(outputs).all():
             raise NonFiniteMapsError(f"the network's output holds NaN or infinity (windows {start}-"
                                      f"{start + len(batch) - 1}): its weights or input are not usable")

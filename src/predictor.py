@@ -21,8 +21,8 @@ from tensorpack.tfutils import sesscreate
 
 from misc.io import InputError
 from src.model.graph import INFERENCE_INPUTS, HoVerNet, check_inference_tensors, inference_output_names
-from src.model.weights import NonFiniteWeightsError, WeightsMismatchError, make_session_init, read_weight_shapes
-from src.model.weights_file import NOT_WEIGHTS, ModelWeights, detect_nr_types
+from src.model.weights import NonFiniteWeightsError, WeightsMismatchError, make_session_init, stored_nr_types
+from src.model.weights_file import ModelWeights
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,7 @@ class HoVerNetPredictor:
                 raise TypeError("a weights path needs its cfg; open_model() gives both")
             cfg = weights.cfg
         model_path = weights.path if isinstance(weights, ModelWeights) else os.fspath(weights)
-        try:
-            if isinstance(weights, ModelWeights) and weights.arrays is not None:
-                shapes = {k: v.shape for k, v in weights.arrays.items()}
-            else:
-                shapes = read_weight_shapes(model_path)
-        except FileNotFoundError as exc:
-            raise InputError(f"--model {model_path}: {exc}") from exc
-        except Exception as exc:  # also TensorFlow's own error types for corrupt checkpoints
-            raise InputError(f"--model {model_path}: {NOT_WEIGHTS}") from exc
-        self.nr_types = detect_nr_types(shapes)
+        self.nr_types = stored_nr_types(weights)
         self.input_shape = cfg.MODEL.INPUT_SHAPE
         self.output_names = inference_output_names(self.nr_types)
         model = HoVerNet(nr_types=self.nr_types, freeze=False, cfg=cfg)

@@ -18,7 +18,7 @@ import numpy as np
 
 from misc.io import InputError
 from src.config import config_from_args
-from src.model.weights_file import ModelWeights, read_npz
+from src.model.weights_file import ModelWeights, detect_nr_types, read_npz
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +232,10 @@ class XlaPredictor:
             raise InputError(f"{weights_path}: the XLA runner reads .npz weights, not TensorFlow checkpoints "
                              "(python -m src.model.bundle packs one)")
         weights = weights.arrays if isinstance(weights, ModelWeights) else read_npz(weights_path)[0]
-        bias = weights.get("conv_out_tp/b")
-        if (bias.shape[0] if bias is not None else None) != self.nr_types:
-            raise InputError(f"{weights_path} has {bias.shape[0] if bias is not None else 'no'} type channels; "
-                             f"the exported graph has {self.nr_types}")
+        stored = detect_nr_types({name: value.shape for name, value in weights.items()})
+        if stored != self.nr_types:
+            raise InputError(f"{weights_path} has {stored or 'no'} type channels; the exported graph has "
+                             f"{self.nr_types}")
         state, _ = initial_state(self.entry, weights, strict=True)
         self._exe = artifacts.executable(self.entry, device)
         names = [s["name"] for s in self.entry["inputs"] if s["role"] == "state"]

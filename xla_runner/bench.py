@@ -22,7 +22,7 @@ import numpy as np
 
 from misc.io import write_json_atomic
 from src.inference import predict_tile, window_layout
-from src.model.weights_file import read_npz, write_npz
+from src.model.weights_file import detect_nr_types, read_npz, write_npz
 from src.pipeline import PostprocParams, split_channels
 from src.postproc import process
 from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             shrunk = any(o.startswith("MODEL.") and not o.startswith(graph_keys)  # '*': e.g. the tests' tiny net
                          for o in artifacts.manifest["config_overrides"])
             label = {"artifacts": folder, "mode": model.MODE, "preset": model.get("PRESET", "full") + "*" * shrunk}
-            if args.model and read_npz(args.model)[0].get("conv_out_tp/b") is None:
+            if args.model and detect_nr_types({k: v.shape for k, v in read_npz(args.model)[0].items()}) is None:
                 print(f"bench: {args.model} has no type branch", file=sys.stderr)
                 return 2
             for name, entry in sorted(artifacts.entries.items()):

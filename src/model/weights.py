@@ -28,10 +28,13 @@ import numpy as np
 import tensorflow as tf
 from tensorpack.tfutils.sessinit import DictRestore, SaverRestore, SessionInit
 
+from misc.io import InputError
 from src.model.weights_file import (
+    NOT_WEIGHTS,
     UNRECORDED_MODEL_KEYS,
     ModelWeights,
     checkpoint_prefix,
+    detect_nr_types,
     is_npz,
     read_npz,
     write_npz,
@@ -43,7 +46,7 @@ tf1 = tf.compat.v1
 __all__ = ["WeightsMismatchError", "WeightMatch", "read_weights", "read_weight_shapes", "is_training_state",
            "match_weights", "graph_variable_shapes", "CheckedSessionInit", "make_session_init", "DEFAULT_IGNORE",
            "inference_graph", "initial_weights", "save_initial_weights", "model_metadata", "NonFiniteWeightsError",
-           "format_problems"]
+           "format_problems", "stored_nr_types"]
 
 DEFAULT_IGNORE = ("learning_rate",)  # driven by ScheduledHyperParamSetter, never restored
 # The .npz format (variables plus the METADATA_KEY record) and checkpoint locations are owned by the
@@ -104,6 +107,22 @@ def read_weight_shapes(path: str | os.PathLike) -> dict[str, tuple]:
         return {k: tuple(v.shape) for k, v in read_weights(path).items()}
     reader = tf1.train.load_checkpoint(checkpoint_prefix(path))
     return {k: tuple(v) for k, v in reader.get_variable_to_shape_map().items()}
+
+
+def stored_nr_types(weights: ModelWeights | str | os.PathLike) -> int | None:
+    """Type channels of the network stored in ``weights`` without building it: an opened ``.npz``'s arrays, else
+    the file's variable shapes (a checkpoint's tensors are not read). :class:`misc.io.InputError` naming
+    ``--model`` when the file is missing or is not a weights file."""
+    if isinstance(weights, ModelWeights) and weights.arrays is not None:
+        return weights.nr_types
+    path = weights.path if isinstance(weights, ModelWeights) else os.fspath(weights)
+    try:
+        shapes = read_weight_shapes(path)
+    except FileNotFoundError as exc:
+        raise InputError(f"--model {path}: {exc}") from exc
+    except Exception as exc:  # also TensorFlow's own error types for corrupt checkpoints
+        raise InputError(f"--model {path}: {NOT_WEIGHTS}") from exc
+    return detect_nr_types(shapes)
 
 
 def graph_variable_shapes(graph_vars=None) -> dict[str, tuple]:
