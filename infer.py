@@ -41,7 +41,15 @@ import sys
 from pathlib import Path
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from misc.io import DiskFullError, InputError, NonFiniteMapsError, check_writable, folder_lock
+from misc.io import (
+    DiskFullError,
+    InputError,
+    NonFiniteMapsError,
+    check_image_header,
+    check_writable,
+    folder_lock,
+    remove_stale_temporaries,
+)
 from misc.logs import attach_log_file, setup_logging
 from misc.outputs import FORMATS, check_formats
 from misc.proc import exit_status, stop_on_sigterm, stop_word
@@ -143,30 +151,46 @@ class _Run:
     """What a run was set up with: the opened weights and config, the inputs, the predictor (tiles only)."""
 
     weights: object
-    files: list
+    files: list  # the tiles to run
     slides: list
     type_info: dict
     run_info: dict
+    unreadable: dict  # tile path -> reason: not an image (found before the model loads), skipped
     predictor: object = None
 
 
+def _unreadable(files) -> dict[str, str]:
+    """Path -> reason for the tiles that are missing, empty or not images (their header does not decode)."""
+    failed = {}
+    for file in files:
+        try:
+            check_image_header(file)
+        except InputError as exc:
+            failed[str(file)] = str(exc)
+    return failed
+
+
 def _set_up(args) -> _Run:
-    """Open the model, list the inputs, check the output folder and load the network: everything that may refuse
-    the run (InputError, ValueError, KeyError, OSError) before anything is written."""
+    """List and check the inputs, open the model, check the output folder and load the network: everything that
+    may refuse the run (InputError, ValueError, KeyError, OSError) before anything is written."""
     from misc.outputs import default_type_info, load_type_info
     from src.model.weights_file import open_model
     from src.pipeline import check_output_dir, collect_inputs, run_record
     from src.wsi import input_suffixes, split_inputs
 
     check_writable(args.output, "--output")
+    slides, files = split_inputs(collect_inputs(args.input, input_suffixes(args.mode)), args.mode)
+    # A file that is not an image is skipped like any bad image, but found before the model loads (for nothing,
+    # when no input is good); a file cut short in its pixels shows only when it is read.
+    unreadable = _unreadable(files)
     # A bundled model's name means its file, a run or phase folder its model-best; the network is built with the
     # training config recorded with the weights, so training --config overrides need not be repeated.
     weights = open_model(args.model, args.config)
-    slides, files = split_inputs(collect_inputs(args.input, input_suffixes(args.mode)), args.mode)
     type_info = load_type_info(args.types) if args.types else default_type_info(weights.cfg.DATA.TYPE_NAMES)
-    run = _Run(weights, files, slides, type_info, run_record(weights, weights.cfg, args.mpp))
+    run = _Run(weights, [f for f in files if str(f) not in unreadable], slides, type_info,
+               run_record(weights, weights.cfg, args.mpp), unreadable)
     check_output_dir(args.output, files + slides, args.formats, run.run_info, args.overwrite)
-    if files:
+    if run.files:
         from src.predictor import HoVerNetPredictor
 
         run.predictor = HoVerNetPredictor(weights)
@@ -193,9 +217,11 @@ def _print_skipped(failed: dict) -> None:
 def _infer_tiles(args, run: _Run, report) -> bool:
     from src.pipeline import TileSettings, run_inference
 
-    settings = TileSettings.from_config(run.weights.cfg, batch_size=args.batch_size, input_mpp=args.mpp)
-    run_inference(run.files, args.output, run.predictor, run.type_info, settings, formats=args.formats,
-                  overwrite=args.overwrite, run_info=run.run_info, progress=not args.quiet, report=report)
+    report.failed.update(run.unreadable)
+    if run.files:
+        settings = TileSettings.from_config(run.weights.cfg, batch_size=args.batch_size, input_mpp=args.mpp)
+        run_inference(run.files, args.output, run.predictor, run.type_info, settings, formats=args.formats,
+                      overwrite=args.overwrite, run_info=run.run_info, progress=not args.quiet, report=report)
     print(f"{len(report.done)} image(s) written, {len(report.already_complete)} already complete, "
           f"{len(report.failed)} skipped -> {args.output}")
     _print_skipped(report.failed)
@@ -217,26 +243,27 @@ def _infer_slides(args, run: _Run) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    stop_on_sigterm()
     if args.list_models:
         return _list_models()
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-    setup_logging(args.verbose, buffer=True)  # before TensorFlow loads
-    if args.gpu:  # like train.py: asking for a GPU that is not there must not pass silently
-        import tensorflow as tf
-
-        if not tf.config.list_physical_devices("GPU"):
-            logging.warning("--gpu %s: no GPU visible; running on the CPU", args.gpu)
     from src.pipeline import InferenceReport
 
     report = InferenceReport()
-    try:
+    run = None
+    stop_on_sigterm()
+    try:  # from here on a Ctrl-C or SIGTERM is one line (loading TensorFlow alone takes seconds)
+        setup_logging(args.verbose, buffer=True)  # before TensorFlow loads
+        if args.gpu:  # like train.py: asking for a GPU that is not there must not pass silently
+            import tensorflow as tf
+
+            if not tf.config.list_physical_devices("GPU"):
+                logging.warning("--gpu %s: no GPU visible; running on the CPU", args.gpu)
         run = _set_up(args)
         # creates the folder; a second run into it is refused, one line (it would compute or mix everything)
         with folder_lock(args.output, "run"):
             attach_log_file(Path(args.output) / "infer.log")  # the full logs, whatever the console showed
-            ok = _infer_tiles(args, run, report) if run.files else True
+            ok = _infer_tiles(args, run, report) if run.files or run.unreadable else True
             return 0 if (_infer_slides(args, run) if run.slides else True) and ok else 1
     except (InputError, KeyError, ValueError, OSError) as exc:
         # DiskFullError: every further write would fail; the image in progress left no file
@@ -246,8 +273,12 @@ def main(argv=None) -> int:
         print(f"infer.py: error: {exc}; {len(report.done)} image(s) done", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (stop_on_sigterm)
-        print(f"infer.py: {stop_word(exc)}; {len(report.done)} image(s) done, rerun the same command to resume",
-              file=sys.stderr)
+        # The signal can land between a temporary's creation and the block that removes it; this process writes
+        # nothing more (the slides' workers: src.wsi_cluster.infer_slides)
+        remove_stale_temporaries(args.output, own_too=True)
+        kept = ", the slides' finished tiles kept" if run is not None and run.slides else ""
+        print(f"infer.py: {stop_word(exc)}; {len(report.done)} image(s) done{kept}, rerun the same command to "
+              "resume", file=sys.stderr)
         return exit_status(exc)
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from misc.outputs import default_type_info, write_outputs
 from src.config import MODEL_PRESETS, config_from_args
 from src.geometry import MODES
 from src.inference import gather_windows, window_layout
-from src.pipeline import PostprocParams
 
 
 def conv_gflop_per_window(graph) -> float:
@@ -102,10 +101,10 @@ def main(argv=None) -> int:
 
     cfg = config_from_args()
     _, np_prob, hv, tp_prob = synthetic_outputs((args.size, args.size))
-    from src.postproc import process
+    from src.postproc import PostprocParams, process
 
     start = time.perf_counter()
-    inst_map, inst_info = process(np_prob, hv, tp_prob, **PostprocParams.from_config(cfg).kwargs())
+    inst_map, inst_info = process(np_prob, hv, tp_prob, PostprocParams.from_config(cfg))
     post_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

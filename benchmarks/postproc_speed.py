@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from benchmarks.targets_speed import median_s, synthetic_instance_map
-from src.postproc import instances_from_np_hv, process
+from src.config import make_config
+from src.postproc import PostprocParams, instances_from_np_hv, process
 from src.targets import gen_hv_map
 
 
@@ -39,12 +40,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     inst_map, np_prob, hv, tp_prob = synthetic_outputs()
-    pred = instances_from_np_hv(np_prob, hv)
+    params = PostprocParams.from_config(make_config())  # the published values
+    pred = instances_from_np_hv(np_prob, hv, params)
     print(f"tile 1000x1000: {np.unique(inst_map).size - 1} true nuclei, {int(pred.max())} predicted, "
           f"foreground {100 * (inst_map > 0).mean():.1f}%")
-    sec = median_s(lambda: instances_from_np_hv(np_prob, hv), args.repeats)
+    sec = median_s(lambda: instances_from_np_hv(np_prob, hv, params), args.repeats)
     print(f"instances_from_np_hv: {sec:.3f} s (median of {args.repeats})")
-    sec = median_s(lambda: process(np_prob, hv, tp_prob), args.repeats)
+    sec = median_s(lambda: process(np_prob, hv, tp_prob, params), args.repeats)
     print(f"process (with tp_prob): {sec:.3f} s (median of {args.repeats})")
 
 

@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
 
-    from src.wsi import plan_slide, run_wsi, wsi_settings
+    from src.wsi import WsiSettings, plan_slide, run_wsi
     from src.wsi_cluster import ModelFactory, dask_client
 
     if args.model is not None:
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         args.model, cfg = weights.path, weights.cfg
     else:
         cfg = config_from_args(args.config)
-    settings = wsi_settings(cfg, batch_size=args.batch_size)
+    settings = WsiSettings.from_config(cfg, batch_size=args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()

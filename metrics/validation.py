@@ -16,8 +16,8 @@ import numpy as np
 
 from metrics.stats import dice1, instance_metrics
 from misc.io import InputError
-from src.pipeline import PostprocParams, split_channels
-from src.postproc import instances_from_np_hv
+from src.pipeline import split_channels
+from src.postproc import PostprocParams, instances_from_np_hv
 from src.targets import gen_targets
 
 __all__ = ["TILE_SCORE_KEYS", "hv_scores", "tile_scores", "mean_tile_scores", "LabelledTile", "TileScorer",
@@ -49,14 +49,14 @@ def hv_scores(hv_pred: np.ndarray, hv_true: np.ndarray, nuclei: np.ndarray) -> d
 
 
 def tile_scores(maps: np.ndarray, inst_true: np.ndarray, hv_true: np.ndarray,
-                postproc: Mapping) -> tuple[dict, np.ndarray]:
+                postproc: PostprocParams) -> tuple[dict, np.ndarray]:
     """Every score of :data:`TILE_SCORE_KEYS` for one tile, plus ``nuclei_true`` / ``nuclei_pred``.
 
     Args:
         maps: HxWxC float32 stitched network maps (NP probability, hv x, hv y, then type probabilities).
         inst_true: HxW int instance map (0 background).
         hv_true: HxWx2 float HV target of ``inst_true`` (``src.targets.gen_targets``).
-        postproc: keyword arguments of ``src.postproc.instances_from_np_hv`` (``PostprocParams.kwargs()``).
+        postproc: the post-processing settings.
 
     Returns:
         ``(scores, inst_pred)``: ``np_dice`` is the Dice of ``np_prob >= np_threshold`` against the true nuclear
@@ -67,9 +67,9 @@ def tile_scores(maps: np.ndarray, inst_true: np.ndarray, hv_true: np.ndarray,
     inst_true = np.asarray(inst_true)
     if np_prob.shape != inst_true.shape:
         raise ValueError(f"maps {maps.shape[:2]} and truth {inst_true.shape} differ in size")
-    scores = {"np_dice": dice1(inst_true, (np_prob >= postproc["np_threshold"]).astype(np.uint8))}
+    scores = {"np_dice": dice1(inst_true, (np_prob >= postproc.np_threshold).astype(np.uint8))}
     scores.update(hv_scores(hv, hv_true, inst_true > 0))
-    inst_pred = instances_from_np_hv(np_prob, hv, **postproc)
+    inst_pred = instances_from_np_hv(np_prob, hv, postproc)
     scores.update(instance_metrics(inst_true, inst_pred))
     scores["nuclei_true"] = int(np.count_nonzero(np.unique(inst_true)))
     scores["nuclei_pred"] = int(inst_pred.max(initial=0))
@@ -105,12 +105,12 @@ class TileScorer:
 
     Args:
         tiles: ``(name, image HxWx3 uint8, inst_map HxW int)`` triples.
-        postproc: ``PostprocParams.kwargs()`` of the run's config.
+        postproc: the run's post-processing settings.
         min_instance_size, published_offset: the config's ``TARGETS`` settings, for the HV targets.
     """
 
-    def __init__(self, tiles, postproc: Mapping, min_instance_size: int, published_offset: bool):
-        self.postproc = dict(postproc)
+    def __init__(self, tiles, postproc: PostprocParams, min_instance_size: int, published_offset: bool):
+        self.postproc = postproc
         self.tiles = []
         for name, image, inst_map in tiles:
             inst_map = np.asarray(inst_map, np.int32)
@@ -122,7 +122,7 @@ class TileScorer:
 
     @classmethod
     def from_config(cls, cfg, tiles) -> TileScorer:
-        return cls(tiles, PostprocParams.from_config(cfg).kwargs(), cfg.TARGETS.MIN_INSTANCE_SIZE,
+        return cls(tiles, PostprocParams.from_config(cfg), cfg.TARGETS.MIN_INSTANCE_SIZE,
                    cfg.TARGETS.HV_PUBLISHED_OFFSET)
 
     def score(self, tile: LabelledTile, maps: np.ndarray) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
 import os
 import re
@@ -27,12 +28,19 @@ import scipy.io
 from misc.arrays import check_label_map, column_bands
 
 __all__ = [
-    "InputError", "DiskFullError", "read_image_rgb", "load_label_mat", "check_integer_map", "save_label_mat",
-    "ScratchArray", "atomic_path", "check_writable", "pid_alive", "remove_stale_partials", "remove_stale_temporaries",
-    "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES", "write_json_atomic", "write_json_list_atomic",
+    "InputError", "DiskFullError", "check_image_header", "read_image_rgb", "load_label_mat", "check_integer_map",
+    "save_label_mat", "ScratchArray", "atomic_path", "check_writable", "pid_alive", "remove_stale_partials",
+    "remove_stale_temporaries", "move_aside", "colour_instances_to_ids", "IMAGE_SUFFIXES", "write_json_atomic",
+    "json_list_writer", "write_json_list_atomic",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+# OpenCV's image codecs (libtiff, libpng, ...) print their complaints about a bad file to the console ("[ WARN:0@0.3]
+# global grfmt_tiff.cpp:123 TIFF_Warning TIFFReadDirectory: ...", several per file), beside the one line naming the
+# file that every reader here raises instead (InputError). Every module that reads images imports this one, Dask
+# workers included.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 class InputError(ValueError):
@@ -47,6 +55,27 @@ class NonFiniteMapsError(RuntimeError):
     """The network answered NaN or infinity: every later image would be as wrong, so the run stops."""
 
 
+def _existing_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+    return path
+
+
+def check_image_header(path: str | os.PathLike) -> None:
+    """Raise :class:`InputError` unless ``path`` is a non-empty file whose header OpenCV decodes.
+
+    The check of an input before a model loads: it reads the header only (a fraction of a millisecond), so a file
+    that is not an image is reported at once. What only the pixels show (a file cut short, grayscale, 16-bit) is
+    found by :func:`read_image_rgb`, with the same messages.
+    """
+    path = _existing_file(path)
+    if cv2.imcount(str(path)) < 1:  # 0: no decoder for the file, or its header does not decode
+        raise InputError(f"{path}: not a readable image")
+
+
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an H&E image as HxWx3 uint8 RGB.
 
@@ -54,11 +83,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     unreadable files raise :class:`InputError`: HoVer-Net is trained on 8-bit RGB and would silently produce
     nonsense on anything else.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file")
+    path = _existing_file(path)
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise InputError(f"{path}: not a readable image")
@@ -209,16 +234,20 @@ def pid_alive(pid: int) -> bool:
 _TEMPORARY = re.compile(r"^\..*\.(\d+)-[^.]+\.part(\.[^.]*)?$")  # atomic_path's names: .<stem>.<pid>-<rand>.part<ext>
 
 
-def remove_stale_partials(folder: str | os.PathLike, pattern: re.Pattern) -> list[Path]:
+def remove_stale_partials(folder: str | os.PathLike, pattern: re.Pattern, *, own_too: bool = False) -> list[Path]:
     """Remove the entries of ``folder`` whose name matches ``pattern`` (group 1: a writer's pid) and whose
-    writer is no longer running: files and folders a killed run left half-written. Returns them."""
+    writer is no longer running: files and folders a killed run left half-written. Returns them.
+
+    ``own_too``: this process's entries too, for a process that writes nothing more (stopped by a Ctrl-C or
+    SIGTERM, which can land between a temporary's creation and the block that would remove it)."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
     for entry in sorted(folder.iterdir()):
         match = pattern.match(entry.name)
-        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+        pid = int(match.group(1)) if match else None
+        if match and (own_too if pid == os.getpid() else not pid_alive(pid)):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
@@ -227,9 +256,10 @@ def remove_stale_partials(folder: str | os.PathLike, pattern: re.Pattern) -> lis
     return removed
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Remove :func:`atomic_path` temporary files in ``folder`` left by killed processes; returns them."""
-    return remove_stale_partials(folder, _TEMPORARY)
+def remove_stale_temporaries(folder: str | os.PathLike, *, own_too: bool = False) -> list[Path]:
+    """Remove :func:`atomic_path` temporary files in ``folder`` left by killed processes (``own_too``: and by this
+    one, see :func:`remove_stale_partials`); returns them."""
+    return remove_stale_partials(folder, _TEMPORARY, own_too=own_too)
 
 
 def move_aside(path: str | os.PathLike) -> Path:
@@ -303,21 +333,38 @@ def write_json_atomic(path: str | os.PathLike, obj, *, newline: bool = False, **
     return Path(path)
 
 
-def write_json_list_atomic(path: str | os.PathLike, head: dict, key: str, items: Iterable, **dumps_kwargs) -> Path:
-    """Write ``{**head, key: [items...]}`` as JSON to ``path`` through :func:`atomic_path`, one item at a time.
+@contextlib.contextmanager
+def json_list_writer(path: str | os.PathLike, head: dict, key: str, *, compress: bool = False, **dumps_kwargs):
+    """Write ``{**head, key: [items...]}`` as JSON to ``path`` through :func:`atomic_path`, an item per call of
+    the yielded ``append(item)``; the file appears under ``path`` when the block ends without an error.
 
     The bytes are those of ``json.dumps`` of the whole object (default separators, no indent), but only one item
-    is held as text: the nuclei of a large tile are many Python objects once converted. ``head`` must not be
-    empty (it supplies the opening brace); ``dumps_kwargs`` as for :func:`write_json_atomic` (``allow_nan``). An
-    item that cannot be serialised stops the write and leaves no file.
+    is held as text: the nuclei of a large tile or a slide are many Python objects once converted. ``head`` must
+    not be empty (it supplies the opening brace); ``dumps_kwargs`` as for :func:`write_json_atomic`
+    (``allow_nan``); ``compress``: gzip the file. An item that cannot be serialised stops the write and leaves no
+    file.
     """
     if not head or key in head:
         raise ValueError(f"head must be a non-empty object without the key {key!r}")
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+    count = 0
+    with atomic_path(path) as tmp, (gzip.open(tmp, "wt", encoding="utf-8") if compress
+                                    else open(tmp, "w", encoding="utf-8")) as handle:
         handle.write(json.dumps(head, **dumps_kwargs)[:-1] + f", {json.dumps(key)}: [")
-        for index, item in enumerate(items):
-            handle.write((", " if index else "") + json.dumps(item, **dumps_kwargs))
+
+        def append(item) -> None:
+            nonlocal count
+            handle.write((", " if count else "") + json.dumps(item, **dumps_kwargs))
+            count += 1
+
+        yield append
         handle.write("]}")
+
+
+def write_json_list_atomic(path: str | os.PathLike, head: dict, key: str, items: Iterable, **dumps_kwargs) -> Path:
+    """:func:`json_list_writer` over ``items``."""
+    with json_list_writer(path, head, key, **dumps_kwargs) as append:
+        for item in items:
+            append(item)
     return Path(path)
 
 

@@ -14,7 +14,8 @@ import logging.handlers
 import os
 from pathlib import Path
 
-__all__ = ["setup_logging", "attach_log_file", "CHATTY_TENSORPACK_MODULES"]
+__all__ = ["setup_logging", "setup_console", "attach_log_file", "to_log_file_only", "CHATTY_TENSORPACK_MODULES",
+           "FILE_ONLY"]
 
 # tensorpack modules whose INFO messages describe the graph rather than the run.
 CHATTY_TENSORPACK_MODULES = frozenset({"registry", "sessinit", "model_utils", "summary", "graph", "tower",
@@ -22,6 +23,19 @@ CHATTY_TENSORPACK_MODULES = frozenset({"registry", "sessinit", "model_utils", "s
 _FORMAT = "%(levelname)s %(name)s: %(message)s"
 _memory: logging.handlers.MemoryHandler | None = None
 _file: logging.FileHandler | None = None  # the one log file of this process; a new one replaces it
+# ``extra=FILE_ONLY``: a record for the log file, not the console, where it would say again what the caller prints
+# once (infer.py's "skipped PATH: reason" of a slide that src/wsi.py logs with its time and detail).
+FILE_ONLY = {"file_only": True}
+# The loggers that the log file (or the buffer before it) is attached to: the root, and those with a console handler
+# of their own that pass nothing on to it (tensorpack; Dask's after to_log_file_only).
+_file_loggers = ["", "tensorpack"]
+
+
+class _FileOnlyFilter(logging.Filter):
+    """Keeps the records logged with ``extra=FILE_ONLY`` off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
 
 
 class _QuietFilter(logging.Filter):
@@ -44,8 +58,7 @@ def setup_logging(verbose: bool = False, buffer: bool = False) -> None:
     short run whose output folder is created only once its inputs are checked).
     """
     global _memory
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")  # 3: not even cuInit's error
-    logging.basicConfig(level=logging.INFO, format=_FORMAT)
+    setup_console(verbose)
     from tensorpack.utils import logger as tp_logger  # noqa: F401  (creates tensorpack's console handler)
 
     tp = logging.getLogger("tensorpack")
@@ -59,8 +72,33 @@ def setup_logging(verbose: bool = False, buffer: bool = False) -> None:
     if buffer and _memory is None:
         _memory = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
         _memory.setFormatter(logging.Formatter("%(asctime)s " + _FORMAT))
-        for name in ("", "tensorpack"):
+        for name in _file_loggers:
             logging.getLogger(name).addHandler(_memory)
+
+
+def setup_console(verbose: bool = False) -> None:
+    """The part of :func:`setup_logging` that loads neither tensorpack nor TensorFlow (seconds), for a process that
+    may never need them (a Dask worker before its first tile): our console, and TensorFlow's C++ level for later."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")  # 3: not even cuInit's error
+    logging.basicConfig(level=logging.INFO, format=_FORMAT)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and not any(isinstance(f, _FileOnlyFilter) for f in handler.filters):
+            handler.addFilter(_FileOnlyFilter())  # the console (a FileHandler is a StreamHandler's subclass)
+
+
+def to_log_file_only(name: str) -> None:
+    """Send the records of logger ``name`` and its children to the log file only: for a library whose logger has a
+    console handler of its own and passes nothing on to the root logger (Dask's, in a worker process). Call it after
+    :func:`attach_log_file`: a record without any handler would reach the console through Python's last resort."""
+    logger = logging.getLogger(name)
+    for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+        logger.removeHandler(handler)
+    logger.propagate = False
+    if name not in _file_loggers:
+        _file_loggers.append(name)
+        for handler in (_memory, _file):
+            if handler is not None:
+                logger.addHandler(handler)
 
 
 def attach_log_file(path: str | os.PathLike) -> None:
@@ -68,7 +106,7 @@ def attach_log_file(path: str | os.PathLike) -> None:
     global _memory, _file
     handler = logging.FileHandler(Path(path), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s " + _FORMAT))
-    for name in ("", "tensorpack"):
+    for name in _file_loggers:
         if _file is not None:
             logging.getLogger(name).removeHandler(_file)
         logging.getLogger(name).addHandler(handler)
@@ -78,6 +116,6 @@ def attach_log_file(path: str | os.PathLike) -> None:
     if _memory is not None:
         _memory.setTarget(handler)
         _memory.flush()
-        for name in ("", "tensorpack"):
+        for name in _file_loggers:
             logging.getLogger(name).removeHandler(_memory)
         _memory = None

@@ -15,6 +15,7 @@ Coordinates are pixels of the full image, origin at its top-left corner, x = col
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from misc.arrays import check_label_map, column_bands
-from misc.io import InputError, save_label_mat, write_json_list_atomic
+from misc.io import InputError, json_list_writer, save_label_mat
 from misc.viz import save_overlay, type_entry
 
 __all__ = ["FORMATS", "default_type_info", "load_type_info", "save_mat", "save_nuclei_json", "save_geojson",
-           "geojson_ring", "geojson_feature", "nucleus_record", "check_formats", "output_paths", "write_outputs",
-           "outputs_complete"]
+           "geojson_ring", "geojson_feature", "nucleus_record", "nuclei_stream", "all_or_none", "check_formats",
+           "output_paths", "write_outputs", "outputs_complete"]
 
 FORMATS = ("mat", "json", "png", "geojson")
 _SUFFIX = {"mat": ".mat", "json": ".json", "png": ".png", "geojson": ".geojson"}
@@ -158,6 +159,46 @@ def nucleus_record(inst_id: int, info: Mapping, type_info: Mapping) -> dict:
     }
 
 
+def _json_head(type_info: Mapping, image_shape: tuple[int, int] | None, mpp: float | None) -> dict:
+    head = {}
+    if image_shape is not None:
+        head["image_shape"] = [int(image_shape[0]), int(image_shape[1])]
+    if mpp is not None:
+        head["mpp"] = float(mpp)
+    head["type_info"] = {str(k): [str(name), [int(v) for v in colour]] for k, (name, colour) in type_info.items()}
+    return head
+
+
+@contextlib.contextmanager
+def nuclei_stream(paths: Mapping[str, str | os.PathLike], type_info: Mapping,
+                  image_shape: tuple[int, int] | None = None, *, mpp: float | None = None, compress_geojson=False):
+    """The nuclei JSON (``paths["json"]``) and GeoJSON (``paths["geojson"]``) of one image, fed one nucleus at a
+    time: yields ``add(inst_id, info)``; both files appear under their names when the block ends without an error.
+
+    Formats as :func:`save_nuclei_json` and :func:`save_geojson` document (a whole slide's JSON also records
+    its ``mpp``, um per px); one nucleus is held as text at a time, so a slide's millions of nuclei stream
+    through. Other formats in ``paths`` are ignored; ``compress_geojson``: gzip the GeoJSON.
+    """
+    with contextlib.ExitStack() as stack:
+        adders = []
+        if "json" in paths:
+            # NaN/Infinity are not JSON: strict readers (QuPath) fail
+            add_json = stack.enter_context(json_list_writer(paths["json"], _json_head(type_info, image_shape, mpp),
+                                                            "nuclei", allow_nan=False))
+            adders.append(lambda inst_id, info: add_json(nucleus_record(inst_id, info, type_info)))
+        if "geojson" in paths:
+            add_feature = stack.enter_context(json_list_writer(paths["geojson"], {"type": "FeatureCollection"},
+                                                               "features", compress=compress_geojson,
+                                                               allow_nan=False))
+            adders.append(lambda inst_id, info: add_feature(geojson_feature(inst_id, info, type_info)))
+
+        def add(inst_id: int, info: Mapping) -> None:
+            for adder in adders:
+                adder(int(inst_id), info)
+
+        yield add
+
+
 def save_nuclei_json(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping,
                      image_shape: tuple[int, int] | None = None) -> Path:
     """Write every nucleus as JSON: ``{"image_shape": [H, W], "type_info": {"<id>": [name, [r, g, b]]},
@@ -167,15 +208,14 @@ def save_nuclei_json(path: str | os.PathLike, inst_info: Mapping, type_info: Map
     [x, y], ``contour`` [[x, y], ...]; ``type``/``type_prob`` null for untyped nuclei.
     ``image_shape`` is left out when not given.
     """
-    head = {}
-    if image_shape is not None:
-        head["image_shape"] = [int(image_shape[0]), int(image_shape[1])]
-    head["type_info"] = {str(k): [str(name), [int(v) for v in colour]] for k, (name, colour) in type_info.items()}
-    records = (nucleus_record(int(i), inst_info[i], type_info) for i in sorted(inst_info, key=int))
-    path = Path(path)
-    # NaN/Infinity are not JSON: strict readers (QuPath) fail
-    write_json_list_atomic(path, head, "nuclei", records, allow_nan=False)
-    return path
+    _stream_all({"json": path}, inst_info, type_info, image_shape)
+    return Path(path)
+
+
+def _stream_all(paths: Mapping, inst_info: Mapping, type_info: Mapping, image_shape=None) -> None:
+    with nuclei_stream(paths, type_info, image_shape) as add:
+        for inst_id in sorted(inst_info, key=int):
+            add(inst_id, inst_info[inst_id])
 
 
 def _signed_area(points: np.ndarray) -> float:
@@ -280,10 +320,8 @@ def save_geojson(path: str | os.PathLike, inst_info: Mapping, type_info: Mapping
     ``nucleus_id`` (the id in the ``.mat``/JSON, for other readers). Conventions follow QuPath's own
     GeoJSON export (qupath-core ``PathObjectTypeAdapters``; the v0.4 format of qupath/qupath#1099).
     """
-    features = (geojson_feature(inst_id, inst_info[inst_id], type_info) for inst_id in sorted(inst_info, key=int))
-    path = Path(path)
-    write_json_list_atomic(path, {"type": "FeatureCollection"}, "features", features, allow_nan=False)
-    return path
+    _stream_all({"geojson": path}, inst_info, type_info)
+    return Path(path)
 
 
 def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
@@ -302,6 +340,20 @@ def output_paths(out_dir: str | os.PathLike, name: str, formats: Iterable[str] =
     return {f: Path(out_dir) / f"{name}{_SUFFIX[f]}" for f in check_formats(formats)}
 
 
+@contextlib.contextmanager
+def all_or_none(paths: Iterable[str | os.PathLike]):
+    """One image's outputs appear together or not at all: when the block raises (a full disk, Ctrl-C, SIGTERM)
+    every file of ``paths`` is removed, so that none of an unfinished image is left under a final name and the
+    rerun redoes it (each file alone is already atomic: :func:`misc.io.atomic_path`)."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
+
+
 def write_outputs(out_dir: str | os.PathLike, name: str, image: np.ndarray, inst_map,
                   inst_info: Mapping, type_info: Mapping, formats: Iterable[str] = FORMATS,
                   overlay_rows: int | None = None) -> dict[str, Path]:
@@ -310,20 +362,18 @@ def write_outputs(out_dir: str | os.PathLike, name: str, image: np.ndarray, inst
     ``image``: HxWx3 uint8 RGB (used by the ``png`` overlay); ``inst_map`` HxW int32 (or a
     :class:`misc.io.ScratchArray`); ``inst_info`` and ``type_info`` as in the module docstring. ``overlay_rows``: draw
     and write the overlay that many rows at a time (``misc.viz.save_overlay``'s ``band_rows``; None: whole).
-    Each file is written atomically; none of them makes a full-size copy of the map.
+    Every file or none (:func:`all_or_none`); none of them makes a full-size copy of the map.
     """
     paths = output_paths(out_dir, name, formats)
     image = np.asarray(image)
     if image.shape[:2] != np.shape(inst_map):
         raise ValueError(f"image shape {image.shape} and inst_map shape {np.shape(inst_map)} differ")
-    writers = {
-        "mat": lambda p: save_mat(p, inst_map, inst_info),
-        "json": lambda p: save_nuclei_json(p, inst_info, type_info, image_shape=image.shape[:2]),
-        "geojson": lambda p: save_geojson(p, inst_info, type_info),
-        "png": lambda p: save_overlay(p, image, inst_info, type_info, band_rows=overlay_rows),
-    }
-    for fmt, path in paths.items():
-        writers[fmt](path)
+    with all_or_none(paths.values()):
+        if "mat" in paths:
+            save_mat(paths["mat"], inst_map, inst_info)
+        _stream_all(paths, inst_info, type_info, image.shape[:2])
+        if "png" in paths:
+            save_overlay(paths["png"], image, inst_info, type_info, band_rows=overlay_rows)
     return paths
 
 

@@ -1,7 +1,7 @@
 """Overlays of nuclear contours on the H&E image, for files and notebooks.
 
 Colours are RGB triples of ints in [0, 255] throughout; images are HxWx3 uint8 RGB. The one BGR
-conversion happens in :func:`save_overlay`, right before OpenCV writes the file (the banded PNG writer of large
+conversion happens in :func:`save_image`, right before OpenCV encodes the file (the banded PNG writer of large
 tiles, :func:`write_png_bands`, writes RGB as it is).
 numpy/scipy/OpenCV only.
 """
@@ -22,7 +22,8 @@ from misc.arrays import check_label_map, check_rgb_image
 from misc.io import atomic_path
 
 __all__ = ["UNTYPED_NAME", "UNTYPED_COLOUR", "type_entry", "type_name", "instance_contour", "instance_contours",
-           "visualize_instances", "overlay_bands", "write_png_bands", "save_overlay", "plot_training_curves"]
+           "visualize_instances", "overlay_bands", "write_png_bands", "save_overlay", "save_image",
+           "plot_training_curves"]
 
 # Nuclei without a type (a model trained without the tp branch) are drawn and named neutrally.
 # "Unclassified" is also what QuPath calls an object without a classification.
@@ -215,9 +216,17 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, inst_info: Mapping,
         height, width = np.shape(image)[:2]
         return write_png_bands(path, overlay_bands(image, inst_info, type_info, line_thickness, band_rows),
                                height, width)
-    overlay = visualize_instances(image, inst_info, type_info, line_thickness)
-    # Encoded in memory and written by Python: cv2.imwrite only returns False on a full disk, without errno.
-    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    return save_image(path, visualize_instances(image, inst_info, type_info, line_thickness))
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an HxWx3 uint8 RGB image (format from the suffix) atomically (``misc.io.atomic_path``).
+
+    Encoded in memory and written by Python: ``cv2.imwrite`` only returns False on a full disk, without errno, so
+    a full disk could not be told from other failures. ``ValueError`` if OpenCV cannot encode that format.
+    """
+    path = Path(path)
+    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"{path}: OpenCV cannot encode an image as {path.suffix!r}")
     with atomic_path(path) as tmp:

@@ -11,6 +11,7 @@ model whose HV maps are weaker (the small CPU model) may need a higher marker th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -35,8 +36,8 @@ def main(argv=None) -> int:
 
     from src.inference import predict_tile
     from src.model.weights_file import open_model
-    from src.pipeline import PostprocParams, split_channels
-    from src.postproc import process
+    from src.pipeline import split_channels
+    from src.postproc import PostprocParams, process
     from src.predictor import HoVerNetPredictor
 
     weights = open_model(args.model)  # bundled names and run folders too, as infer.py takes them
@@ -50,12 +51,12 @@ def main(argv=None) -> int:
         maps = predict_tile(read_image_rgb(image_path), predictor, batch_size=cfg.INFER.BATCH_SIZE,
                             input_shape=cfg.MODEL.INPUT_SHAPE, output_shape=cfg.MODEL.OUTPUT_SHAPE)
         cases.append((split_channels(maps), load_label_mat(data / "Labels" / f"{name}.mat")["inst_map"]))
-    base = PostprocParams.from_config(cfg).kwargs()
+    base = PostprocParams.from_config(cfg)
     results = []
     for threshold, ksize in itertools.product([float(v) for v in args.thresholds.split(",")],
                                               [int(v) for v in args.ksizes.split(",")]):
-        settings = {**base, "marker_threshold": threshold, "sobel_ksize": ksize}
-        scores = [instance_metrics(truth, process(*channels, **settings)[0]) for channels, truth in cases]
+        settings = dataclasses.replace(base, marker_threshold=threshold, sobel_ksize=ksize)
+        scores = [instance_metrics(truth, process(*channels, settings)[0]) for channels, truth in cases]
         results.append((float(np.mean([s["pq"] for s in scores])), float(np.mean([s["dice"] for s in scores])),
                         threshold, ksize))
     print(f"{len(cases)} validation images; mean over images")

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -45,11 +45,11 @@ from misc.slide_io import resample
 from misc.summary import SUMMARY_NAME, read_summary, restore_summary_rows, summary_row, write_summary
 from src.blocks import NucleusTable, block_core, block_grid, merge_block, nucleus_margin
 from src.inference import predict_tile, region_windows, window_layout
-from src.postproc import hv_sobel, instance_info, process
+from src.postproc import PostprocParams, hv_sobel, instance_info, process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["collect_inputs", "split_channels", "PostprocParams", "TileSettings", "mpp_scale", "to_model_shape",
+__all__ = ["collect_inputs", "split_channels", "TileSettings", "mpp_scale", "to_model_shape",
            "to_model_mpp", "instances_to_input", "InferenceReport", "OutputSink", "postprocess_and_write",
            "BlockStore", "segment_in_blocks", "blocks_and_write", "WindowProgress", "run_inference",
            "check_output_dir", "run_record", "SUMMARY_NAME", "RUN_INFO_NAME"]
@@ -181,45 +181,12 @@ def instances_to_input(inst_map: np.ndarray, inst_info: dict, shape: tuple[int, 
     return resized, info
 
 
-@dataclass(frozen=True)
-class PostprocParams:
-    """Post-processing settings (spec section 5), the keyword arguments of :func:`src.postproc.process`;
-    build with :meth:`from_config` from ``cfg.POSTPROC``.
-
-    Attributes:
-        np_threshold: foreground probability threshold, in [0, 1].
-        marker_threshold: threshold of the marker energy, in [0, 1].
-        sobel_ksize: odd Sobel kernel side (px) on the hv maps.
-        min_size: px; smaller blobs and markers are dropped.
-        energy_blur: odd Gaussian kernel side (px) on the energy.
-        marker_opening: side (px) of the elliptical opening of the markers.
-    """
-
-    np_threshold: float
-    marker_threshold: float
-    sobel_ksize: int
-    min_size: int
-    energy_blur: int
-    marker_opening: int
-
-    @classmethod
-    def from_config(cls, cfg) -> PostprocParams:
-        p = cfg.POSTPROC
-        return cls(np_threshold=p.NP_THRESHOLD, marker_threshold=p.MARKER_THRESHOLD, sobel_ksize=p.SOBEL_KSIZE,
-                   min_size=p.MIN_SIZE, energy_blur=p.ENERGY_BLUR, marker_opening=p.MARKER_OPENING)
-
-    def kwargs(self) -> dict:
-        """``{name: value}``: keyword arguments of :func:`src.postproc.process`, and the ``postproc`` record of
-        ``run_info.json``."""
-        return asdict(self)
-
-
 def run_record(weights, cfg, mpp: float | None = None) -> dict:
     """What ``run_info.json`` records of a run, the same for ``infer.py`` and ``xla_runner infer`` so that either
     resumes a folder the other wrote: the weights by content and path (``ModelWeights.run_identity``), the
     post-processing, and ``--mpp`` with the model's resolution when given (folders of runs without it stay as
     they were)."""
-    record = {**weights.run_identity(), "postproc": PostprocParams.from_config(cfg).kwargs()}
+    record = {**weights.run_identity(), "postproc": PostprocParams.from_config(cfg).record()}
     if mpp is not None:
         record.update(mpp=mpp, model_mpp=float(cfg.WSI.MODEL_MPP))
     return record
@@ -299,7 +266,7 @@ def postprocess_and_write(sink: OutputSink, name: str, image: np.ndarray, maps: 
     """
     start = time.perf_counter()
     np_prob, hv, tp_prob = split_channels(maps)
-    inst_map, inst_info = process(np_prob, hv, tp_prob, **settings.postproc.kwargs())
+    inst_map, inst_info = process(np_prob, hv, tp_prob, settings.postproc)
     if inst_map.shape != image.shape[:2]:  # found at the model's resolution (scale != 1)
         inst_map, inst_info = instances_to_input(inst_map, inst_info, image.shape[:2])
     _write_and_record(sink, name, image, inst_map, inst_info, forward_s + time.perf_counter() - start)
@@ -380,7 +347,7 @@ def segment_in_blocks(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.n
         ry0, rx0, ry1, rx1 = block.region
         rows, cols = slice(ry0, ry1), slice(rx0, rx1)
         block_map, block_info = process(store.np_prob[rows, cols], store.hv[rows, cols],
-                                        store.types[rows, cols] if typed else None, **settings.postproc.kwargs(),
+                                        store.types[rows, cols] if typed else None, settings.postproc,
                                         hv_range=hv_range, sobel_range=sobel_range)
         region = _window(store.labels, rows, cols)
         nuclei.add(merge_block(region, block_map, block_info, block, len(nuclei) + 1))

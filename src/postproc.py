@@ -11,6 +11,8 @@ instances).
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
@@ -20,7 +22,40 @@ from misc.arrays import CROSS_4 as _CROSS  # 4-connectivity, as every labelling 
 from misc.arrays import relabel_contiguous
 from misc.viz import instance_contour
 
-__all__ = ["instances_from_np_hv", "hv_sobel", "process", "instance_info", "remove_small_labels"]
+__all__ = ["PostprocParams", "instances_from_np_hv", "hv_sobel", "process", "instance_info", "remove_small_labels"]
+
+
+@dataclass(frozen=True)
+class PostprocParams:
+    """The post-processing settings (spec section 5): the ``POSTPROC`` section of the config, which holds their
+    published values (build with :meth:`from_config`; nothing here repeats them).
+
+    Attributes:
+        np_threshold: foreground probability threshold, in [0, 1].
+        marker_threshold: threshold of the marker energy, in [0, 1].
+        sobel_ksize: odd Sobel kernel side (px) on the hv maps.
+        min_size: px; smaller blobs and markers are dropped.
+        energy_blur: odd Gaussian kernel side (px) on the energy.
+        marker_opening: side (px) of the elliptical opening of the markers.
+    """
+
+    np_threshold: float
+    marker_threshold: float
+    sobel_ksize: int
+    min_size: int
+    energy_blur: int
+    marker_opening: int
+
+    @classmethod
+    def from_config(cls, cfg) -> PostprocParams:
+        p = cfg.POSTPROC
+        return cls(np_threshold=float(p.NP_THRESHOLD), marker_threshold=float(p.MARKER_THRESHOLD),
+                   sobel_ksize=int(p.SOBEL_KSIZE), min_size=int(p.MIN_SIZE), energy_blur=int(p.ENERGY_BLUR),
+                   marker_opening=int(p.MARKER_OPENING))
+
+    def record(self) -> dict:
+        """``{name: value}``, JSON-able: the ``postproc`` record of ``run_info.json`` and of a slide's plan."""
+        return asdict(self)
 
 
 def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -83,16 +118,13 @@ def hv_sobel(hv, sobel_ksize: int, hv_range=None) -> tuple[np.ndarray, np.ndarra
     return sobel_h, sobel_v
 
 
-def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_threshold: float = 0.4,
-                         sobel_ksize: int = 21, min_size: int = 10, energy_blur: int = 3,
-                         marker_opening: int = 5, hv_range=None, sobel_range=None) -> np.ndarray:
+def instances_from_np_hv(np_prob, hv, params: PostprocParams, *, hv_range=None, sobel_range=None) -> np.ndarray:
     """Nuclear instances from the NP probability and the HV maps (spec section 5, steps 1-5).
 
     Args:
         np_prob: HxW float, nuclear probability in [0, 1] (softmax channel 1 of the np head).
         hv: HxWx2 float, channel 0 horizontal (x) map, channel 1 vertical (y) map, nominally [-1, 1].
-        np_threshold, marker_threshold, sobel_ksize, min_size, energy_blur, marker_opening:
-            the ``POSTPROC`` section of the config (published values as defaults).
+        params: the thresholds and kernel sizes (:class:`PostprocParams`).
         hv_range, sobel_range: None (the released code: the hv maps and their Sobel responses are min-max
             normalised over these maps), or ((lo, hi), (lo, hi)) of the x and y maps and of the horizontal and
             vertical responses over a whole image of which these maps are a block (``src/pipeline.py``): the
@@ -111,15 +143,15 @@ def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_thres
     # 1. Blobs: threshold, 4-connected components, drop those < min_size px.
     # (Every full-size temporary is deleted once used: a block of a large tile (src/blocks.py) then holds about
     # half as many bytes per pixel, with the same results.)
-    blobs, _ = ndi.label(np_prob >= np_threshold, structure=_CROSS)
-    blb = (remove_small_labels(blobs, min_size) > 0).astype(np.int32)
+    blobs, _ = ndi.label(np_prob >= params.np_threshold, structure=_CROSS)
+    blb = (remove_small_labels(blobs, params.min_size) > 0).astype(np.int32)
     del blobs
     if not blb.any():
         # Released code: no markers, watershed labels nothing. Skip the filtering work.
         return np.zeros(np_prob.shape, dtype=np.int32)
 
     # 2. Edges of the min-max normalised hv maps, horizontal derivative of x, vertical of y.
-    sobel_h, sobel_v = hv_sobel(hv, sobel_ksize, hv_range)
+    sobel_h, sobel_v = hv_sobel(hv, params.sobel_ksize, hv_range)
     sobel_range = (None, None) if sobel_range is None else sobel_range
     sobel_h = 1 - _normalize(sobel_h, sobel_range[0])
     sobel_v = 1 - _normalize(sobel_v, sobel_range[1])
@@ -129,20 +161,20 @@ def instances_from_np_hv(np_prob, hv, *, np_threshold: float = 0.5, marker_thres
     edges[edges < 0] = 0
 
     # 3. Energy: nuclei are mountains of (1 - edges); negate so they become basins.
-    energy = -cv2.GaussianBlur((1.0 - edges) * blb, (energy_blur, energy_blur), 0)
+    energy = -cv2.GaussianBlur((1.0 - edges) * blb, (params.energy_blur, params.energy_blur), 0)
 
     # 4. Markers: blob interiors away from strong edges, cleaned.
-    marker = blb - (edges >= marker_threshold).astype(np.int32)
+    marker = blb - (edges >= params.marker_threshold).astype(np.int32)
     del edges
     mask = blb > 0
     del blb
     marker[marker < 0] = 0
     marker = _fill_holes(marker > 0).astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (marker_opening, marker_opening))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (params.marker_opening, params.marker_opening))
     marker = cv2.morphologyEx(marker, cv2.MORPH_OPEN, kernel)
     markers, _ = ndi.label(marker, structure=_CROSS)
     del marker
-    remove_small_labels(markers, min_size)
+    remove_small_labels(markers, params.min_size)
 
     # 5. Watershed from the markers within the blobs (skimage default connectivity 1 = 4-connected).
     inst_map = watershed(energy, markers, mask=mask)
@@ -164,14 +196,15 @@ def _instance_type(type_crop: np.ndarray, n_types: int) -> tuple[int, float]:
     return inst_type, float(counts[inst_type] / (type_crop.size + 1.0e-6))
 
 
-def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, dict]:
+def process(np_prob, hv, tp_prob, params: PostprocParams, *, hv_range=None,
+            sobel_range=None) -> tuple[np.ndarray, dict]:
     """Instance map plus per-instance bbox, centroid, contour and type (spec section 5, steps 1-6).
 
     Args:
         np_prob: HxW float nuclear probability; hv: HxWx2 float (channel 0 x, channel 1 y).
         tp_prob: None, HxWxC float type probabilities (C = nr_types, channel 0 background; the
             per-pixel argmax votes), or an HxW int map of per-pixel type ids already argmax-ed.
-        **postproc_kwargs: forwarded to :func:`instances_from_np_hv`.
+        params, hv_range, sobel_range: as for :func:`instances_from_np_hv`.
 
     Returns:
         ``(inst_map, inst_info)``: HxW int32 instance map with ids 1..N, and a dict id -> {
@@ -182,7 +215,7 @@ def process(np_prob, hv, tp_prob=None, **postproc_kwargs) -> tuple[np.ndarray, d
         ``"type"``: int type id, or None without ``tp_prob``;
         ``"type_prob"``: float fraction of the instance's pixels voting for that type, or None }.
     """
-    inst_map = instances_from_np_hv(np_prob, hv, **postproc_kwargs)
+    inst_map = instances_from_np_hv(np_prob, hv, params, hv_range=hv_range, sobel_range=sobel_range)
     type_map = None
     n_types = 1
     if tp_prob is not None:

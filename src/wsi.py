@@ -32,8 +32,6 @@ futures that :func:`distributed.as_completed` accepts (``src/wsi_cluster.py`` ma
 """
 from __future__ import annotations
 
-import contextlib
-import gzip
 import json
 import logging
 import math
@@ -43,28 +41,28 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from misc.io import IMAGE_SUFFIXES, InputError, atomic_path, write_json_atomic
-from misc.outputs import geojson_feature, nucleus_record
+from misc.io import IMAGE_SUFFIXES, DiskFullError, InputError, atomic_path, write_json_atomic
+from misc.outputs import all_or_none, nuclei_stream, nucleus_record
 from misc.slide_io import SLIDE_SUFFIXES, SlideReader, is_slide
 from misc.summary import SUMMARY_NAME, read_summary, write_summary
-from misc.viz import type_entry, type_name
+from misc.viz import save_image, type_entry, type_name
 from src.blocks import Block, block_grid, nucleus_margin, owned_ids
 from src.inference import predict_tile
-from src.pipeline import PostprocParams, mpp_scale, split_channels
+from src.pipeline import TileSettings, mpp_scale, split_channels
 from src.postproc import process
 from src.tissue import load_user_mask, tissue_mask
 
 log = logging.getLogger(__name__)
 
 __all__ = ["input_suffixes", "split_inputs",
-           "SLIDE_FORMATS", "WsiSettings", "wsi_settings", "tile_margin", "SlidePlan", "plan_slide",
+           "SLIDE_FORMATS", "WsiSettings", "tile_margin", "SlidePlan", "plan_slide",
            "TileJob", "run_tile", "run_tile_task", "assemble_slide", "slide_output_paths", "WsiReport", "run_wsi",
            "cached_predictor"]
 
@@ -93,51 +91,56 @@ def split_inputs(files: Iterable[Path], mode: str) -> tuple[list[Path], list[Pat
 
 @dataclass(frozen=True)
 class WsiSettings:
-    """Everything a tile task and the assembly need, picklable (sent to Dask workers)."""
+    """How slides are run, picklable (sent to Dask workers): the tile path's own :class:`TileSettings` (network,
+    batch, post-processing), under which every region runs as a tile at the model's resolution, plus what only
+    slides have. Build with :meth:`from_config`."""
 
-    input_shape: int  # network window side (px)
-    output_shape: int  # network output side (px)
-    batch_size: int  # windows per forward pass
+    tile: TileSettings  # scale 1 (regions are read at the model's mpp), never in blocks (a region is one)
     model_mpp: float  # um/px of the working plane
     mpp_tolerance: float  # relative difference under which the slide is read as is
-    tile_size: int  # core side, working px, multiple of output_shape
-    margin: int  # context each side of a core, working px, multiple of output_shape
+    tile_size: int  # core side, working px, multiple of the network output
+    margin: int  # context each side of a core, working px, multiple of the network output
     tissue_mpp: float  # um/px of the tissue mask
     tissue: dict = field(default_factory=dict)  # keyword arguments of src.tissue.tissue_mask
-    postproc: dict = field(default_factory=dict)  # keyword arguments of src.postproc.process
     thumb_max_side: int = 4000  # px of the overlay's longer side
     formats: tuple = SLIDE_FORMATS
     gzip: bool = False  # write <name>.geojson.gz
+
+    @classmethod
+    def from_config(cls, cfg, *, batch_size: int | None = None, formats: Iterable[str] = SLIDE_FORMATS,
+                    gzip_geojson: bool = False) -> WsiSettings:
+        """Geometry, batch and post-processing as :meth:`TileSettings.from_config`; the rest from ``WSI``."""
+        w, out = cfg.WSI, cfg.MODEL.OUTPUT_SHAPE
+        formats = tuple(f for f in formats if f in SLIDE_FORMATS)
+        if not formats:
+            raise ValueError(f"slides are written as {', '.join(SLIDE_FORMATS)}; --formats names none of them")
+        return cls(
+            tile=replace(TileSettings.from_config(cfg, batch_size=batch_size), block_size=None),
+            model_mpp=float(w.MODEL_MPP), mpp_tolerance=float(w.MPP_TOLERANCE),
+            tile_size=max(out, (int(w.TILE_SIZE) // out) * out),
+            margin=tile_margin(cfg.MODEL.INPUT_SHAPE, out, int(w.MAX_NUCLEUS_PX), int(cfg.POSTPROC.SOBEL_KSIZE)),
+            tissue_mpp=float(w.TISSUE_MPP),
+            tissue={"min_saturation": int(w.TISSUE_MIN_SATURATION), "close_px": int(w.TISSUE_CLOSE_PX),
+                    "open_px": int(w.TISSUE_OPEN_PX), "min_area_px": int(w.TISSUE_MIN_AREA_PX)},
+            thumb_max_side=int(w.THUMB_MAX_SIDE), formats=formats, gzip=bool(gzip_geojson))
+
+    def plan_record(self) -> dict:
+        """The settings that decide a slide's nuclei (JSON-able): finished tiles are reused only under equal ones."""
+        return {"input_shape": self.tile.input_shape, "output_shape": self.tile.output_shape,
+                "model_mpp": self.model_mpp, "mpp_tolerance": self.mpp_tolerance, "tile_size": self.tile_size,
+                "margin": self.margin, "tissue_mpp": self.tissue_mpp, "tissue": dict(self.tissue),
+                "postproc": self.tile.postproc.record()}
 
 
 def tile_margin(input_shape: int, output_shape: int, max_nucleus_px: int, sobel_ksize: int) -> int:
     """Margin (px) around a core: windows fed reflected pixels, then room for a nucleus and the Sobel kernel.
 
     ``ceil(((in - out) / 2) / out) * out`` px at a region's edge hold outputs of windows that reach past it;
-    beyond that, ``max_nucleus_px + sobel_ksize // 2`` rounded up to the output size. 240 px for 270/80,
+    beyond that, ``max_nucleus_px + sobel_ksize // 2`` rounded up to the output size. 320 px for 270/80,
     328 for 256/164 (with 80 px nuclei and the 21-px Sobel).
     """
     net = (input_shape - output_shape) // 2
     return math.ceil(net / output_shape) * output_shape + nucleus_margin(output_shape, max_nucleus_px, sobel_ksize)
-
-
-def wsi_settings(cfg, *, batch_size: int | None = None, formats: Iterable[str] = SLIDE_FORMATS,
-                 gzip_geojson: bool = False) -> WsiSettings:
-    """:class:`WsiSettings` from a finalised config (geometry from ``MODEL``, the rest from ``WSI``)."""
-    w, out = cfg.WSI, cfg.MODEL.OUTPUT_SHAPE
-    tile = max(out, (int(w.TILE_SIZE) // out) * out)
-    formats = tuple(f for f in formats if f in SLIDE_FORMATS)
-    if not formats:
-        raise ValueError(f"slides are written as {', '.join(SLIDE_FORMATS)}; --formats names none of them")
-    return WsiSettings(
-        input_shape=cfg.MODEL.INPUT_SHAPE, output_shape=out, batch_size=int(batch_size or cfg.INFER.BATCH_SIZE),
-        model_mpp=float(w.MODEL_MPP), mpp_tolerance=float(w.MPP_TOLERANCE), tile_size=tile,
-        margin=tile_margin(cfg.MODEL.INPUT_SHAPE, out, int(w.MAX_NUCLEUS_PX), int(cfg.POSTPROC.SOBEL_KSIZE)),
-        tissue_mpp=float(w.TISSUE_MPP),
-        tissue={"min_saturation": int(w.TISSUE_MIN_SATURATION), "close_px": int(w.TISSUE_CLOSE_PX),
-                "open_px": int(w.TISSUE_OPEN_PX), "min_area_px": int(w.TISSUE_MIN_AREA_PX)},
-        postproc=PostprocParams.from_config(cfg).kwargs(), thumb_max_side=int(w.THUMB_MAX_SIDE), formats=formats,
-        gzip=bool(gzip_geojson))
 
 
 @dataclass
@@ -160,8 +163,7 @@ class SlidePlan:
         """What must match for existing part files to be reused (JSON-able)."""
         return {"path": self.path, "size": [self.width, self.height], "mpp": self.mpp, "scale": self.scale,
                 "tiles": [t.key for t in self.tiles],
-                "settings": {k: v for k, v in asdict(settings).items() if k not in ("thumb_max_side", "formats",
-                                                                                     "gzip", "batch_size")}}
+                "settings": settings.plan_record()}
 
 
 def _slide_scale(slide_mpp: float, settings: WsiSettings) -> float:
@@ -274,13 +276,13 @@ def run_tile(job: TileJob, predict_fn: Callable[[np.ndarray], np.ndarray]) -> di
     image = _read_working(_reader(job.slide_path, job.mpp), job.tile.region, job.scale)
     read_s = time.perf_counter() - start
     start = time.perf_counter()
-    maps = predict_tile(image, predict_fn, batch_size=s.batch_size, input_shape=s.input_shape,
-                        output_shape=s.output_shape)
+    maps = predict_tile(image, predict_fn, batch_size=s.tile.batch_size, input_shape=s.tile.input_shape,
+                        output_shape=s.tile.output_shape)
     forward_s = time.perf_counter() - start
     start = time.perf_counter()
     np_prob, hv, tp_prob = split_channels(maps)
     del maps
-    _, inst_info = process(np_prob, hv, tp_prob, **s.postproc)
+    _, inst_info = process(np_prob, hv, tp_prob, s.tile.postproc)
     ry0, rx0 = job.tile.region[:2]
     records = [nucleus_record(0, _to_level0(inst_info[i], ry0, rx0, job.scale), job.type_info)
                for i in owned_ids(inst_info, job.tile)]  # centroid ownership: the cores partition the slide
@@ -333,49 +335,28 @@ def assemble_slide(plan: SlidePlan, out_dir, settings: WsiSettings, type_info: M
             thumb = slide.read_downsampled(downsample)
         thumb_scale = np.array([thumb.shape[1] / plan.width, thumb.shape[0] / plan.height])
     n = 0
-    with contextlib.ExitStack() as stack:
-        json_out = geo_out = None
-        if "json" in paths:
-            json_out = open(stack.enter_context(atomic_path(paths["json"])), "w", encoding="utf-8")
-            stack.callback(json_out.close)
-            header = {"image_shape": [plan.height, plan.width], "mpp": plan.mpp,
-                      "type_info": {str(k): [str(nm), [int(v) for v in col]] for k, (nm, col) in type_info.items()}}
-            json_out.write(json.dumps(header)[:-1] + ', "nuclei": [')
-        if "geojson" in paths:
-            tmp = stack.enter_context(atomic_path(paths["geojson"]))
-            geo_out = gzip.open(tmp, "wt", encoding="utf-8") if settings.gzip else open(tmp, "w", encoding="utf-8")
-            stack.callback(geo_out.close)
-            geo_out.write('{"type": "FeatureCollection", "features": [')
-        for tile in plan.tiles:
-            part = json.loads((parts / f"{tile.key}.json").read_text())
-            for name in seconds:
-                seconds[name] += part["seconds"].get(name, 0.0)
-            polygons: dict = {}
-            for record in part["nuclei"]:
-                n += 1
-                record["id"] = n
-                sep = ", " if n > 1 else ""
-                if json_out is not None:
-                    json_out.write(sep + json.dumps(record, allow_nan=False))
-                if geo_out is not None:
-                    geo_out.write(sep + json.dumps(geojson_feature(n, record, type_info), allow_nan=False))
-                if record["type"]:
-                    counts[record["type"]] = counts.get(record["type"], 0) + 1
-                if thumb is not None:
-                    points = np.rint(np.asarray(record["contour"], np.float64).reshape(-1, 2) * thumb_scale)
-                    polygons.setdefault(record["type"], []).append(points.astype(np.int32))
-            for type_id, polys in polygons.items():
-                colour = type_entry(type_info, type_id)[1]
-                cv2.fillPoly(thumb, polys, colour)
-                cv2.polylines(thumb, polys, True, colour)  # nuclei smaller than a thumbnail pixel stay visible
-        if json_out is not None:
-            json_out.write("]}\n")
-        if geo_out is not None:
-            geo_out.write("]}\n")
-    if thumb is not None:
-        with atomic_path(paths["png"]) as tmp:
-            if not cv2.imwrite(str(tmp), cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"cannot write {paths['png']}")
+    with all_or_none(paths.values()):
+        with nuclei_stream(paths, type_info, (plan.height, plan.width), mpp=plan.mpp,
+                           compress_geojson=settings.gzip) as add:
+            for tile in plan.tiles:
+                part = json.loads((parts / f"{tile.key}.json").read_text())
+                for name in seconds:
+                    seconds[name] += part["seconds"].get(name, 0.0)
+                polygons: dict = {}
+                for record in part["nuclei"]:
+                    n += 1
+                    add(n, record)
+                    if record["type"]:
+                        counts[record["type"]] = counts.get(record["type"], 0) + 1
+                    if thumb is not None:
+                        points = np.rint(np.asarray(record["contour"], np.float64).reshape(-1, 2) * thumb_scale)
+                        polygons.setdefault(record["type"], []).append(points.astype(np.int32))
+                for type_id, polys in polygons.items():
+                    colour = type_entry(type_info, type_id)[1]
+                    cv2.fillPoly(thumb, polys, colour)
+                    cv2.polylines(thumb, polys, True, colour)  # nuclei smaller than a thumbnail pixel stay visible
+        if thumb is not None:
+            save_image(paths["png"], thumb)
     row = {"image": plan.name, "height": plan.height, "width": plan.width, "nuclei": n}
     for tid, count in sorted(counts.items()):
         row[f"n_{type_name(type_info, tid)}"] = count
@@ -426,9 +407,13 @@ def run_wsi(slides: Iterable[Path], out_dir, factory: Callable[[], Callable], ty
     (:func:`cached_predictor`), so it must be picklable (a module-level function or a frozen dataclass).
     Tasks write their part files themselves (atomically), so a finished tile survives a dead worker or
     client, and results never travel through the scheduler. ``tissue_masks``: slide name -> user mask.
-    Bad slides (unreadable, no mpp, a failing tile) are reported in :attr:`WsiReport.failed` and skipped.
+    Bad slides (unreadable, no mpp, a failing tile) are reported in :attr:`WsiReport.failed` and skipped; a full
+    disk (:class:`misc.io.DiskFullError`) stops the run (raised), leaving no output of an unfinished slide under a
+    final name and every finished tile's part for the rerun.
     """
     from distributed import as_completed
+
+    from misc.logs import FILE_ONLY  # failures are the report's, which the caller prints: the log file only
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -450,9 +435,11 @@ def run_wsi(slides: Iterable[Path], out_dir, factory: Callable[[], Callable], ty
         try:
             plan = plan_slide(path, settings, mpp=mpp, mask_path=(tissue_masks or {}).get(name))
             parts = _prepare_parts(out_dir, plan, settings, overwrite)
+        except DiskFullError:
+            raise  # every later slide would fail the same way: stop the run
         except (InputError, OSError, ValueError) as exc:
             report.failed[str(path)] = str(exc)
-            log.error("skipped: %s", exc)
+            log.error("skipped: %s", exc, extra=FILE_ONLY)
             continue
         plans[name] = plan
         started[name] = time.perf_counter()
@@ -480,9 +467,11 @@ def run_wsi(slides: Iterable[Path], out_dir, factory: Callable[[], Callable], ty
         start = time.perf_counter()
         try:
             row = assemble_slide(plans[name], out_dir, settings, type_info)
+        except DiskFullError:
+            raise  # the slide's outputs are gone (all_or_none), its parts kept: the rerun assembles it
         except (InputError, OSError, ValueError) as exc:
             report.failed[plans[name].path] = f"assembling the outputs failed: {exc}"
-            log.error("%s: assembling the outputs failed: %s", name, exc)
+            log.error("%s: assembling the outputs failed: %s", name, exc, extra=FILE_ONLY)
             return
         report.seconds[name] = row.pop("_seconds")
         report.seconds[name]["write"] += time.perf_counter() - start  # part files + assembly
@@ -501,10 +490,15 @@ def run_wsi(slides: Iterable[Path], out_dir, factory: Callable[[], Callable], ty
         name = future_slide[future.key]
         if future.status == "error":
             exc = future.exception()
+            if isinstance(exc, DiskFullError):  # the tile's part was not written; finished ones are kept
+                client.cancel([f for f in futures if not f.done()])
+                for bar in (cohort, *bars.values()):
+                    bar.close()
+                raise exc
             if name not in failed_slides:
                 failed_slides.add(name)
                 report.failed[plans[name].path] = f"{type(exc).__name__}: {exc}"
-                log.error("%s: a tile failed, slide skipped (finished tiles are kept): %s", name, exc)
+                log.error("%s: a tile failed, slide skipped (finished tiles are kept): %s", name, exc, extra=FILE_ONLY)
                 client.cancel([f for f in futures if future_slide[f.key] == name and not f.done()])
                 bars[name].close()
         elif future.status == "finished":

@@ -6,6 +6,7 @@ meaningless as segmentations but must be complete, mutually consistent and reada
 Images are kept under one output window so each forward pass is a single 270x270 window.
 """
 import json
+import re
 
 import cv2
 import numpy as np
@@ -333,3 +334,44 @@ def test_a_second_run_into_an_output_folder_in_use_is_refused(images, tmp_path, 
     assert code == 2 and "in use by another run" in err and len(err.strip().splitlines()) == 1
     assert not list(out.glob("*.mat"))
     assert infer.main(["--input", str(images), "--output", str(out), "--model", str(model), "--quiet"]) == 0
+
+
+def test_a_corrupt_tiff_is_skipped_before_the_model_loads_without_library_noise(tmp_path, monkeypatch, capfd):
+    """Issue 22.11: a corrupt TIFF in --mode auto printed libtiff's and OpenCV's own lines ("TIFFReadDirectory: ...",
+    "[ WARN:0@...] global loadsave.cpp ...") once the model had loaded; now it is skipped in one line, found before
+    the model loads (a folder of nothing else loads none), and the libraries say nothing."""
+    import src.predictor
+
+    events = []
+
+    class Recording(_FakePredictor):
+        def __init__(self, weights, cfg=None):
+            events.append("model")
+            super().__init__(weights, cfg)
+
+    real_check = infer.check_image_header
+
+    def check(path):
+        events.append(f"checked {path.name}")
+        return real_check(path)
+
+    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", Recording)
+    monkeypatch.setattr(infer, "check_image_header", check)
+    folder, model = tmp_path / "in", tmp_path / "m.npz"
+    folder.mkdir()
+    np.savez(model, w=np.zeros(3, np.float32))  # --model must exist; the fake predictor never reads it
+    bad = folder / "corrupt.tif"
+    bad.write_bytes(b"II*\x00 not really a tiff")
+    argv = ["--input", str(folder), "--model", str(model), "--quiet", "--formats", "mat"]
+    assert infer.main([*argv, "--output", str(tmp_path / "alone")]) == 1
+    assert events == ["checked corrupt.tif"]  # no model loaded for nothing
+    cv2.imwrite(str(folder / "good.png"), np.random.default_rng(0).integers(0, 255, (60, 75, 3), dtype=np.uint8))
+    events.clear()
+    capfd.readouterr()
+    assert infer.main([*argv, "--output", str(tmp_path / "out")]) == 1
+    assert events == ["checked corrupt.tif", "checked good.png", "model"]
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if "corrupt.tif" in line] == [
+        f"infer.py: skipped {bad}: not a readable image"]
+    assert not [line for line in err.splitlines() if re.search(r"TIFF|^\[ ?(WARN|ERROR)", line)]  # the libraries'
+    assert (tmp_path / "out" / "good.mat").is_file()

@@ -72,6 +72,51 @@ def test_read_image_rgb_rejects_missing_empty_and_garbage(tmp_path):
         read_image_rgb(tmp_path / "junk.png")
 
 
+def _tiff_cut_short(path, keep: int):
+    """A TIFF of an RGB image with only its first ``keep`` bytes: ``keep`` past the header keeps it readable as far
+    as its header, a smaller one makes it garbage."""
+    import tifffile
+
+    tifffile.imwrite(path, np.zeros((200, 200, 3), np.uint8), photometric="rgb")
+    path.write_bytes(path.read_bytes()[:keep])
+    return path
+
+
+def test_check_image_header_reads_only_the_header(tmp_path):
+    """Issue 22.11: infer.py finds a file that is not an image before the model loads; what only the pixels show is
+    read_image_rgb's (a TIFF cut short after its header)."""
+    from misc.io import check_image_header
+
+    check_image_header(_write_bgr(tmp_path / "good.png", np.zeros((4, 5, 3), np.uint8)))
+    check_image_header(_write_bgr(tmp_path / "grey.png", np.zeros((4, 5), np.uint8)))  # the header is fine
+    cut = _tiff_cut_short(tmp_path / "cut.tif", 300)
+    check_image_header(cut)
+    with pytest.raises(InputError, match="cut.tif: not a readable image"):
+        read_image_rgb(cut)
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name, reason in (("missing.png", "no such file"), ("empty.png", "empty file")):
+        with pytest.raises(InputError, match=f"{name}: {reason}"):
+            check_image_header(tmp_path / name)
+    (tmp_path / "garbage.tif").write_bytes(b"II*\x00 not really a tiff")
+    with pytest.raises(InputError, match="garbage.tif: not a readable image"):
+        check_image_header(tmp_path / "garbage.tif")
+
+
+def test_bad_tiffs_are_one_error_and_no_console_noise(tmp_path, capfd):
+    """Issue 22.11: OpenCV's libtiff printed 'TIFFReadDirectory: ...', 'TIFFFillStrip: Read error ...' and
+    '[ WARN:0@0.3] global grfmt_tiff.cpp ...' lines beside the InputError of each bad file."""
+    from misc.io import check_image_header
+
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"II*\x00 not really a tiff")
+    for path in (garbage, _tiff_cut_short(tmp_path / "cut.tif", 300)):
+        with pytest.raises(InputError, match="not a readable image"):
+            read_image_rgb(path)
+    with pytest.raises(InputError):
+        check_image_header(garbage)
+    assert capfd.readouterr().err == ""
+
+
 def test_label_mat_round_trip(tmp_path):
     inst = np.array([[0, 3, 3], [0, 0, 9]], np.int32)
     path = tmp_path / "x.mat"
@@ -290,6 +335,17 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
         assert remove_stale_temporaries(tmp_path) == [stale]
         assert mine.exists() and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_a_stopping_process_removes_its_own_temporaries_too(tmp_path):
+    """Issue 22.5: a Ctrl-C or SIGTERM can land between a temporary's creation and the block that removes it;
+    infer.py, stopping, removes its own (own_too), which a running writer keeps."""
+    from misc.io import remove_stale_temporaries
+
+    mine = tmp_path / f".a.{os.getpid()}-0a1b2c3d.part.json"  # atomic_path's name for a.json, in this process
+    mine.write_text("{")
+    assert remove_stale_temporaries(tmp_path) == [] and mine.exists()
+    assert remove_stale_temporaries(tmp_path, own_too=True) == [mine] and not mine.exists()
 
 
 def test_importing_misc_io_leaves_the_umask_alone():

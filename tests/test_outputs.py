@@ -252,6 +252,28 @@ def test_interrupted_writes_leave_no_file(tmp_path, scene, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary files left behind either
 
 
+def test_an_image_whose_last_output_fails_leaves_none(tmp_path, scene, monkeypatch):
+    """Issue 22.4: a full disk at the overlay (the last file written) removes the image's .mat, .json and .geojson
+    already written: none of an unfinished image stays under a final name, and the rerun redoes it."""
+    import errno
+    import pathlib
+
+    from misc.io import DiskFullError
+
+    image, inst_map, info, type_info = scene
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(DiskFullError, match=r"disk full writing .*c\.png"):
+        write_outputs(tmp_path, "c", image, inst_map, info, type_info)
+    assert [p.name for p in tmp_path.iterdir()] == []
+    monkeypatch.undo()
+    write_outputs(tmp_path, "c", image, inst_map, info, type_info)
+    assert outputs_complete(tmp_path, "c")
+
+
 def test_outputs_complete(tmp_path, scene):
     image, inst_map, info, type_info = scene
     assert not outputs_complete(tmp_path, "tile")

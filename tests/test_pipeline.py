@@ -20,13 +20,13 @@ from src.config import config_from_args
 from src.pipeline import (
     RUN_INFO_NAME,
     SUMMARY_NAME,
-    PostprocParams,
     TileSettings,
     collect_inputs,
     mpp_scale,
     run_inference,
     split_channels,
 )
+from src.postproc import PostprocParams
 from src.targets import gen_hv_map
 
 N_TYPES = 5  # background + CoNSeP's four types
@@ -267,7 +267,7 @@ def test_disk_full_stops_the_run_and_leaves_no_partial_file(tiles, tmp_path, mon
     monkeypatch.setattr(misc.outputs, "nucleus_record", full)
     folder, _ = tiles
     out = tmp_path / "out"
-    with pytest.raises(DiskFullError, match=r"disk full writing .*a\.json"):
+    with pytest.raises(DiskFullError, match=r"disk full writing .*a\.(geo)?json"):
         run_inference(collect_inputs(str(folder)), out, fake_predict, TYPES, SETTINGS, progress=False)
     assert not list(out.glob(".*part*"))
     assert not (out / "b.mat").exists()  # stopped at the first image, not tried once per image
@@ -371,7 +371,7 @@ def test_settings_from_config():
     assert (settings.input_shape, settings.output_shape, settings.batch_size, settings.scale) == (270, 80, 4, 0.5)
     assert TileSettings.from_config(cfg, batch_size=2).batch_size == 2
     assert settings.postproc == PostprocParams.from_config(cfg)
-    assert settings.postproc.kwargs() == {"np_threshold": 0.5, "marker_threshold": 0.4, "sobel_ksize": 21,
+    assert settings.postproc.record() == {"np_threshold": 0.5, "marker_threshold": 0.4, "sobel_ksize": 21,
                                           "min_size": 7, "energy_blur": 3, "marker_opening": 5}
 
 

@@ -6,10 +6,20 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from misc.viz import instance_contour
-from src.postproc import _fill_holes, _normalize, hv_sobel, instances_from_np_hv, process, remove_small_labels
+from src.config import make_config
+from src.postproc import (
+    PostprocParams,
+    _fill_holes,
+    _normalize,
+    hv_sobel,
+    instances_from_np_hv,
+    process,
+    remove_small_labels,
+)
 from src.targets import gen_hv_map
 
 SHAPE = (64, 84)
+PARAMS = PostprocParams.from_config(make_config())  # the published values
 
 
 def _disc(centre, radius, shape=SHAPE):
@@ -68,7 +78,7 @@ def _random_instance_map(shape, n_nuclei, rng):
 
 def test_two_touching_discs_are_separated():
     truth = _two_touching_discs()
-    pred = instances_from_np_hv(*_perfect_outputs(truth))
+    pred = instances_from_np_hv(*_perfect_outputs(truth), PARAMS)
     assert pred.dtype == np.int32 and pred.shape == SHAPE
     assert set(np.unique(pred)) == {0, 1, 2}
     for inst_id in (1, 2):  # ids follow the raster order of the markers: left disc first
@@ -78,23 +88,23 @@ def test_two_touching_discs_are_separated():
 
 def test_single_disc_gives_one_instance():
     truth = _disc((30, 40), 12).astype(np.int32)
-    pred = instances_from_np_hv(*_perfect_outputs(truth))
+    pred = instances_from_np_hv(*_perfect_outputs(truth), PARAMS)
     assert set(np.unique(pred)) == {0, 1}
     assert _iou(pred == 1, truth == 1) > 0.95
 
 
 def test_empty_np_gives_zeros():
-    pred = instances_from_np_hv(np.zeros(SHAPE, np.float32), np.zeros(SHAPE + (2,), np.float32))
+    pred = instances_from_np_hv(np.zeros(SHAPE, np.float32), np.zeros(SHAPE + (2,), np.float32), PARAMS)
     assert pred.dtype == np.int32 and pred.shape == SHAPE and not pred.any()
     low = np.full(SHAPE, 0.49, np.float32)  # just below the 0.5 threshold
-    assert not instances_from_np_hv(low, np.ones(SHAPE + (2,), np.float32)).any()
+    assert not instances_from_np_hv(low, np.ones(SHAPE + (2,), np.float32), PARAMS).any()
 
 
 def test_small_blobs_removed():
     truth = _disc((30, 30), 10).astype(np.int32)
     truth[5:8, 60:63] = 2  # 9 px blob: below the 10 px minimum
     np_prob, hv = _perfect_outputs(truth)
-    pred = instances_from_np_hv(np_prob, hv)
+    pred = instances_from_np_hv(np_prob, hv, PARAMS)
     assert not pred[5:8, 60:63].any()
     assert set(np.unique(pred)) == {0, 1}
     labels = np.array([[1, 1, 0, 2], [1, 0, 0, 2], [3, 3, 0, 2], [3, 3, 0, 2]])  # sizes 3, 4, 4
@@ -107,7 +117,7 @@ def test_matches_released_steps_and_ids_contiguous():
     np_prob = np.clip(cv2.GaussianBlur((truth > 0).astype(np.float32), (5, 5), 0)
                       + rng.normal(0, 0.05, truth.shape).astype(np.float32), 0, 1)
     hv = gen_hv_map(truth) + rng.normal(0, 0.05, truth.shape + (2,)).astype(np.float32)
-    pred = instances_from_np_hv(np_prob, hv)
+    pred = instances_from_np_hv(np_prob, hv, PARAMS)
     reference = _reference_instances(np_prob, hv)
     # Same partition; only the ids differ (the reference keeps the gaps of dropped markers).
     ids = np.unique(reference)[1:]
@@ -139,7 +149,7 @@ def _type_probs(type_map, nr_types=4):
 def test_process_types_centroid_bbox_contour():
     truth = _two_touching_discs()
     np_prob, hv = _perfect_outputs(truth)
-    pred, _ = process(np_prob, hv)
+    pred, _ = process(np_prob, hv, None, PARAMS)
     type_map = np.zeros(SHAPE, np.int64)
     # Instance 1: 2 / 3 / background mix with 3 the majority.
     left = pred == 1
@@ -151,7 +161,7 @@ def test_process_types_centroid_bbox_contour():
     rows, cols = np.nonzero(right)
     type_map[rows[::3], cols[::3]] = 1
     type_map[rows[1::7], cols[1::7]] = 2
-    inst_map, info = process(np_prob, hv, _type_probs(type_map))
+    inst_map, info = process(np_prob, hv, _type_probs(type_map), PARAMS)
     np.testing.assert_array_equal(inst_map, pred)
     assert set(info) == {1, 2}
 
@@ -180,7 +190,7 @@ def test_process_types_centroid_bbox_contour():
 
 def test_process_single_disc_centroid_and_bbox_known():
     truth = _disc((30, 45), 10).astype(np.int32)  # row 30, column 45
-    inst_map, info = process(*_perfect_outputs(truth), np.ones(SHAPE, np.int64) * 2)
+    inst_map, info = process(*_perfect_outputs(truth), np.ones(SHAPE, np.int64) * 2, PARAMS)
     assert list(info) == [1]
     assert _iou(inst_map == 1, truth == 1) > 0.95
     np.testing.assert_allclose(info[1]["centroid"], [45.0, 30.0], atol=0.05)  # x first, then y
@@ -190,18 +200,18 @@ def test_process_single_disc_centroid_and_bbox_known():
 
 def test_process_background_only_instance_keeps_type_zero():
     truth = _disc((30, 45), 10).astype(np.int32)
-    _, info = process(*_perfect_outputs(truth), _type_probs(np.zeros(SHAPE, np.int64)))
+    _, info = process(*_perfect_outputs(truth), _type_probs(np.zeros(SHAPE, np.int64)), PARAMS)
     assert info[1]["type"] == 0
 
 
 def test_process_without_types():
-    inst_map, info = process(*_perfect_outputs(_two_touching_discs()))
+    inst_map, info = process(*_perfect_outputs(_two_touching_discs()), None, PARAMS)
     assert inst_map.dtype == np.int32
     assert set(info) == {1, 2}
     for info_i in info.values():
         assert info_i["type"] is None and info_i["type_prob"] is None
         assert set(info_i) == {"bbox", "centroid", "contour", "type", "type_prob"}
-    empty_map, empty_info = process(np.zeros(SHAPE, np.float32), np.zeros(SHAPE + (2,), np.float32))
+    empty_map, empty_info = process(np.zeros(SHAPE, np.float32), np.zeros(SHAPE + (2,), np.float32), None, PARAMS)
     assert not empty_map.any() and empty_info == {}
 
 
@@ -237,13 +247,28 @@ def test_a_block_scaled_by_the_whole_maps_ranges_has_their_values_and_nuclei():
         np.testing.assert_array_equal(block[k][inner], whole[k][core])  # the kernel stays in the region
         scaled = cv2.normalize(whole[k], None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
         np.testing.assert_array_equal(_normalize(block[k], sobel_range[k])[inner], scaled[core])
-    expected = instances_from_np_hv(np_prob, hv)
-    got = instances_from_np_hv(np_prob[region], hv[region], hv_range=hv_range, sobel_range=sobel_range)
+    expected = instances_from_np_hv(np_prob, hv, PARAMS)
+    got = instances_from_np_hv(np_prob[region], hv[region], PARAMS, hv_range=hv_range, sobel_range=sobel_range)
     for inst_id in np.unique(got[inner])[1:]:  # each nucleus met in the core is the tile's
         mask = got == inst_id
         if not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()):
             assert len(np.unique(expected[region][mask])) == 1 and (expected[region][mask] > 0).all()
             assert (expected == expected[region][mask][0]).sum() == mask.sum()
     # the maps' own extremes as ranges change nothing
-    np.testing.assert_array_equal(instances_from_np_hv(np_prob, hv, hv_range=hv_range, sobel_range=sobel_range),
+    np.testing.assert_array_equal(instances_from_np_hv(np_prob, hv, PARAMS, hv_range=hv_range,
+                                                       sobel_range=sobel_range),
                                   expected)
+
+
+def test_postproc_params_come_from_the_config_alone():
+    """Issue 21.4: the published values are stated once, in the config; the object carries an override."""
+    from src.config import config_from_args
+
+    assert PARAMS.record() == {"np_threshold": 0.5, "marker_threshold": 0.4, "sobel_ksize": 21, "min_size": 10,
+                               "energy_blur": 3, "marker_opening": 5}
+    assert PostprocParams.from_config(config_from_args(["POSTPROC.SOBEL_KSIZE=11"])).sobel_ksize == 11
+    import inspect
+
+    signature = inspect.signature(instances_from_np_hv)
+    assert all(p.default is inspect.Parameter.empty for name, p in signature.parameters.items()
+               if name not in ("hv_range", "sobel_range"))

@@ -58,3 +58,80 @@ def test_calls_in_the_building_process_are_plain():
     from misc.proc import DieWithParent
 
     assert DieWithParent(lambda x: x + 1)(1) == 2
+
+
+# A parent that, like train.py, handles SIGTERM (stop_on_sigterm), forks a worker running a DieWithParent-wrapped
+# function, and stops it with SIGTERM as tensorpack stops its ZMQ dataflow workers (Process.terminate).
+_STOPPING_PARENT = textwrap.dedent("""
+    import multiprocessing, time
+    from misc.proc import DieWithParent, stop_on_sigterm
+
+    def work(started):
+        started.set()
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        stop_on_sigterm()
+        context = multiprocessing.get_context("fork")
+        started = context.Event()
+        worker = context.Process(target=DieWithParent(work), args=(started,))
+        worker.start()
+        started.wait(30)
+        worker.terminate()
+        worker.join(30)
+        print(worker.exitcode, flush=True)
+""")
+
+
+def test_a_forked_worker_dies_quietly_of_sigterm():
+    """Issue 22.5: a worker inherited train.py's SIGTERM handler and printed "Process _Worker-1: Traceback ...
+    misc.proc.Terminated" when stopped; the parent's handler is the parent's only."""
+    done = subprocess.run([sys.executable, "-c", _STOPPING_PARENT], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == -signal.SIGTERM  # killed by the signal, as without the handler
+    assert done.stderr == ""
+
+
+# SIGTERM handled inside a finaliser: Python drops an exception raised there ("Exception ignored in ...").
+_FINALISER = textwrap.dedent("""
+    import os, signal, time
+    from misc.proc import Terminated, stop_on_sigterm
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in here, before __del__ returns
+            for _ in range(3):
+                pass
+
+    stop_on_sigterm()
+    try:
+        Finaliser()
+        for _ in range(200):
+            time.sleep(0.005)
+        print("went on", flush=True)
+    except Terminated:
+        print("terminated", flush=True)
+""")
+
+
+def test_a_sigterm_dropped_in_a_finaliser_still_stops_the_program():
+    """Issue 22.5: once in a few whole-slide runs SIGTERM was handled in jax's gc callback; Python printed
+    "Exception ignored in: <function _xla_gc_callback ...> ... Terminated" and the run went on to the end."""
+    done = subprocess.run([sys.executable, "-c", _FINALISER], capture_output=True, text=True, timeout=60)
+    assert (done.stdout, done.stderr) == ("terminated\n", "")
+
+
+def test_an_interrupt_in_a_deferred_block_is_raised_at_its_end():
+    """Issue 22.5: a cluster start-up cut by a signal left a half-made cluster and a traceback at exit."""
+    from misc.proc import interrupts_deferred
+
+    handler = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)  # a Ctrl-C
+            done.append("the rest of the block")
+    assert done == ["the rest of the block"] and signal.getsignal(signal.SIGINT) is handler
+    with interrupts_deferred():  # nothing received: nothing raised
+        done.append("again")
+    assert done[-1] == "again"

@@ -8,11 +8,12 @@ from scipy import ndimage as ndi
 
 from metrics.validation import TILE_SCORE_KEYS, TileScorer, held_out_names, hv_scores, mean_tile_scores, tile_scores
 from misc.io import InputError
+from src.config import make_config
+from src.postproc import PostprocParams
 from src.targets import gen_hv_map
 
 SHAPE = (64, 84)
-POSTPROC = {"np_threshold": 0.5, "marker_threshold": 0.4, "sobel_ksize": 21, "min_size": 10, "energy_blur": 3,
-            "marker_opening": 5}
+POSTPROC = PostprocParams.from_config(make_config())  # the published values
 
 
 def _two_touching_discs():

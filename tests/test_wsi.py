@@ -12,10 +12,14 @@ import gzip
 import itertools
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -32,7 +36,7 @@ from src.geometry import derive_geometry
 from src.pipeline import TileSettings, run_inference
 from src.targets import gen_hv_map
 from src.tissue import tissue_mask
-from src.wsi import plan_slide, run_wsi, split_inputs, tile_margin, wsi_settings
+from src.wsi import WsiSettings, plan_slide, run_wsi, split_inputs, tile_margin
 from src.wsi_cluster import dask_client, tissue_mask_files
 
 N_TYPES = 5
@@ -84,10 +88,12 @@ _LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class FakeFactory:
-    """Picklable predictor recipe; counts windows per token and raises after ``fail_after`` batches."""
+    """Picklable predictor recipe; counts windows per token, raises after ``fail_after`` batches, takes ``delay``
+    seconds a batch."""
 
     token: str
     fail_after: int | None = None
+    delay: float = 0.0
 
     def __call__(self):
         batches = itertools.count()
@@ -95,6 +101,7 @@ class FakeFactory:
         def predict(batch):
             if self.fail_after is not None and next(batches) >= self.fail_after:
                 raise RuntimeError("simulated crash")
+            time.sleep(self.delay)
             with _LOCK:
                 CALLS[self.token] = CALLS.get(self.token, 0) + len(batch)
             return fake_predict(batch)
@@ -133,7 +140,7 @@ def small_scene():
 
 @pytest.fixture
 def settings():
-    return wsi_settings(config_from_args(TEST_CONFIG), batch_size=64)
+    return WsiSettings.from_config(config_from_args(TEST_CONFIG), batch_size=64)
 
 
 def _nuclei(path):
@@ -158,9 +165,11 @@ def test_tile_margin_is_whole_outputs():
     assert tile_margin(270, 80, 80, 21) == 160 + 160
     assert tile_margin(256, 164, 80, 21) == 164 + 164
     cfg = config_from_args(TEST_CONFIG)
-    s = wsi_settings(cfg)
-    assert s.tile_size % s.output_shape == 0 and s.margin % s.output_shape == 0
-    assert (s.input_shape, s.output_shape) == (cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE)
+    s = WsiSettings.from_config(cfg)
+    assert s.tile_size % s.tile.output_shape == 0 and s.margin % s.tile.output_shape == 0
+    assert (s.tile.input_shape, s.tile.output_shape) == (cfg.MODEL.INPUT_SHAPE, cfg.MODEL.OUTPUT_SHAPE)
+    # the tile path's settings, one object (issue 21.3): the same post-processing and batch as a tile run
+    assert s.tile == replace(TileSettings.from_config(cfg), block_size=None)
 
 
 def test_slide_reader_and_detection(tmp_path, scene):
@@ -238,7 +247,7 @@ def test_white_background_is_never_predicted(tmp_path, scene, settings, client):
 
 def _windows(region, settings):
     y0, x0, y1, x1 = region
-    out = settings.output_shape
+    out = settings.tile.output_shape
     return -(-(y1 - y0) // out) * -(-(x1 - x0) // out)
 
 
@@ -282,7 +291,7 @@ def test_missing_mpp_refused_corrupt_skipped(tmp_path, small_scene, settings, cl
     assert "no microns per pixel" in report.failed[str(no_mpp)] and "--mpp" in report.failed[str(no_mpp)]
     assert str(corrupt) in report.failed[str(corrupt)]
     # --mpp makes the first usable; a gzipped GeoJSON on request
-    gz = wsi_settings(config_from_args(TEST_CONFIG), batch_size=64, gzip_geojson=True)
+    gz = WsiSettings.from_config(config_from_args(TEST_CONFIG), batch_size=64, gzip_geojson=True)
     report = run_wsi([no_mpp], tmp_path / "out", FakeFactory("bad"), TYPES, gz, client=client, mpp=0.25,
                      progress=False)
     assert report.done == ["nompp"]
@@ -295,7 +304,7 @@ def test_resampled_slide_in_level0_coordinates(tmp_path, client):
     image = disc_scene(200, 180, seed=5)
     reference = _tile_reference(tmp_path, image)
     # Model at 0.25 um/px: the slide is read at 2x. Discs upsampled twice stay decodable by the fake.
-    settings = wsi_settings(config_from_args(TEST_CONFIG + ["WSI.MAX_NUCLEUS_PX=40"]), batch_size=64)
+    settings = WsiSettings.from_config(config_from_args(TEST_CONFIG + ["WSI.MAX_NUCLEUS_PX=40"]), batch_size=64)
     slide = write_slide(tmp_path / "s.tif", image, mpp=0.5)
     plan = plan_slide(slide, settings)
     assert plan.scale == 0.5 and (plan.work_width, plan.work_height) == (360, 400)
@@ -377,3 +386,204 @@ def test_slide_reader_errors(tmp_path):
     bad.write_bytes(b"not a slide")
     with pytest.raises(InputError, match="bad.svs"):
         SlideReader(bad)
+
+
+def _enospc_on(monkeypatch, method: str, when) -> None:
+    """Make ``Path.<method>`` fail with ENOSPC (a full disk) for the temporaries that ``when(path)`` picks."""
+    import errno
+    import pathlib
+
+    original = getattr(pathlib.Path, method)
+
+    def full(self, *args, **kwargs):
+        if when(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, method, full)
+
+
+def test_disk_full_while_assembling_leaves_no_slide_output_and_the_rerun_finishes(tmp_path, small_scene, settings,
+                                                                                  client, monkeypatch):
+    """Issue 22.4: the overlay cannot be written: the run stops with 'disk full writing PATH' (raised, not a skipped
+    slide), the slide's JSON and GeoJSON already written are gone too, its tiles' parts stay for the rerun."""
+    from misc.io import DiskFullError
+
+    slide = write_slide(tmp_path / "s.tif", small_scene)
+    out = tmp_path / "out"
+    _enospc_on(monkeypatch, "write_bytes", lambda path: path.suffix == ".png")
+    with pytest.raises(DiskFullError, match=r"disk full writing .*s\.png"):
+        run_wsi([slide], out, FakeFactory("full"), TYPES, settings, client=client, progress=False)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("s.parts")) == []
+    assert len(list((out / "s.parts").glob("*_*.json"))) == 9
+    monkeypatch.undo()
+    report = run_wsi([slide], out, FakeFactory("after"), TYPES, settings, client=client, progress=False)
+    assert report.ok and report.tiles_run["s"] == 0  # every tile was kept: only the assembly is redone
+    assert {p.name for p in out.iterdir()} >= {"s.json", "s.geojson", "s.png", "summary.csv"}
+    assert sorted(map(_key, _nuclei(out / "s.json"))) == sorted(map(_key, _tile_reference(tmp_path, small_scene)))
+
+
+def test_disk_full_in_a_tile_stops_the_run(tmp_path, small_scene, settings, client, monkeypatch):
+    """Issue 22.4: a tile task that cannot write its part stops the run with DiskFullError (the worker's error, not
+    a 'tile failed' skip of the slide); the tiles finished before are kept and the rerun runs only the others."""
+    from misc.io import DiskFullError
+
+    slide = write_slide(tmp_path / "s.tif", small_scene)
+    out = tmp_path / "out"
+    written = []
+
+    def fourth_part(path):
+        if re.match(r"\.\d+_\d+\..*\.part", path.name):  # a tile's part (plan.json is written first)
+            written.append(path)
+            return len(written) > 3
+        return False
+
+    _enospc_on(monkeypatch, "write_text", fourth_part)
+    with pytest.raises(DiskFullError, match="disk full writing"):
+        run_wsi([slide], out, FakeFactory("tile_full"), TYPES, settings, client=client, progress=False)
+    kept = len(list((out / "s.parts").glob("*_*.json")))
+    assert 3 <= kept < 9 and not (out / "s.json").exists()
+    assert not [p for p in (out / "s.parts").iterdir() if ".part" in p.name]
+    monkeypatch.undo()
+    report = run_wsi([slide], out, FakeFactory("tile_after"), TYPES, settings, client=client, progress=False)
+    assert report.ok and report.tiles_run["s"] == 9 - kept
+
+
+def test_infer_cli_disk_full_on_a_slide_is_one_line_exit_2(tmp_path, small_scene, micro_weights_npz, monkeypatch,
+                                                           capfd):
+    """Issue 22.4 at the command line: one line 'disk full writing PATH', exit 2, no traceback."""
+    slide = write_slide(tmp_path / "s.tif", small_scene)
+    # the overlay is written by infer.py's own process (the assembly), not by its worker
+    _enospc_on(monkeypatch, "write_bytes", lambda path: path.suffix == ".png")
+    code = infer.main(["--input", str(slide), "--output", str(tmp_path / "out"), "--model", str(micro_weights_npz),
+                       "--mode", "wsi", "--quiet", "--batch_size", "4", "--config", "WSI.TILE_SIZE=432"])
+    err = capfd.readouterr().err
+    assert code == 2
+    assert [line for line in err.splitlines() if "disk full" in line] == [
+        f"infer.py: error: disk full writing {tmp_path / 'out' / 's.png'}"]
+    assert "Traceback" not in err
+
+
+# infer.py in a process of its own (its console is the subject), whose embedded workers get a FakeFactory instead of
+# the network (`import test_wsi` in the workers: tests/ is on the path they inherit)
+_INFER_WITH = """
+import sys
+import infer, src.wsi_cluster
+from test_wsi import FakeFactory
+src.wsi_cluster.ModelFactory = lambda *recipe: {factory!r}
+sys.exit(infer.main(sys.argv[1:]))
+"""
+
+
+def _infer_process(folder, out, factory: FakeFactory, *options: str) -> subprocess.Popen:
+    tests = Path(__file__).parent
+    path = os.pathsep.join([str(tests), str(tests.parent), os.environ.get("PYTHONPATH", "")])
+    argv = ["--input", str(folder), "--output", str(out), "--model", str(folder.parent / "m.npz"), "--mode", "wsi",
+            "--quiet", "--config", *TEST_CONFIG, *options]
+    np.savez(folder.parent / "m.npz", w=np.zeros(3, np.float32))  # --model must exist; the fake never reads it
+    return subprocess.Popen([sys.executable, "-c", _INFER_WITH.format(factory=factory), *argv], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+
+
+def _console(err: str) -> list[str]:
+    """The lines of ``err`` without TensorFlow's C++ start-up lines, which TensorFlow 2.21 prints when it loads
+    whatever TF_CPP_MIN_LOG_LEVEL says (not these tests' subject)."""
+    tensorflow = re.compile(r"WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d|To enable the following")
+    return [line for line in err.splitlines() if line.strip() and not tensorflow.match(line)]
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """Whether the process has a SIGTERM handler (infer.py's, set once its modules are imported)."""
+    caught = re.search(r"^SigCgt:\s*([0-9a-f]+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1)
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes in /proc")
+@pytest.mark.parametrize("moment", ["loading", "tiles"])
+def test_sigterm_stops_a_slide_run_in_one_line(tmp_path, scene, moment):
+    """Issue 22.5: SIGTERM (timeout, kill, a batch scheduler) while infer.py loads (TensorFlow, seconds: a traceback)
+    or while two embedded workers run tiles: one line, exit status 143, no temporary file, no Dask traceback nor
+    leaked-semaphore warning, no worker process left."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_slide(folder / "s.tif", scene)
+    out = tmp_path / "out"
+    run = _infer_process(folder, out, FakeFactory("sigterm", delay=0.5), "--workers", "2")
+    try:
+        deadline = time.time() + 240
+        while not (_handles_sigterm(run.pid) if moment == "loading" else list((out / "s.parts").glob("*_*.json"))):
+            assert run.poll() is None and time.time() < deadline, run.communicate()
+            time.sleep(0.01)
+        children = _children(run.pid)  # the workers and multiprocessing's resource tracker, once they run
+        run.send_signal(signal.SIGTERM)
+        err = run.communicate(timeout=120)[1]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 143, err
+    lines = _console(err)
+    kept = ", the slides' finished tiles kept" if moment == "tiles" else ""
+    assert lines[-1] == f"infer.py: terminated; 0 image(s) done{kept}, rerun the same command to resume", err
+    assert all(line.startswith("INFO src.wsi: s: ") for line in lines[:-1]), err  # the slide's plan
+    assert "Traceback" not in err and "leaked" not in err
+    assert not [p for p in out.rglob("*") if re.search(r"\.part(\.|$)", p.name)]  # atomic_path's temporaries
+    assert len(children) >= (2 if moment == "tiles" else 0)
+    deadline = time.time() + 10
+    while [pid for pid in children if _running(pid)] and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _running(pid)]
+
+
+def test_a_skipped_slide_is_one_line_on_the_console_and_logged_in_full(tmp_path, small_scene):
+    """Issue 22.11: a bad slide was printed twice (run_wsi's ERROR line, then infer.py's), a failed tile also as the
+    worker's 'Compute Failed' and traceback; now one line each, naming the path once, and the details in infer.log."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    corrupt = folder / "corrupt.svs"
+    corrupt.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    crashing = write_slide(folder / "s.tif", small_scene)
+    out = tmp_path / "out"
+    run = _infer_process(folder, out, FakeFactory("crash", fail_after=0), "--workers", "1")
+    err = run.communicate(timeout=300)[1]
+    assert run.returncode == 1, err
+    lines = [line for line in _console(err) if not line.startswith("INFO src.wsi: s: ")]
+    assert len(lines) == 2 and lines[0].startswith(f"infer.py: skipped {corrupt}: not a slide OpenSlide can open")
+    assert lines[1] == f"infer.py: skipped {crashing.resolve()}: RuntimeError: simulated crash"
+    assert err.count(str(corrupt)) == 1 and err.count("simulated crash") == 1
+    log = (out / "infer.log").read_text()
+    assert f"ERROR src.wsi: skipped: {corrupt}" in log and "ERROR src.wsi: s: a tile failed" in log
+    assert "Compute Failed" in log  # the worker's own message, with its traceback, in the file only
+
+
+def test_an_embedded_cluster_takes_no_fixed_port(recwarn):
+    """Beside another Dask cluster (another run, a test process) the scheduler's HTTP server printed 'Port 8787 is
+    already in use. Perhaps you already have a cluster running?' on the console of a slide run."""
+    import contextlib
+    import socket
+
+    with socket.socket() as other:
+        with contextlib.suppress(OSError):  # taken already: the same case
+            other.bind(("", 8787))
+            other.listen()
+        with dask_client(1, processes=False):
+            pass
+    assert not [w for w in recwarn if "already in use" in str(w.message)]

@@ -23,8 +23,8 @@ import numpy as np
 from misc.io import write_json_atomic
 from src.inference import predict_tile, window_layout
 from src.model.weights_file import detect_nr_types, read_npz, write_npz
-from src.pipeline import PostprocParams, split_channels
-from src.postproc import process
+from src.pipeline import split_channels
+from src.postproc import PostprocParams, process
 from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state
 from xla_runner.train import StepRunner
 
@@ -97,14 +97,14 @@ def main(argv=None) -> int:
                     if args.model is not None:
                         np_prob, hv, tp_prob = split_channels(run.pop("maps"))
                         start = time.perf_counter()
-                        process(np_prob, hv, tp_prob, **PostprocParams.from_config(artifacts.cfg).kwargs())
+                        process(np_prob, hv, tp_prob, PostprocParams.from_config(artifacts.cfg))
                         post_s = time.perf_counter() - start
                     else:
                         run.pop("maps")
                         if post is None:  # the same synthetic maps for every forward
                             _, np_prob, hv, tp_prob = synthetic_outputs((args.size, args.size))
                             start = time.perf_counter()
-                            process(np_prob, hv, tp_prob, **PostprocParams.from_config(artifacts.cfg).kwargs())
+                            process(np_prob, hv, tp_prob, PostprocParams.from_config(artifacts.cfg))
                             post = time.perf_counter() - start
                         post_s = post
                     run.update(postproc_s=post_s, total_s=run["forward_s"] + post_s)
