@@ -47,7 +47,7 @@ SHARED_UNITS = {"tests/test_export.py": "xla", "tests/test_xla_runner.py": "xla"
                 "tests/test_graph.py": "full-size graph", "tests/test_weights.py": "full-size graph"}
 # Units by their time on 2 cores (pytest --durations, 2026-11): about 75, 60, 50, 35 and 25 s; the rest take
 # under 15 s each. A stale list only costs balance.
-LONGEST_UNITS = ("xla", "tests/test_training.py", "full-size graph", "tests/test_wsi.py",
+LONGEST_UNITS = ("xla", "tests/test_trainer.py", "full-size graph", "tests/test_slides.py",
                  "tests/test_model_convert.py")
 
 
@@ -113,16 +113,16 @@ def _predictor_cache():
 
 @pytest.fixture
 def shared_predictor(monkeypatch, _predictor_cache):
-    """Makes ``src.predictor.HoVerNetPredictor`` (what infer.py builds) return one real predictor per weights
+    """Makes ``src.infer.predictor.HoVerNetPredictor`` (what infer.py builds) return one real predictor per weights
     file and network config for the whole session: each build costs seconds, and the tests that use this
     are about what happens around the network, not about loading it. Keyed by the file's path, size and
     modification time and the MODEL config, so a changed file or config still gets a fresh build. Returns
     the caching factory, ``(weights, cfg=None) -> predictor`` (HoVerNetPredictor's signature)."""
     import os
 
-    import src.predictor
+    import src.infer.predictor
 
-    real = src.predictor.HoVerNetPredictor
+    real = src.infer.predictor.HoVerNetPredictor
 
     def factory(weights, cfg=None):
         cfg = weights.cfg if cfg is None else cfg
@@ -133,7 +133,7 @@ def shared_predictor(monkeypatch, _predictor_cache):
             _predictor_cache[key] = real(weights, cfg)
         return _predictor_cache[key]
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", factory)
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", factory)
     return factory
 
 

@@ -174,9 +174,9 @@ def _set_up(args) -> _Run:
     """List and check the inputs, open the model, check the output folder and load the network: everything that
     may refuse the run (InputError, ValueError, KeyError, OSError) before anything is written."""
     from misc.outputs import default_type_info, load_type_info
+    from src.infer.slides import input_suffixes, split_inputs
+    from src.infer.tiles import check_output_dir, collect_inputs, run_record
     from src.model.weights_file import open_model
-    from src.pipeline import check_output_dir, collect_inputs, run_record
-    from src.wsi import input_suffixes, split_inputs
 
     check_writable(args.output, "--output")
     slides, files = split_inputs(collect_inputs(args.input, input_suffixes(args.mode)), args.mode)
@@ -191,7 +191,7 @@ def _set_up(args) -> _Run:
                run_record(weights, weights.cfg, args.mpp), unreadable)
     check_output_dir(args.output, files + slides, args.formats, run.run_info, args.overwrite)
     if run.files:
-        from src.predictor import HoVerNetPredictor
+        from src.infer.predictor import HoVerNetPredictor
 
         run.predictor = HoVerNetPredictor(weights)
         nr_types = run.predictor.nr_types
@@ -215,7 +215,7 @@ def _print_skipped(failed: dict) -> None:
 
 
 def _infer_tiles(args, run: _Run, report) -> bool:
-    from src.pipeline import TileSettings, run_inference
+    from src.infer.tiles import TileSettings, run_inference
 
     report.failed.update(run.unreadable)
     if run.files:
@@ -229,7 +229,7 @@ def _infer_tiles(args, run: _Run, report) -> bool:
 
 
 def _infer_slides(args, run: _Run) -> bool:
-    from src.wsi_cluster import infer_slides
+    from src.infer.cluster import infer_slides
 
     report = infer_slides(run.slides, args.output, run.weights, run.type_info, run.run_info, formats=args.formats,
                           batch_size=args.batch_size, gzip=args.gzip, tissue_mask=args.tissue_mask,
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
         return _list_models()
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-    from src.pipeline import InferenceReport
+    from src.infer.tiles import InferenceReport
 
     report = InferenceReport()
     run = None
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (stop_on_sigterm)
         # The signal can land between a temporary's creation and the block that removes it; this process writes
-        # nothing more (the slides' workers: src.wsi_cluster.infer_slides)
+        # nothing more (the slides' workers: src.infer.cluster.infer_slides)
         remove_stale_temporaries(args.output, own_too=True)
         kept = ", the slides' finished tiles kept" if run is not None and run.slides else ""
         print(f"infer.py: {stop_word(exc)}; {len(report.done)} image(s) done{kept}, rerun the same command to "

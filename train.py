@@ -105,7 +105,7 @@ def main(argv=None) -> int:
 
     from dataset.dataflow import get_train_dataflow, get_valid_dataflow
     from src.config import config_from_args
-    from src.training import Dataflows, Towers, TrainingIncompleteError, TrainOptions, train
+    from src.train.trainer import Dataflows, Towers, TrainingIncompleteError, TrainOptions, train
 
     tiles = None
     if args.valid_images is not None:

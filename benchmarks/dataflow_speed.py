@@ -30,7 +30,7 @@ from dataset.dataflow import PatchDataFlow, TrainingDataPreprocessor, get_train_
 from dataset.extraction import extract_dataset
 from dataset.patches import save_patch
 from src.config import config_from_args
-from src.targets import gen_targets
+from src.maps.targets import gen_targets
 
 __all__ = ["main", "make_patches", "time_mapper"]
 

@@ -6,14 +6,14 @@ Run from the repository root (CPU, or the GPU TensorFlow sees)::
     python -m benchmarks.infer_speed [--size 1000] [--preset full|small] [--windows 2] [--batch_size 2]
 
 * forward: for each mode the real network (untrained weights: the speed does not depend on them) on the
-  sliding-window layout of a random ``--size`` tile (``src/inference.py``: windows and steps from the
+  sliding-window layout of a random ``--size`` tile (``src/infer/windows.py``: windows and steps from the
   mode's geometry). ``--windows N`` times only the first N windows and **extrapolates** to the tile's
   window count (labelled so in the output); ``--windows 0`` runs every window (measured). The convolution
   GFLOP per window are counted from each graph (2 x multiply-adds of every Conv2D), so the achieved
   throughput is printed too. The paper: 11.04 s (original) and 1.97 s (fast) per 1000x1000 tile on a
   12 GB GPU, batch 1.
 * post-processing and writing: once (they do not depend on the mode), on network-like maps of synthetic
-  nuclei (``benchmarks.postproc_speed.synthetic_outputs``): an untrained network's maps are not nuclei.
+  nuclei (``src.maps.synthetic.synthetic_outputs``): an untrained network's maps are not nuclei.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ import time
 import numpy as np
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from benchmarks.postproc_speed import synthetic_outputs
 from misc.outputs import default_type_info, write_outputs
 from src.config import MODEL_PRESETS, config_from_args
 from src.geometry import MODES
-from src.inference import gather_windows, window_layout
+from src.infer.windows import gather_windows, window_layout
+from src.maps.synthetic import synthetic_outputs
 
 
 def conv_gflop_per_window(graph) -> float:
@@ -49,8 +49,8 @@ def time_forward(mode: str, preset: str, tile: np.ndarray, n_windows: int, batch
     import tensorflow as tf
     from tensorpack.tfutils.tower import PredictTowerContext
 
+    from src.infer.predictor import session_config
     from src.model.graph import INFERENCE_INPUTS, HoVerNet, inference_output_names
-    from src.predictor import session_config
 
     tf1 = tf.compat.v1
     cfg = config_from_args([f"MODEL.MODE={mode!r}", f"MODEL.PRESET={preset!r}"])
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 
     cfg = config_from_args()
     _, np_prob, hv, tp_prob = synthetic_outputs((args.size, args.size))
-    from src.postproc import PostprocParams, process
+    from src.maps.postproc import PostprocParams, process
 
     start = time.perf_counter()
     inst_map, inst_info = process(np_prob, hv, tp_prob, PostprocParams.from_config(cfg))

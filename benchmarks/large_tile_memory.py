@@ -99,9 +99,9 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None, help="folder for the tiles and outputs (kept); default temporary")
     args = parser.parse_args(argv)
 
-    from src.blocks import block_core
+    from src.infer.blocks import block_core
+    from src.infer.tiles import TileSettings
     from src.model.weights_file import open_model
-    from src.pipeline import TileSettings
 
     settings = TileSettings.from_config(open_model(args.model, []).cfg)  # the config infer.py builds (no TF)
     core = block_core(settings.block_size, settings.block_margin, settings.output_shape)

@@ -9,9 +9,9 @@ Run from the repository root::
 The crops (default: the issue's probe, four consep256 training crops, two of them with nuclei) are cut into
 patches exactly as ``extract_patches.py`` cuts a data set (mirror padding, the mode's patch size and step);
 each patch is mapped once by the training mapper with augmentation off (centre crop and targets, the
-validation mapping), and tensorpack trains on those fixed datapoints through :func:`src.training.train`, the
+validation mapping), and tensorpack trains on those fixed datapoints through :func:`src.train.trainer.train`, the
 code ``train.py`` runs (towers, callbacks, schedule, checkpoints). The last checkpoint is then run over each
-whole crop by the inference path (``src.inference.predict_tile`` with the strict predictor) and
+whole crop by the inference path (``src.infer.windows.predict_tile`` with the strict predictor) and
 post-processed with the config's ``POSTPROC`` settings. Reported per crop and as the mean over the crops
 with nuclei:
 
@@ -19,7 +19,7 @@ with nuclei:
 
 * ``np_dice``: Dice of ``np_prob >= POSTPROC.NP_THRESHOLD`` against the true nuclear pixels;
 * ``hv_corr_x`` / ``hv_corr_y``: Pearson correlation of predicted and target HV on the true nuclear pixels
-  (target: ``src.targets.gen_targets`` on the whole crop, the config's ``TARGETS`` settings);
+  (target: ``src.maps.targets.gen_targets`` on the whole crop, the config's ``TARGETS`` settings);
 * ``hv_mse`` beside ``hv_mse_zero`` (the MSE of a network that predicts 0 everywhere);
 * ``dice``, ``aji``, ``pq`` (and the rest of :func:`metrics.stats.instance_metrics`) of the post-processed
   instances.
@@ -54,7 +54,7 @@ def _fixed_datapoints(cfg, patch_dir: Path) -> list:
 
 
 def _fixed_train_flow(datapoints: list, seed: int):
-    """Factory for ``src.training.Dataflows.train``: the fixed datapoints reshuffled every pass, endless."""
+    """Factory for ``src.train.trainer.Dataflows.train``: the fixed datapoints reshuffled every pass, endless."""
     from tensorpack.dataflow import BatchData, DataFromList, RepeatedData
 
     class _SeededList(DataFromList):
@@ -112,9 +112,9 @@ def run_overfit(cfg, samples, steps: int, batch_size: int, steps_per_epoch: int,
     from dataset.extraction import sample_patches
     from dataset.patches import save_patch
     from metrics.validation import TileScorer, mean_tile_scores, tile_scores
-    from src.inference import predict_tile
-    from src.predictor import HoVerNetPredictor
-    from src.training import Dataflows, TrainOptions, train
+    from src.infer.predictor import HoVerNetPredictor
+    from src.infer.windows import predict_tile
+    from src.train.trainer import Dataflows, TrainOptions, train
 
     patch_dir = work_dir / "patches"
     patch_dir.mkdir(parents=True, exist_ok=True)

@@ -12,26 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-import cv2
 import numpy as np
 
-from benchmarks.targets_speed import median_s, synthetic_instance_map
+from benchmarks.targets_speed import median_s
 from src.config import make_config
-from src.postproc import PostprocParams, instances_from_np_hv, process
-from src.targets import gen_hv_map
-
-
-def synthetic_outputs(shape=(1000, 1000), n_nuclei: int = 1500, nr_types: int = 5, seed: int = 0):
-    """(inst_map, np_prob HxW float32, hv HxWx2 float32, tp_prob HxWxC float32) of a fake network."""
-    rng = np.random.default_rng(seed)
-    inst_map = synthetic_instance_map(shape, n_nuclei, rng)
-    np_prob = cv2.GaussianBlur((inst_map > 0).astype(np.float32), (5, 5), 0)
-    np_prob = np.clip(np_prob + rng.normal(0, 0.05, shape).astype(np.float32), 0, 1)
-    hv = gen_hv_map(inst_map) + rng.normal(0, 0.05, shape + (2,)).astype(np.float32)
-    types = np.where(inst_map > 0, inst_map % (nr_types - 1) + 1, 0)
-    tp_prob = np.eye(nr_types, dtype=np.float32)[types] + rng.uniform(0, 0.6, shape + (nr_types,)).astype(np.float32)
-    tp_prob /= tp_prob.sum(axis=-1, keepdims=True)
-    return inst_map, np_prob, hv.astype(np.float32), tp_prob
+from src.maps.postproc import PostprocParams, instances_from_np_hv, process
+from src.maps.synthetic import synthetic_outputs
 
 
 def main(argv=None) -> None:

@@ -16,26 +16,8 @@ import time
 import numpy as np
 
 from src.geometry import MODES, derive_geometry
-from src.targets import gen_hv_map, gen_targets
-
-
-def synthetic_instance_map(shape, n_nuclei: int, rng: np.random.Generator,
-                           radius=(5.0, 11.0)) -> np.ndarray:
-    """HxW int32 map of ``n_nuclei`` random discs (ids 1..n); later discs only fill background, so
-    nuclei touch and overlap-clip like crowded tissue. A few ids may end up fully hidden."""
-    height, width = shape
-    inst_map = np.zeros(shape, dtype=np.int32)
-    centres_y = rng.uniform(0, height, n_nuclei)
-    centres_x = rng.uniform(0, width, n_nuclei)
-    radii = rng.uniform(radius[0], radius[1], n_nuclei)
-    for idx in range(n_nuclei):
-        cy, cx, r = centres_y[idx], centres_x[idx], radii[idx]
-        r0, r1 = max(int(cy - r), 0), min(int(cy + r) + 2, height)
-        c0, c1 = max(int(cx - r), 0), min(int(cx + r) + 2, width)
-        yy, xx = np.ogrid[r0:r1, c0:c1]
-        box = inst_map[r0:r1, c0:c1]
-        box[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (box == 0)] = idx + 1
-    return inst_map
+from src.maps.synthetic import synthetic_instance_map
+from src.maps.targets import gen_hv_map, gen_targets
 
 
 def median_s(func, repeats: int) -> float:

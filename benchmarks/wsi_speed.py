@@ -10,7 +10,7 @@ A synthetic slide is written first (a pyramidal tiled TIFF at WSI.MODEL_MPP): ti
 with ~1,400 synthetic nuclei per 1000x1000 px on a white background over ``--tissue`` of its area, or with
 ``--crops DIR`` a mosaic of the real H&E images in DIR (e.g. the 256x256 CoNSeP crops), so a trained model finds
 real nuclei. Then
-``src.wsi.run_wsi`` runs on it through an embedded one-worker Dask cluster, exactly as ``infer.py`` does.
+``src.infer.slides.run_wsi`` runs on it through an embedded one-worker Dask cluster, exactly as ``infer.py`` does.
 The network has untrained weights unless ``--model`` is given (a bundled model's name such as
 ``small-consep``, a checkpoint or an .npz, built with the config recorded with it, as ``infer.py`` does; its
 speed does not depend on the weights); with untrained weights post-processing sees the network's
@@ -145,7 +145,7 @@ class DarkPixelMaps:
 
         from scipy import ndimage
 
-        from src.targets import gen_hv_map
+        from src.maps.targets import gen_hv_map
 
         def predict(batch):
             off = (batch.shape[1] - out) // 2
@@ -181,8 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
 
-    from src.wsi import WsiSettings, plan_slide, run_wsi
-    from src.wsi_cluster import ModelFactory, dask_client
+    from src.infer.cluster import ModelFactory, dask_client
+    from src.infer.slides import WsiSettings, plan_slide, run_wsi
 
     if args.model is not None:
         from src.model.weights_file import open_model
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
         with dask_client(args.workers) as client:
             # build the model in the worker before timing (one warm-up tile's worth of set-up is not counted)
             if not args.memory_only:
-                from src.wsi import cached_predictor
+                from src.infer.slides import cached_predictor
 
                 client.run(lambda: cached_predictor(factory) and None)
             start = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from src.targets import centre_crop_window
+from src.maps.targets import centre_crop_window
 
 __all__ = [
     "AugParams", "GeometryParams", "IDENTITY_GEOMETRY", "sample_geometry", "affine_matrix", "source_maps",
@@ -211,7 +211,7 @@ def apply_geometry(image: np.ndarray, labels: np.ndarray,
 def centre_crop(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """The central ``size`` (int or (h, w)) of an HxW[xC] array; offset ``int((H - h) / 2)`` as tensorpack's
     ``CenterCrop`` (for an odd difference the extra row/column is left at the bottom/right). Returns a view.
-    The window is :func:`src.targets.centre_crop_window`'s (ValueError when it does not fit)."""
+    The window is :func:`src.maps.targets.centre_crop_window`'s (ValueError when it does not fit)."""
     rows, cols = centre_crop_window(array.shape, size)
     return array[rows, cols]
 

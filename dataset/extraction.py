@@ -4,7 +4,7 @@
 The patch grid (:func:`window_origins`, :func:`mirror_pad`, :func:`cut_patches`) reproduces the published
 extractor's ``'mirror'`` mode: pad by ``(window - step) / 2`` on each side with reflection, then slide by
 ``step`` and add one last window flush with the far edge, so the central ``step x step`` regions of the
-windows tile the whole image and each lies inside it. Its index logic is :func:`src.inference.window_grid`
+windows tile the whole image and each lies inside it. Its index logic is :func:`src.infer.windows.window_grid`
 (``last='flush'``), the one shared with the inference grid.
 
 :func:`extract_dataset` cuts every image of a data set (read by :mod:`dataset.readers`) into named patches,
@@ -32,7 +32,7 @@ from tqdm import tqdm
 from dataset.patches import save_patch, split_by_source
 from dataset.readers import get_reader, merge_types
 from misc.io import InputError, move_aside, remove_stale_partials, write_json_atomic
-from src.inference import grid_starts, window_grid
+from src.infer.windows import grid_starts, window_grid
 
 __all__ = ["window_origins", "mirror_pad", "cut_patches", "sample_patches", "extract_dataset",
            "extract_sets"]

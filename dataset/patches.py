@@ -28,7 +28,7 @@ import numpy as np
 from dataset.augment import AugParams, apply_geometry, augment_photometric, centre_crop, sample_geometry
 from misc.io import InputError
 from src.config import check_value
-from src.targets import gen_targets
+from src.maps.targets import gen_targets
 
 __all__ = ["PATCH_FORMATS", "PATCH_CHANNELS", "save_patch", "load_patch", "patch_shape", "check_patch", "list_patches",
            "source_name", "split_by_source", "datapoint_names", "TrainingDataPreprocessor"]

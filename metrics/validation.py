@@ -2,8 +2,8 @@
 the HV maps themselves (correlation with the target on nuclear pixels, MSE beside the all-zero prediction).
 
 Used by ``train.py``'s per-epoch validation on held-out tiles (:class:`TileScorer`, driven by
-``src.training.TileValidation``) and by ``python -m benchmarks.overfit``. Pure numpy: the maps come from any
-forward pass, stitched by ``src.inference.predict_tile`` in the channel order of ``src.pipeline.split_channels``.
+``src.train.trainer.TileValidation``) and by ``python -m benchmarks.overfit``. Pure numpy: the maps come from any
+forward pass, stitched by ``src.infer.windows.predict_tile`` in the channel order of ``src.infer.tiles.split_channels``.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import numpy as np
 
 from metrics.stats import dice1, instance_metrics
 from misc.io import InputError
-from src.pipeline import split_channels
-from src.postproc import PostprocParams, instances_from_np_hv
-from src.targets import gen_targets
+from src.infer.tiles import split_channels
+from src.maps.postproc import PostprocParams, instances_from_np_hv
+from src.maps.targets import gen_targets
 
 __all__ = ["TILE_SCORE_KEYS", "hv_scores", "tile_scores", "mean_tile_scores", "LabelledTile", "TileScorer",
            "held_out_names"]
@@ -55,7 +55,7 @@ def tile_scores(maps: np.ndarray, inst_true: np.ndarray, hv_true: np.ndarray,
     Args:
         maps: HxWxC float32 stitched network maps (NP probability, hv x, hv y, then type probabilities).
         inst_true: HxW int instance map (0 background).
-        hv_true: HxWx2 float HV target of ``inst_true`` (``src.targets.gen_targets``).
+        hv_true: HxWx2 float HV target of ``inst_true`` (``src.maps.targets.gen_targets``).
         postproc: the post-processing settings.
 
     Returns:
@@ -99,7 +99,7 @@ class LabelledTile:
 
 
 class TileScorer:
-    """The held-out tiles and how their maps are scored: what ``src.training.TileValidation`` needs from the
+    """The held-out tiles and how their maps are scored: what ``src.train.trainer.TileValidation`` needs from the
     numpy side (``tiles``, ``score(tile, maps)``, ``mean(rows)``), built by the caller so that ``src`` never
     imports ``metrics``.
 

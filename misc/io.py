@@ -446,7 +446,7 @@ def _write_compressed_map(handle, name: str, array) -> None:
 
 class ScratchArray:
     """An array kept in a scratch file instead of in memory, read and written a rectangle at a time: what a tile
-    larger than ``INFER.BLOCK_SIZE`` (``src/pipeline.py``) keeps of itself while its blocks are processed (its
+    larger than ``INFER.BLOCK_SIZE`` (``src/infer/tiles.py``) keeps of itself while its blocks are processed (its
     network maps, 13 bytes a pixel, and its label map, 4: 2.4 GB for 12000x12000 px, which would otherwise sit in
     memory beside the image and the network).
 

@@ -24,7 +24,7 @@ _FORMAT = "%(levelname)s %(name)s: %(message)s"
 _memory: logging.handlers.MemoryHandler | None = None
 _file: logging.FileHandler | None = None  # the one log file of this process; a new one replaces it
 # ``extra=FILE_ONLY``: a record for the log file, not the console, where it would say again what the caller prints
-# once (infer.py's "skipped PATH: reason" of a slide that src/wsi.py logs with its time and detail).
+# once (infer.py's "skipped PATH: reason" of a slide that src/infer/slides.py logs with its time and detail).
 FILE_ONLY = {"file_only": True}
 # The loggers that the log file (or the buffer before it) is attached to: the root, and those with a console handler
 # of their own that pass nothing on to it (tensorpack; Dask's after to_log_file_only).

@@ -60,7 +60,7 @@ def type_name(type_info: Mapping | None, type_id) -> str:
 
 def instance_contour(mask: np.ndarray) -> np.ndarray:
     """Outline of one nucleus: the largest external contour of a uint8 0/1 mask, Kx2 int32 (x, y) in the mask's
-    coordinates. The one contour extraction behind the JSON/GeoJSON contours (``src.postproc.process``) and the
+    coordinates. The one contour extraction behind the JSON/GeoJSON contours (``src.maps.postproc.process``) and the
     overlays, so an overlay shows exactly the outlines written to the files.
 
     OpenCV's ``RETR_EXTERNAL`` with ``CHAIN_APPROX_SIMPLE`` (corner points of straight runs): holes are ignored
@@ -234,7 +234,7 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     return path
 
 
-# Validation scores plotted beside the patch NP Dice, when train.py --valid_images recorded them (src.training).
+# Validation scores plotted beside the patch NP Dice, when train.py --valid_images recorded them (src.train.trainer).
 _TILE_SCORES = ("tiles_np_dice", "tiles_dice", "tiles_aji", "tiles_pq", "tiles_hv_corr_x", "tiles_hv_corr_y")
 _TILE_HV_MSE = ("tiles_hv_mse", "tiles_hv_mse_zero")
 

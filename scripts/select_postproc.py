@@ -34,11 +34,11 @@ def main(argv=None) -> int:
     parser.add_argument("--ksizes", default="21,11,5", help="SOBEL_KSIZE values to try")
     args = parser.parse_args(argv)
 
-    from src.inference import predict_tile
+    from src.infer.predictor import HoVerNetPredictor
+    from src.infer.tiles import split_channels
+    from src.infer.windows import predict_tile
+    from src.maps.postproc import PostprocParams, process
     from src.model.weights_file import open_model
-    from src.pipeline import split_channels
-    from src.postproc import PostprocParams, process
-    from src.predictor import HoVerNetPredictor
 
     weights = open_model(args.model)  # bundled names and run folders too, as infer.py takes them
     cfg = weights.cfg

@@ -1,4 +1,6 @@
-"""HoVer-Net network, training targets, post-processing and inference engine.
+"""HoVer-Net: the config (``config``, ``geometry``), the numpy cores (``maps``: training targets, post-processing),
+the network and its weights file (``model``), tile and slide inference (``infer``) and training (``train``); each
+part imports only those before it (ARCHITECTURE.md).
 
 Importing this package is the one place that prepares the environment for TensorFlow: tensorpack's
 layers are written against Keras 2, which TensorFlow >= 2.16 only provides through ``tf-keras`` when

@@ -333,11 +333,11 @@ def make_config() -> AttrDict:
     # --- inference (spec section 6) ---
     C.INFER.BATCH_SIZE = 16  # input windows per forward pass
     # px at model resolution: a tile with a longer side is predicted and post-processed in overlapping blocks of
-    # at most this side (src/blocks.py), so memory does not grow with the tile; tiles within it (1000x1000 ones)
+    # at most this side (src/infer/blocks.py), so memory does not grow with the tile; tiles within it (1000x1000 ones)
     # are processed whole, as always
     C.INFER.BLOCK_SIZE = 2048
 
-    # --- whole-slide inference (infer.py --mode wsi; src/wsi.py) ---
+    # --- whole-slide inference (infer.py --mode wsi; src/infer/slides.py) ---
     C.WSI.MODEL_MPP = 0.25  # um/px the model was trained at (CoNSeP: 40x, 0.25); inputs are resampled to it
     C.WSI.MPP_TOLERANCE = 0.05  # relative mpp difference under which no resampling is done
     C.WSI.TILE_SIZE = 4096  # px at model resolution: core side of a large tile (rounded down to the output size)

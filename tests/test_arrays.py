@@ -83,13 +83,13 @@ def test_every_stage_uses_the_one_copy():
     import misc.io
     import misc.outputs
     import misc.viz
-    import src.postproc
-    import src.targets
-    import src.tissue
+    import src.infer.tissue
+    import src.maps.postproc
+    import src.maps.targets
 
-    assert src.postproc._CROSS is src.targets._CROSS is CROSS_4
-    assert metrics.stats.relabel_contiguous is src.postproc.relabel_contiguous is src.targets.relabel_contiguous \
-        is dataset.convert.relabel_contiguous is relabel_contiguous
-    for module in (metrics.stats, misc.io, misc.outputs, misc.viz, src.targets):
+    assert src.maps.postproc._CROSS is src.maps.targets._CROSS is CROSS_4
+    assert metrics.stats.relabel_contiguous is src.maps.postproc.relabel_contiguous \
+        is src.maps.targets.relabel_contiguous is dataset.convert.relabel_contiguous is relabel_contiguous
+    for module in (metrics.stats, misc.io, misc.outputs, misc.viz, src.maps.targets):
         assert module.check_label_map is check_label_map
-    assert misc.viz.check_rgb_image is src.tissue.check_rgb_image is check_rgb_image
+    assert misc.viz.check_rgb_image is src.infer.tissue.check_rgb_image is check_rgb_image

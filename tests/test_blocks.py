@@ -1,9 +1,9 @@
-"""src/blocks.py: the block grid, centroid ownership and the merge of a block's nuclei into the image's map."""
+"""src/infer/blocks.py: the block grid, centroid ownership and the merge of a block's nuclei into the image's map."""
 import numpy as np
 import pytest
 
-from src.blocks import Block, NucleusTable, block_core, block_grid, merge_block, nucleus_margin, owned_ids
-from src.postproc import instance_info
+from src.infer.blocks import Block, NucleusTable, block_core, block_grid, merge_block, nucleus_margin, owned_ids
+from src.maps.postproc import instance_info
 
 
 def test_margin_and_core_are_whole_outputs():

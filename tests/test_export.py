@@ -67,9 +67,9 @@ def test_export_without_eager_mode_is_refused_with_the_remedy(monkeypatch, tmp_p
 def test_forward_matches_tensorflow_predictor(xla_artifacts, tmp_path):
     from misc.io import read_image_rgb
     from src.config import config_from_args
-    from src.inference import predict_tile
+    from src.infer.predictor import HoVerNetPredictor
+    from src.infer.windows import predict_tile
     from src.model.weights_file import write_npz
-    from src.predictor import HoVerNetPredictor
     from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state
 
     artifacts = Artifacts(xla_artifacts)

@@ -8,12 +8,20 @@ Imports run one way, from the bottom up (a folder may import only the folders li
     dataset            misc, src                    (readers, patches, augmentation, dataflows)
     metrics            misc, src                    (scores; the CLI reads src.config)
     benchmarks         misc, src, dataset, metrics
-    xla_runner         misc, opt, src, dataset, benchmarks
+    xla_runner         misc, opt, src, dataset
     scripts, tests, the root command lines (train.py, infer.py, extract_patches.py)   anything
 
-So ``src`` never imports ``dataset`` (train.py passes the dataflow factories into ``src.training``), and no
+So ``src`` never imports ``dataset`` (train.py passes the dataflow factories into ``src.train.trainer``), and no
 package imports a root command line (their library code lives in the packages). Every import counts, also
 one inside a function.
+
+Inside ``src`` the parts are layered the same way (:data:`SRC_ALLOWED`):
+
+    config, geometry   the config object and every size derived from it
+    maps               nothing of src                       (targets, post-processing: the numpy cores)
+    model              config, geometry                     (network, losses, the weights file)
+    infer              config, geometry, maps, model        (windows, tiles, blocks, slides, the predictor)
+    train              config, geometry, maps, model, infer (the trainer, the run folder)
 """
 import ast
 from pathlib import Path
@@ -28,7 +36,15 @@ ALLOWED = {
     "dataset": {"misc", "src"},
     "metrics": {"misc", "src"},
     "benchmarks": {"misc", "src", "dataset", "metrics"},
-    "xla_runner": {"misc", "opt", "src", "dataset", "benchmarks"},
+    "xla_runner": {"misc", "opt", "src", "dataset"},
+}
+SRC_ALLOWED = {
+    "geometry": set(),
+    "config": {"geometry"},
+    "maps": set(),
+    "model": {"config", "geometry"},
+    "infer": {"config", "geometry", "maps", "model"},
+    "train": {"config", "geometry", "maps", "model", "infer"},
 }
 
 
@@ -57,6 +73,30 @@ def test_every_package_imports_only_the_folders_below_it():
     assert _violations() == set()
 
 
+def _src_part(path: Path) -> str:
+    return path.relative_to(ROOT / "src").parts[0].removesuffix(".py")
+
+
+def _imported_src_parts(path: Path) -> set[str]:
+    parts = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+        parts.update(n.split(".")[1] for n in names if n.startswith("src.") and n.count(".") >= 1)
+    return parts
+
+
+def test_the_parts_of_src_import_only_the_parts_below_them():
+    """Issue 21.7: src/ in parts that show what they are; the numpy cores (maps) import nothing of the network,
+    inference imports nothing of training."""
+    modules = [p for p in sorted((ROOT / "src").rglob("*.py")) if p.name != "__init__.py" or p.parent != ROOT / "src"]
+    assert {_src_part(p) for p in modules} == set(SRC_ALLOWED)  # every module is in a listed part
+    found = {(p.relative_to(ROOT).as_posix(), part) for p in modules for part in _imported_src_parts(p)
+             if part != _src_part(p) and part not in SRC_ALLOWED[_src_part(p)]}
+    assert found == set()
+    assert _imported_src_parts(ROOT / "src" / "train" / "trainer.py") >= {"infer", "model"}  # the parser sees them
+
+
 def test_the_rule_is_acyclic_and_sees_the_imports():
     # No folder may reach itself through the allowed imports (a folder loop).
     def below(package, seen=()):
@@ -66,8 +106,16 @@ def test_the_rule_is_acyclic_and_sees_the_imports():
 
     for package in ALLOWED:
         below(package)
-    # The parser finds imports inside functions too (src/wsi_cluster.py imports src.predictor in one).
-    assert {"src", "misc"} <= _imported_tops(ROOT / "src" / "wsi_cluster.py")
+
+    def below_in_src(part, seen=()):
+        for other in SRC_ALLOWED[part]:
+            assert other not in seen + (part,), f"loop {seen + (part, other)}"
+            below_in_src(other, seen + (part,))
+
+    for part in SRC_ALLOWED:
+        below_in_src(part)
+    # The parser finds imports inside functions too (src/infer/cluster.py imports src.infer.predictor in one).
+    assert {"src", "misc"} <= _imported_tops(ROOT / "src" / "infer" / "cluster.py")
     assert _imported_tops(ROOT / "train.py") >= {"src", "dataset", "misc"}
 
 
@@ -76,9 +124,9 @@ def test_the_rule_is_acyclic_and_sees_the_imports():
 # runner work on a machine with numpy alone; a command line imports a TensorFlow module only inside the function
 # that needs it.
 TENSORFLOW_MODULES = {
-    "src/model/graph.py", "src/model/losses.py", "src/model/weights.py", "src/model/export.py", "src/predictor.py",
-    "src/training.py", "dataset/dataflow.py", "benchmarks/dataflow_speed.py", "benchmarks/infer_speed.py",
-    "benchmarks/overfit.py",
+    "src/model/graph.py", "src/model/losses.py", "src/model/weights.py", "src/model/export.py",
+    "src/infer/predictor.py", "src/train/trainer.py", "dataset/dataflow.py", "benchmarks/dataflow_speed.py",
+    "benchmarks/infer_speed.py", "benchmarks/overfit.py",
 }
 
 

@@ -1,4 +1,4 @@
-"""infer.py and src/predictor.py: the real network (random weights) end to end on CPU.
+"""infer.py and src/infer/predictor.py: the real network (random weights) end to end on CPU.
 
 One session-scoped .npz of randomly initialised weights of the MICRO network (conftest.py,
 tests/shrunk_networks.py; 270 -> 216, recorded in the file) stands in for a trained model: the outputs are
@@ -15,8 +15,8 @@ import pytest
 import infer
 from metrics.compute_stats import main as compute_stats
 from misc.io import load_label_mat
+from src.infer.predictor import HoVerNetPredictor
 from src.model.weights_file import model_config
-from src.predictor import HoVerNetPredictor
 
 pytestmark = pytest.mark.slow
 
@@ -177,9 +177,9 @@ class _FakePredictor:
 
 def test_ctrl_c_is_one_line_and_exit_130(images, tmp_path, monkeypatch, capsys):
     """Issue 13.9: Ctrl-C prints 'interrupted; N images done, rerun to resume' and exits 130, no traceback."""
-    import src.predictor
+    import src.infer.predictor
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", lambda weights: _FakePredictor(weights, fail_at=2))
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", lambda weights: _FakePredictor(weights, fail_at=2))
     model = tmp_path / "m.npz"
     np.savez(model, w=np.zeros(3, np.float32))  # --model must exist; the fake predictor never reads it
     code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(model), "--quiet"])
@@ -193,7 +193,7 @@ def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary_file(images, tmp_p
     import os
     import signal
 
-    import src.predictor
+    import src.infer.predictor
 
     class _Killed(_FakePredictor):
         def __call__(self, batch):
@@ -201,7 +201,7 @@ def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary_file(images, tmp_p
                 os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's kill, during the second forward pass
             return super().__call__(batch)
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _Killed)
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", _Killed)
     model, out = tmp_path / "m.npz", tmp_path / "out"
     np.savez(model, w=np.zeros(3, np.float32))
     code = infer.main(["--input", str(images), "--output", str(out), "--model", str(model), "--quiet"])
@@ -217,12 +217,12 @@ def test_disk_full_stops_with_exit_2(images, tmp_path, monkeypatch, capsys):
 
     import scipy.io
 
-    import src.predictor
+    import src.infer.predictor
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _FakePredictor)
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", _FakePredictor)
     monkeypatch.setattr(scipy.io, "savemat", full)
     out, model = tmp_path / "out", tmp_path / "m.npz"
     np.savez(model, w=np.zeros(3, np.float32))  # --model must exist; the fake predictor never reads it
@@ -234,9 +234,9 @@ def test_disk_full_stops_with_exit_2(images, tmp_path, monkeypatch, capsys):
 
 def test_results_of_changed_weights_at_the_same_path_are_not_reused(images, tmp_path, monkeypatch, capsys):
     """Issue 13.1: run_info.json identifies the weights by content: new weights at the old path are refused."""
-    import src.predictor
+    import src.infer.predictor
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _FakePredictor)
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", _FakePredictor)
     model, out = tmp_path / "model.npz", tmp_path / "out"
     np.savez(model, w=np.zeros(3, np.float32))
     argv = ["--input", str(images), "--output", str(out), "--model", str(model), "--quiet", "--formats", "mat"]
@@ -255,7 +255,7 @@ def test_results_of_changed_weights_at_the_same_path_are_not_reused(images, tmp_
 
 def test_mpp_for_tiles(images, tmp_path, monkeypatch, capsys):
     """Issue 10: --mpp for tiles resamples them to the model's mpp; outputs keep the tile's size; run_info has it."""
-    import src.predictor
+    import src.infer.predictor
 
     windows = []
 
@@ -264,7 +264,7 @@ def test_mpp_for_tiles(images, tmp_path, monkeypatch, capsys):
             windows.append(len(batch))
             return super().__call__(batch)
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", Counting)
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", Counting)
     model = tmp_path / "m.npz"
     np.savez(model, w=np.zeros(3, np.float32))
     argv = ["--input", str(images / "small.png"), "--model", str(model), "--quiet", "--formats", "mat,json"]
@@ -305,13 +305,13 @@ def test_non_finite_weights_are_refused_naming_the_variables(weights_npz, images
 
 def test_a_network_answering_nan_stops_the_run(images, tmp_path, monkeypatch, capsys):
     """Issue 22.1: non-finite maps stop the run with one line instead of writing empty results."""
-    import src.predictor
+    import src.infer.predictor
 
     class _NanPredictor(_FakePredictor):
         def __call__(self, batch):
             return np.full_like(super().__call__(batch), np.nan)
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _NanPredictor)
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", _NanPredictor)
     model = tmp_path / "m.npz"
     np.savez(model, w=np.zeros(3, np.float32))
     code = infer.main(["--input", str(images), "--output", str(tmp_path / "out"), "--model", str(model), "--quiet"])
@@ -322,10 +322,10 @@ def test_a_network_answering_nan_stops_the_run(images, tmp_path, monkeypatch, ca
 
 def test_a_second_run_into_an_output_folder_in_use_is_refused(images, tmp_path, monkeypatch, capsys):
     """Issue 22.8: a concurrent run into one folder died with a traceback or computed every image twice."""
-    import src.predictor
+    import src.infer.predictor
     from misc.io import folder_lock
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", _FakePredictor)
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", _FakePredictor)
     model, out = tmp_path / "m.npz", tmp_path / "out"
     np.savez(model, w=np.zeros(3, np.float32))
     with folder_lock(out, "run"):
@@ -340,7 +340,7 @@ def test_a_corrupt_tiff_is_skipped_before_the_model_loads_without_library_noise(
     """Issue 22.11: a corrupt TIFF in --mode auto printed libtiff's and OpenCV's own lines ("TIFFReadDirectory: ...",
     "[ WARN:0@...] global loadsave.cpp ...") once the model had loaded; now it is skipped in one line, found before
     the model loads (a folder of nothing else loads none), and the libraries say nothing."""
-    import src.predictor
+    import src.infer.predictor
 
     events = []
 
@@ -355,7 +355,7 @@ def test_a_corrupt_tiff_is_skipped_before_the_model_loads_without_library_noise(
         events.append(f"checked {path.name}")
         return real_check(path)
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", Recording)
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", Recording)
     monkeypatch.setattr(infer, "check_image_header", check)
     folder, model = tmp_path / "in", tmp_path / "m.npz"
     folder.mkdir()

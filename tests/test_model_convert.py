@@ -151,7 +151,7 @@ def test_infer_picks_up_the_fast_geometry_from_the_npz(fast_graph, tmp_path, mon
     """infer.py with a converted fast-mode .npz and no --config: windows of 256, outputs of 164, PanNuke's type
     names. The predictor is a recording stand-in: the real one on a file's recorded network is run by
     tests/test_bundle.py and tests/test_weights_file.py, and this file's network by the round trip above."""
-    import src.predictor
+    import src.infer.predictor
 
     _, _, variables, _ = fast_graph
     weights = _random_weights({n: tuple(v.shape.as_list()) for n, v in variables.items()}, seed=3)
@@ -172,7 +172,7 @@ def test_infer_picks_up_the_fast_geometry_from_the_npz(fast_graph, tmp_path, mon
             maps[..., 3] = 1.0
             return maps
 
-    monkeypatch.setattr(src.predictor, "HoVerNetPredictor", Recording)
+    monkeypatch.setattr(src.infer.predictor, "HoVerNetPredictor", Recording)
     folder = tmp_path / "tiles"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))

@@ -49,7 +49,7 @@ def make_inst_map(discs=DISCS, shape=(H, W)):
 
 
 def make_inst_info(inst_map, types, probs=None):
-    """What post-processing reports (spec section 5), computed independently of src/postproc.py."""
+    """What post-processing reports (spec section 5), computed independently of src/maps/postproc.py."""
     info = {}
     for inst_id in np.unique(inst_map[inst_map > 0]).tolist():
         rows, cols = np.nonzero(inst_map == inst_id)
@@ -450,8 +450,8 @@ def shapely_reason(polygon):
 
 def test_overlay_of_a_map_draws_the_contours_post_processing_writes():
     """Issue 12.6: one contour extraction: instance_contours (overlays of a bare map) gives exactly the contours
-    that src.postproc.process puts in inst_info, i.e. in the JSON and (as rings) the GeoJSON."""
-    from src.postproc import instance_info
+    that src.maps.postproc.process puts in inst_info, i.e. in the JSON and (as rings) the GeoJSON."""
+    from src.maps.postproc import instance_info
 
     inst_map = make_inst_map()
     inst_map[30:34, 5:9] = 7  # a square: CHAIN_APPROX_SIMPLE keeps its 4 corners only

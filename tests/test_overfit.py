@@ -1,7 +1,7 @@
 """benchmarks/overfit.py: the training path must teach the network HV maps that split touching nuclei.
 
 A CI-sized overfit check (issue 20.1): the MICRO network (tests/shrunk_networks.py) with the recipe's zero-start HV
-head trains through src.training.train (train.py's code) on the patches of one synthetic tile of touching
+head trains through src.train.trainer.train (train.py's code) on the patches of one synthetic tile of touching
 nuclei, augmentation off, then the tile goes through inference and post-processing. The bounds are ones a
 correct path reaches with margin and a broken one cannot: HV correlation measures the maps against targets
 built independently from the tile, and PQ needs the touching nuclei split. Measured once each (2-core CPU,

@@ -7,7 +7,7 @@ from skimage.segmentation import watershed
 
 from misc.viz import instance_contour
 from src.config import make_config
-from src.postproc import (
+from src.maps.postproc import (
     PostprocParams,
     _fill_holes,
     _normalize,
@@ -16,7 +16,7 @@ from src.postproc import (
     process,
     remove_small_labels,
 )
-from src.targets import gen_hv_map
+from src.maps.targets import gen_hv_map
 
 SHAPE = (64, 84)
 PARAMS = PostprocParams.from_config(make_config())  # the published values

@@ -1,14 +1,14 @@
-"""src/predictor.py: the tensor-name contract it checks and its session settings (its forward pass is tested
+"""src/infer/predictor.py: the tensor-name contract it checks and its session settings (its forward pass is tested
 through infer.py in tests/test_infer.py and on the bundled model in tests/test_bundle.py)."""
 from pathlib import Path
 
 import pytest
 from shrunk_networks import MICRO
 
+import src.infer.predictor
 import src.model.graph
-import src.predictor
 from src.config import config_from_args
-from src.predictor import HoVerNetPredictor, session_config
+from src.infer.predictor import HoVerNetPredictor, session_config
 
 # Any weights file names the number of types; the graph check fails before a single weight is loaded, so the
 # network can be the smallest one (tests/shrunk_networks.py).
@@ -20,7 +20,7 @@ def test_predictor_refuses_a_graph_without_the_declared_tensors(monkeypatch):
     tensor lookup inside tensorpack (whose error names one tensor without saying why it was expected)."""
     monkeypatch.setattr(src.model.graph, "INFERENCE_OUTPUTS", ["np_prob", "hv", "tp_probabilities"])
     configs = []
-    monkeypatch.setattr(src.predictor, "session_config", lambda: configs.append(session_config()) or configs[-1])
+    monkeypatch.setattr(src.infer.predictor, "session_config", lambda: configs.append(session_config()) or configs[-1])
     with pytest.raises(KeyError, match=r"graph lacks the inference tensors \['tp_probabilities'\] of a HoVer-Net "
                                        r"with 5 type channels"):
         HoVerNetPredictor(WEIGHTS, config_from_args(["MODEL.MODE=fast", *MICRO]))

@@ -1,4 +1,4 @@
-"""src/run_folder.py: what a phase folder holds, what a new start does with it, and where phase 2 starts, for both
+"""src/train/run_folder.py: what a phase folder holds, what a new start does with it, and where phase 2 starts, for both
 trainers (train.py's TensorFlow checkpoints and xla_runner train's .npz epochs)."""
 import json
 
@@ -6,7 +6,7 @@ import pytest
 
 from misc.io import InputError
 from src.config import config_from_args
-from src.run_folder import (
+from src.train.run_folder import (
     BEST_CHECKPOINT,
     FINISHED_MARKER,
     RUN_HISTORY,
@@ -142,7 +142,7 @@ def test_record_run_keeps_the_first_settings_and_a_line_per_start(tmp_path, capl
     record_run(phase, state, {"phase": "phase1", "towers": 1, "config": {"A": 1}})
     (phase / "checkpoint").write_text('model_checkpoint_path: "model-2"')
     resumed = inspect_run_dir(phase)
-    with caplog.at_level("WARNING", logger="src.run_folder"):
+    with caplog.at_level("WARNING", logger="src.train.run_folder"):
         record_run(phase, resumed, {"phase": "phase1", "towers": 2, "config": {"A": 1}})
     assert json.loads((phase / RUN_RECORD).read_text())["towers"] == 1  # the first start's
     starts = [json.loads(line) for line in (phase / RUN_HISTORY).read_text().splitlines()]

@@ -3,10 +3,10 @@ the same way: the learning rate of every epoch and the checkpoint phase 2 starts
 import pytest
 from tensorpack.callbacks import ScheduledHyperParamSetter
 
-import src.training as tp_train
+import src.train.trainer as tp_train
 import xla_runner.train as xla_train
 from opt.schedules import SCHEDULES, get_phase, lr_for_epoch
-from src.run_folder import phase_init_checkpoint
+from src.train.run_folder import phase_init_checkpoint
 
 
 def _tensorpack_lr(phase, epoch: int) -> float:
@@ -36,8 +36,8 @@ def test_published_drop_after_epoch_25():
 @pytest.mark.parametrize("init", ["last", "best"])
 def test_both_trainers_start_phase_2_from_the_same_epoch(tmp_path, init):
     """Phase 1 ran 3 epochs, its best at epoch 2: 'last' (published) starts from epoch 3 in both trainers, which
-    share the rule (src.run_folder) and differ only in their checkpoints' names."""
-    assert tp_train.phase_start is xla_train.phase_start  # the rule and its refusal, in src.run_folder
+    share the rule (src.train.run_folder) and differ only in their checkpoints' names."""
+    assert tp_train.phase_start is xla_train.phase_start  # the rule and its refusal, in src.train.run_folder
     tp_run, xla_run = tmp_path / "tp", tmp_path / "xla"
     (tp_run / "phase1").mkdir(parents=True)
     (xla_run / "phase1").mkdir(parents=True)

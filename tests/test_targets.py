@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from src.targets import centre_crop_window, gen_hv_map, gen_targets, relabel_connected
+from src.maps.targets import centre_crop_window, gen_hv_map, gen_targets, relabel_connected
 
 
 def _random_instance_map(shape, n_nuclei, rng, radius=(3.0, 9.0)):

@@ -9,8 +9,8 @@ from scipy import ndimage as ndi
 from metrics.validation import TILE_SCORE_KEYS, TileScorer, held_out_names, hv_scores, mean_tile_scores, tile_scores
 from misc.io import InputError
 from src.config import make_config
-from src.postproc import PostprocParams
-from src.targets import gen_hv_map
+from src.maps.postproc import PostprocParams
+from src.maps.targets import gen_hv_map
 
 SHAPE = (64, 84)
 POSTPROC = PostprocParams.from_config(make_config())  # the published values

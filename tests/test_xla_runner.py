@@ -2,7 +2,7 @@
 
 Uses the shrunk network exported once per session (``tests/xla_fixtures.py``). That a step lowers the loss
 follows from two other tests: the exported step computes tensorpack's step (tests/test_export.py), and
-tensorpack's step lowers the loss (tests/test_training.py).
+tensorpack's step lowers the loss (tests/test_trainer.py).
 """
 import json
 import subprocess

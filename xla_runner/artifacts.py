@@ -2,8 +2,8 @@
 
 :class:`Artifacts` reads ``manifest.json`` (written by ``src.model.export``); :class:`Executable` compiles one
 portable StableHLO artifact for one device and runs it on positional arguments in the manifest's order.
-:class:`XlaPredictor` is the drop-in for ``src.predictor.HoVerNetPredictor``: windows -> maps in the channel
-order ``src.pipeline.split_channels`` expects. :func:`initial_state` builds every variable a graph reads from
+:class:`XlaPredictor` is the drop-in for ``src.infer.predictor.HoVerNetPredictor``: windows -> maps in the channel
+order ``src.infer.tiles.split_channels`` expects. :func:`initial_state` builds every variable a graph reads from
 an ``.npz`` and/or the published initialisers recomputed in numpy. No TensorFlow.
 """
 from __future__ import annotations
@@ -217,7 +217,7 @@ def _is_training_state(name: str) -> bool:
 class XlaPredictor:
     """``batch (N x in x in x 3 RGB 0..255) -> N x out x out x C float32`` through the exported forward.
 
-    Same contract as ``src.predictor.HoVerNetPredictor``: channels nuclear probability, hv x, hv y, then the
+    Same contract as ``src.infer.predictor.HoVerNetPredictor``: channels nuclear probability, hv x, hv y, then the
     type probabilities. Batches of any size are cut into / padded up to the artifact's static batch.
     """
 

@@ -2,13 +2,13 @@
 
   python -m xla_runner bench --artifacts xla-original/ xla-fast/ [--model weights.npz] --json bench.json
 
-For every export folder given (one mode/preset each) and every forward artifact in it (batch sizes 8/16/32
-when exported): the forward pass of a random 1000x1000 tile through the sliding windows
-(``src/inference.py``), then post-processing of network-like maps of ~1,400 synthetic nuclei
-(``benchmarks.postproc_speed``; with ``--model`` the tile's own maps); and for every training step, patches
-per second on random batches (the step alone, data loading excluded; ``benchmarks.dataflow_speed`` measures
-the augmentation). Untrained weights from the published initialisers unless ``--model``. Prints a table and
-writes the JSON. Targets on one H100: <= 0.5 s per tile end to end for the full model (paper: 11.04 s).
+For every export folder given (one mode/preset each) and every forward artifact in it (batch sizes 8/16/32 when
+exported): the forward pass of a random 1000x1000 tile through the sliding windows (``src/infer/windows.py``), then
+post-processing of network-like maps of ~1,400 synthetic nuclei (``src.maps.synthetic``, as
+``benchmarks.postproc_speed``; with ``--model`` the tile's own maps); and for every training step, patches per
+second on random batches (the step alone, data loading excluded; ``benchmarks.dataflow_speed`` measures the
+augmentation). Untrained weights from the published initialisers unless ``--model``. Prints a table and writes the
+JSON. Targets on one H100: <= 0.5 s per tile end to end for the full model (paper: 11.04 s).
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import time
 import numpy as np
 
 from misc.io import write_json_atomic
-from src.inference import predict_tile, window_layout
+from src.infer.tiles import split_channels
+from src.infer.windows import predict_tile, window_layout
+from src.maps.postproc import PostprocParams, process
 from src.model.weights_file import detect_nr_types, read_npz, write_npz
-from src.pipeline import split_channels
-from src.postproc import PostprocParams, process
 from xla_runner.artifacts import Artifacts, XlaPredictor, initial_state
 from xla_runner.train import StepRunner
 
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from benchmarks.postproc_speed import synthetic_outputs
+    from src.maps.synthetic import synthetic_outputs
 
     results = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "tile": args.size, "runs": []}
     post = None

@@ -2,8 +2,8 @@
 
   python -m xla_runner infer --artifacts xla/ --model hovernet.npz --input tiles/ --output results/
 
-The same sliding windows, stitching (``src/inference.py``), post-processing (``src/postproc.py``), writers
-(``misc/outputs.py``), resume and ``summary.csv`` as ``infer.py`` (``src/pipeline.py``); the forward pass is the
+The same sliding windows, stitching (``src/infer/windows.py``), post-processing (``src/maps/postproc.py``), writers
+(``misc/outputs.py``), resume and ``summary.csv`` as ``infer.py`` (``src/infer/tiles.py``); the forward pass is the
 exported TensorFlow graph compiled by XLA. ``--model`` is an ``.npz`` of variable name -> array (a checkpoint
 of ``python -m xla_runner train``, or one exported from a TensorFlow checkpoint); every network variable must
 load. Exit status: 0 all done, 1 some images skipped, 2 the run could not start.
@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from src.infer.tiles import TileSettings, check_output_dir, collect_inputs, run_inference, run_record
     from src.model.weights_file import open_model
-    from src.pipeline import TileSettings, check_output_dir, collect_inputs, run_inference, run_record
     from xla_runner.artifacts import Artifacts, XlaPredictor
 
     try:

@@ -13,10 +13,10 @@ set, forward artifact), ``model-epoch<e>.npz`` (every variable of the step under
 Adam's slots; ``infer.py --model``, ``train.py --pretrained`` and ``xla_runner infer`` load it), ``model-best.npz``
 (highest validation Dice), ``stats.json``, ``curves.png`` and ``checkpoint.json`` (written last: a killed run
 resumes from the epoch it names when the same command runs again). The run folder is ``train.py``'s
-(``src.run_folder``: the same refusals of a finished or foreign phase, ``run.json`` and ``run_history.jsonl``,
+(``src.train.run_folder``: the same refusals of a finished or foreign phase, ``run.json`` and ``run_history.jsonl``,
 ``finished.json``). The phases and the learning rate of each epoch come from ``opt.schedules`` (``TRAIN.SCHEDULE``,
 ``lr_for_epoch``), as in ``train.py``; phase 2 starts from the checkpoint ``TRAIN.PHASE2_INIT`` names
-(``src.run_folder.phase_init_checkpoint``; published: phase 1's last epoch), its training state too, as the
+(``src.train.run_folder.phase_init_checkpoint``; published: phase 1's last epoch), its training state too, as the
 published phase-2 start did.
 Exit status: 0 done, 1 stopped early, 2 could not start (or the run folder is in use), 130 Ctrl-C, 143 SIGTERM.
 """
@@ -37,7 +37,7 @@ from misc.proc import exit_status, stop_on_sigterm, stop_word
 from misc.viz import plot_training_curves
 from opt.schedules import get_phase, get_schedule, lr_for_epoch
 from src.model.weights_file import read_npz, write_npz
-from src.run_folder import (
+from src.train.run_folder import (
     BEST_CHECKPOINT,
     check_run_dir,
     mark_finished,
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["StepRunner", "epoch_datapoints", "validate", "train_phase", "main"]
 
-CHECKPOINT = "checkpoint.json"  # this trainer's resume marker (src.run_folder.RESUME_MARKERS)
+CHECKPOINT = "checkpoint.json"  # this trainer's resume marker (src.train.run_folder.RESUME_MARKERS)
 BEST = f"{BEST_CHECKPOINT}.npz"
 _SEED_RANGE = 2**31 - 1
 

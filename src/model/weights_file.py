@@ -32,14 +32,14 @@ import numpy as np
 
 from misc.io import InputError
 from src.config import AttrDict, apply_preset, finalize_config, make_config
-from src.run_folder import BEST_CHECKPOINT, RUN_RECORD
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ModelWeights", "open_model", "locate_weights", "bundled_models", "checkpoint_prefix", "read_npz",
            "read_npz_metadata", "write_npz", "weights_digest", "resolve_model_path", "recorded_config",
            "recorded_overrides", "model_config", "is_npz", "RECORDED_SECTIONS", "METADATA_KEY",
-           "UNRECORDED_MODEL_KEYS", "MODELS_DIR", "NOT_WEIGHTS", "TP_HEAD_BIAS", "detect_nr_types"]
+           "UNRECORDED_MODEL_KEYS", "MODELS_DIR", "NOT_WEIGHTS", "TP_HEAD_BIAS", "detect_nr_types", "best_checkpoint",
+           "BEST_CHECKPOINT", "RUN_RECORD"]
 
 NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one message for any other file
 TP_HEAD_BIAS = "conv_out_tp/b"  # the type head's bias: its length is the number of types
@@ -50,6 +50,9 @@ _BUNDLED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # post-processing it was validated with (a bundled model may record thresholds chosen on its validation set).
 RECORDED_SECTIONS = {"MODEL": None, "DATA": ("TYPE_NAMES",), "POSTPROC": None}
 _PHASE = re.compile(r"^phase(\d+)$")
+# What a training run folder holds that --model reads (src/train/run_folder.py writes them):
+BEST_CHECKPOINT = "model-best"  # the best checkpoint's name (+ '.index' / '.npz') by the run's best metric
+RUN_RECORD = "run.json"  # the settings of a phase's first start, "config" among them
 METADATA_KEY = "__hovernet__"  # .npz entry holding JSON metadata ({"MODEL": {...}, ...}), never a variable
 # MODEL keys a metadata record never holds: derived by finalize_config, or a choice of the machine running it.
 UNRECORDED_MODEL_KEYS = ("DATA_FORMAT", "INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1")
@@ -202,11 +205,18 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     phases = sorted(((int(m.group(1)), p) for p in path.iterdir() if p.is_dir() and (m := _PHASE.match(p.name))),
                     reverse=True)
     for phase in [path, *(p for _, p in phases)]:
-        if (phase / f"{BEST_CHECKPOINT}.index").is_file():
-            return phase / BEST_CHECKPOINT
-        if (phase / f"{BEST_CHECKPOINT}.npz").is_file():
-            return phase / f"{BEST_CHECKPOINT}.npz"
+        if (best := best_checkpoint(phase)) is not None:
+            return best
     return path
+
+
+def best_checkpoint(phase: str | os.PathLike) -> Path | None:
+    """A phase folder's ``model-best``: the checkpoint prefix of ``train.py``, the ``.npz`` of ``xla_runner train``;
+    None when it has neither."""
+    phase = Path(phase)
+    if (phase / f"{BEST_CHECKPOINT}.index").is_file():
+        return phase / BEST_CHECKPOINT
+    return phase / f"{BEST_CHECKPOINT}.npz" if (phase / f"{BEST_CHECKPOINT}.npz").is_file() else None
 
 
 def locate_weights(model: str | os.PathLike, models_dir: Path | None = None) -> str:

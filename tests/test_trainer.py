@@ -1,4 +1,4 @@
-"""train.py and src/training.py on the CPU: run directories, trainer choice, two-tower training, resume.
+"""train.py and src/train/trainer.py on the CPU: run directories, trainer choice, two-tower training, resume.
 
 A tiny network keeps every step fast: the published geometry (270 -> 80, dense units (8, 4), so the same
 crops and shapes) with every width shrunk through the config, the way a user would override it.
@@ -27,11 +27,11 @@ from test_run_folder import finished_phase
 import train
 from dataset.dataflow import TrainingDataPreprocessor, get_train_dataflow, get_valid_dataflow
 from misc.io import InputError, save_label_mat
-from src import training
 from src.config import config_from_args
 from src.model.graph import COST_NAME, HoVerNet
-from src.run_folder import BEST_CHECKPOINT, FINISHED_MARKER, RUN_HISTORY, inspect_run_dir
-from src.training import Dataflows, PooledDice, Towers, TrainOptions, select_trainer
+from src.train import trainer
+from src.train.run_folder import BEST_CHECKPOINT, FINISHED_MARKER, RUN_HISTORY, inspect_run_dir
+from src.train.trainer import Dataflows, PooledDice, Towers, TrainOptions, select_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -70,12 +70,12 @@ def _args(patch_dir, out_dir, *extra, validate=True):
 
 
 def test_towers_are_the_one_place_that_knows_the_gpus(monkeypatch, caplog):
-    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(trainer.tf.config, "list_physical_devices", lambda kind=None: [])
     assert Towers.detect([]) == Towers(count=1, on_gpu=False) == TrainOptions("t", "o").towers
     towers = Towers.detect(["0", "1"])
     assert towers == Towers(count=2, on_gpu=False) and not towers.parallel_validation
     assert "no GPU visible: the 2 tower(s) will run on the CPU" in caplog.text
-    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0", "GPU:1"])
+    monkeypatch.setattr(trainer.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0", "GPU:1"])
     assert Towers.detect(["0", "1"]).parallel_validation and not Towers.detect(["0"]).parallel_validation
 
 
@@ -84,7 +84,7 @@ def test_train_refuses_foreign_phase_before_any_work(tmp_path):
     (out / "phase2").mkdir(parents=True)
     (out / "phase2" / "holiday.jpg").write_bytes(b"x")
     with pytest.raises(InputError, match="not a training run"):
-        training.train(config_from_args(MICRO, is_training=True),
+        trainer.train(config_from_args(MICRO, is_training=True),
                        TrainOptions(tmp_path / "no_patches", out, phases=(1, 2), epochs=1), DATAFLOWS)
     assert not (out / "phase1").exists()
 
@@ -99,7 +99,7 @@ def _fake_launch(epochs_done):
 
 def test_train_stopped_early_is_not_finished(patch_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setattr(training, "launch_train_with_config", _fake_launch(1))  # loop ended after epoch 1
+    monkeypatch.setattr(trainer, "launch_train_with_config", _fake_launch(1))  # loop ended after epoch 1
     assert train.main(["--phase", "1", "--epochs", "3", *_args(patch_dir, out)]) == 1
     err = capsys.readouterr().err
     assert "training stopped after epoch 1 of 3" in err and str(out / "phase1" / "log.log") in err
@@ -112,7 +112,7 @@ def test_train_gpu_flag_overwrite_and_history(patch_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     phase1 = out / "phase1"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # restored after the test
-    monkeypatch.setattr(training, "launch_train_with_config", _fake_launch(1))
+    monkeypatch.setattr(trainer, "launch_train_with_config", _fake_launch(1))
     assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, out)]) == 0
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"  # default: whatever TensorFlow sees
     assert train.main(["--gpu", "", "--phase", "1", "--epochs", "1", "--overwrite", *_args(patch_dir, out)]) == 0
@@ -124,7 +124,7 @@ def test_train_gpu_flag_overwrite_and_history(patch_dir, tmp_path, monkeypatch):
 
     # Finished with the requested epochs: refused; with more: continued, keeping the first run.json.
     assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, out)]) == 2
-    monkeypatch.setattr(training, "launch_train_with_config", _fake_launch(2))
+    monkeypatch.setattr(trainer, "launch_train_with_config", _fake_launch(2))
     assert train.main(["--phase", "1", "--epochs", "2", "--batch_size", "2", *_args(patch_dir, out)]) == 0
     assert json.loads((phase1 / FINISHED_MARKER).read_text())["epochs"] == 2
     assert json.loads((phase1 / "run.json").read_text())["epochs"] == 1
@@ -283,7 +283,7 @@ def test_ctrl_c_is_one_line_and_exit_130(patch_dir, tmp_path, monkeypatch, capsy
     def interrupted(config, trainer):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "launch_train_with_config", interrupted)
+    monkeypatch.setattr(trainer, "launch_train_with_config", interrupted)
     assert train.main(["--phase", "1", "--epochs", "1", *_args(patch_dir, tmp_path / "run")]) == 130
     assert capsys.readouterr().err.strip() == ("train.py: interrupted; rerun the same command to resume from the "
                                                "last checkpoint")

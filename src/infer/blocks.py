@@ -1,14 +1,14 @@
 """Large images in overlapping blocks: the grid of cores and margins, which block keeps a nucleus, and the merge.
 
-Shared by the two paths that cut an image too large to post-process at once: whole slides (``src/wsi.py``, one
+Shared by the two paths that cut an image too large to post-process at once: whole slides (``src/infer/slides.py``, one
 block per Dask task, read from the slide with its margin) and tiles larger than ``INFER.BLOCK_SIZE``
-(``src/pipeline.py``). The image is cut into square *cores* (:func:`block_grid`), which partition it; each is
+(``src/infer/tiles.py``). The image is cut into square *cores* (:func:`block_grid`), which partition it; each is
 processed with a *margin* of context on every side (its *region*), and a nucleus is kept only by the block whose
 core contains its centroid (:func:`owned_ids`), so no nucleus is lost or counted twice at a border. The margin
 must hold the widest nucleus and the Sobel kernel beyond it (:func:`nucleus_margin`); a slide also needs room
-for the windows that see reflected pixels at a region's edge (``src.wsi.tile_margin``), a tile in memory does
+for the windows that see reflected pixels at a region's edge (``src.infer.slides.tile_margin``), a tile in memory does
 not: its windows are predicted once, over the cores, and read the tile's own pixels across their edges
-(``src.inference.predict_tile`` ``region``; ``src.pipeline.segment_in_blocks``).
+(``src.infer.windows.predict_tile`` ``region``; ``src.infer.tiles.segment_in_blocks``).
 
 :func:`merge_block` paints a block's kept nuclei into the label map of the whole image. Two kept nuclei of
 neighbouring blocks can claim the same pixels where the blocks segmented a nucleus at the seam differently;
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from src.postproc import instance_info
+from src.maps.postproc import instance_info
 
 __all__ = ["Block", "nucleus_margin", "block_core", "block_grid", "owned_ids", "merge_block", "NucleusTable"]
 
@@ -101,7 +101,7 @@ def merge_block(labels: np.ndarray, block_map: np.ndarray, inst_info: Mapping, b
     Args:
         labels: the region's view of the whole image's HxW integer label map (written in place; 0 = free).
         block_map: the region's instance map from post-processing (ids 1..n, region coordinates).
-        inst_info: id -> nucleus of ``block_map`` (:func:`src.postproc.process`).
+        inst_info: id -> nucleus of ``block_map`` (:func:`src.maps.postproc.process`).
         block: where the region lies (its core decides ownership, :func:`owned_ids`).
         first_id: id of the first kept nucleus; the others follow in ``inst_info`` order.
 
@@ -136,7 +136,7 @@ def merge_block(labels: np.ndarray, block_map: np.ndarray, inst_info: Mapping, b
 
 class NucleusTable(Mapping):
     """id -> nucleus dict (``bbox``, ``centroid``, ``contour``, ``type``, ``type_prob``, as
-    :func:`src.postproc.process` returns them) for the many nuclei of a large image, ids 1..N.
+    :func:`src.maps.postproc.process` returns them) for the many nuclei of a large image, ids 1..N.
 
     A dict of small arrays costs about 840 bytes a nucleus in Python objects (90 MB for the 95,000 nuclei of a
     12000x12000 tile); here the nuclei are rows of a few arrays per :meth:`add` (about 50 bytes plus 8 a contour

@@ -4,15 +4,15 @@ A slide is processed at the model's resolution ("working" pixels of ``WSI.MODEL_
 coordinates are working coordinates times ``scale`` = model mpp / slide mpp (1 when within the tolerance).
 The working plane is cut into square *cores* of ``tile_size`` px (a multiple of the network output), each
 read with a *margin* on every side (a multiple of the output too, see :func:`tile_margin`): the block grid of
-:mod:`src.blocks`, which tiles larger than ``INFER.BLOCK_SIZE`` share. Every region goes through the tile path
-unchanged - :func:`src.inference.predict_tile` (reflect padding at the region's edge, the 270/80 or 256/164
-window grid), :func:`src.postproc.process` - and a nucleus is kept only by the tile whose core contains its
-centroid (:func:`src.blocks.owned_ids`). The cores partition the slide, so no nucleus is lost or counted
+:mod:`src.infer.blocks`, which tiles larger than ``INFER.BLOCK_SIZE`` share. Every region goes through the tile path
+unchanged - :func:`src.infer.windows.predict_tile` (reflect padding at the region's edge, the 270/80 or 256/164
+window grid), :func:`src.maps.postproc.process` - and a nucleus is kept only by the tile whose core contains its
+centroid (:func:`src.infer.blocks.owned_ids`). The cores partition the slide, so no nucleus is lost or counted
 twice at a tile border.
 
 Why the result equals the tile path on the same pixels: core and margin are multiples of the output
 size and regions start at multiples of it, so every window of a region is a window of the whole-image
-grid of :func:`src.inference.window_layout`; only windows within ``ceil(margin_net / out) * out`` px of
+grid of :func:`src.infer.windows.window_layout`; only windows within ``ceil(margin_net / out) * out`` px of
 an interior region edge see reflected instead of true pixels, and the margin adds room for the widest
 nucleus and the Sobel kernel beyond that band. What can still differ: post-processing min-max normalises
 the hv maps over the region instead of the whole image (identical whenever a region holds a complete
@@ -28,7 +28,7 @@ Memory: a worker holds one region (RGB, HxWxC float32 maps and post-processing b
 holds the tile list and one part at a time while assembling, whatever the slide size.
 
 Nothing here imports TensorFlow or Dask: :func:`run_wsi` takes any client with ``submit`` returning
-futures that :func:`distributed.as_completed` accepts (``src/wsi_cluster.py`` makes them).
+futures that :func:`distributed.as_completed` accepts (``src/infer/cluster.py`` makes them).
 """
 from __future__ import annotations
 
@@ -53,11 +53,11 @@ from misc.outputs import all_or_none, nuclei_stream, nucleus_record
 from misc.slide_io import SLIDE_SUFFIXES, SlideReader, is_slide
 from misc.summary import SUMMARY_NAME, read_summary, write_summary
 from misc.viz import save_image, type_entry, type_name
-from src.blocks import Block, block_grid, nucleus_margin, owned_ids
-from src.inference import predict_tile
-from src.pipeline import TileSettings, mpp_scale, split_channels
-from src.postproc import process
-from src.tissue import load_user_mask, tissue_mask
+from src.infer.blocks import Block, block_grid, nucleus_margin, owned_ids
+from src.infer.tiles import TileSettings, mpp_scale, split_channels
+from src.infer.tissue import load_user_mask, tissue_mask
+from src.infer.windows import predict_tile
+from src.maps.postproc import process
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class WsiSettings:
     tile_size: int  # core side, working px, multiple of the network output
     margin: int  # context each side of a core, working px, multiple of the network output
     tissue_mpp: float  # um/px of the tissue mask
-    tissue: dict = field(default_factory=dict)  # keyword arguments of src.tissue.tissue_mask
+    tissue: dict = field(default_factory=dict)  # keyword arguments of src.infer.tissue.tissue_mask
     thumb_max_side: int = 4000  # px of the overlay's longer side
     formats: tuple = SLIDE_FORMATS
     gzip: bool = False  # write <name>.geojson.gz
@@ -156,7 +156,7 @@ class SlidePlan:
     work_width: int
     work_height: int
     grid: tuple[int, int]  # rows, cols of the full tile grid
-    tiles: list[Block]  # large tiles (src.blocks, working px) whose core holds tissue, row-major
+    tiles: list[Block]  # large tiles (src.infer.blocks, working px) whose core holds tissue, row-major
     tissue_mm2: float
 
     def fingerprint(self, settings: WsiSettings) -> dict:

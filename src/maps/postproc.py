@@ -127,7 +127,7 @@ def instances_from_np_hv(np_prob, hv, params: PostprocParams, *, hv_range=None, 
         params: the thresholds and kernel sizes (:class:`PostprocParams`).
         hv_range, sobel_range: None (the released code: the hv maps and their Sobel responses are min-max
             normalised over these maps), or ((lo, hi), (lo, hi)) of the x and y maps and of the horizontal and
-            vertical responses over a whole image of which these maps are a block (``src/pipeline.py``): the
+            vertical responses over a whole image of which these maps are a block (``src/infer/tiles.py``): the
             block's pixels then get the whole image's values, its nuclei the whole image's nuclei.
 
     Returns:
@@ -141,7 +141,7 @@ def instances_from_np_hv(np_prob, hv, params: PostprocParams, *, hv_range=None, 
         raise ValueError(f"expected np_prob HxW and hv HxWx2, got {np_prob.shape} and {hv.shape}")
 
     # 1. Blobs: threshold, 4-connected components, drop those < min_size px.
-    # (Every full-size temporary is deleted once used: a block of a large tile (src/blocks.py) then holds about
+    # (Every full-size temporary is deleted once used: a block of a large tile (src/infer/blocks.py) then holds about
     # half as many bytes per pixel, with the same results.)
     blobs, _ = ndi.label(np_prob >= params.np_threshold, structure=_CROSS)
     blb = (remove_small_labels(blobs, params.min_size) > 0).astype(np.int32)

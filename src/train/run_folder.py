@@ -1,6 +1,6 @@
 """The training run folder: what a phase folder holds, what a new start does with it, and where phase 2 starts.
 
-One owner for both trainers, ``train.py`` (:mod:`src.training`, TensorFlow checkpoints ``model-<step>.index``)
+One owner for both trainers, ``train.py`` (:mod:`src.train.trainer`, TensorFlow checkpoints ``model-<step>.index``)
 and ``python -m xla_runner train`` (``model-epoch<e>.npz``), so that they refuse, resume, record and chain phases
 alike. A run folder holds ``phase<k>/`` folders; each phase folder holds
 
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from misc.io import InputError, move_aside, write_json_atomic
 from src.config import check_value
+from src.model.weights_file import BEST_CHECKPOINT, RUN_RECORD, best_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ __all__ = ["RunState", "inspect_run_dir", "check_run_dir", "prepare_run_dir", "l
            "record_run", "mark_finished", "phase_dir", "phase_checkpoints", "phase_init_checkpoint", "phase_start",
            "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY", "RUN_RECORD", "RESUME_MARKERS"]
 
-BEST_CHECKPOINT = "model-best"  # the best checkpoint's name (+ '.index' / '.npz') by the run's best metric
 FINISHED_MARKER = "finished.json"  # written when a phase has run all its epochs ({"epochs": N, ...})
-RUN_RECORD = "run.json"  # the settings of a phase's first start, "config" among them
 RUN_HISTORY = "run_history.jsonl"  # one JSON line per start of a phase
 # What each trainer reads to resume: TensorFlow's checkpoint list (train.py), the XLA runner's position.
 RESUME_MARKERS = ("checkpoint", "checkpoint.json")
@@ -196,12 +195,6 @@ def phase_checkpoints(path: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _best(path: Path) -> Path | None:
-    if (path / f"{BEST_CHECKPOINT}.index").is_file():
-        return path / BEST_CHECKPOINT
-    return path / f"{BEST_CHECKPOINT}.npz" if (path / f"{BEST_CHECKPOINT}.npz").is_file() else None
-
-
 def phase_init_checkpoint(out_dir: str | os.PathLike, phase_index: int, init: str = "last") -> Path | None:
     """The checkpoint a phase starts from when its init is 'previous' (``cfg.TRAIN.PHASE2_INIT``), for both trainers.
 
@@ -213,7 +206,7 @@ def phase_init_checkpoint(out_dir: str | os.PathLike, phase_index: int, init: st
     previous = phase_dir(out_dir, phase_index - 1)
     checkpoints = phase_checkpoints(previous)
     last = checkpoints[-1] if checkpoints else None
-    best = _best(previous)
+    best = best_checkpoint(previous)
     return (last or best) if init == "last" else (best or last)
 
 

@@ -4,7 +4,7 @@
 network variable must be in the file with the right shape, or :class:`WeightsMismatchError` lists the
 missing, unexpected and wrongly-shaped ones: a partly random network must never run silently) and
 returns, for a batch of N x 270 x 270 x 3 RGB windows, N x 80 x 80 x C float32 maps in the channel
-order :func:`src.pipeline.split_channels` expects: nuclear probability, hv x, hv y, then the type
+order :func:`src.infer.tiles.split_channels` expects: nuclear probability, hv x, hv y, then the type
 probabilities when the model has a type branch. The tensors it feeds and fetches are the ones
 :mod:`src.model.graph` declares, checked by :func:`src.model.graph.check_inference_tensors` right after the
 graph is built, so a graph that does not provide them fails with one message naming them.
@@ -92,7 +92,7 @@ class HoVerNetPredictor:
 
 def stack_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
     """The graph's named outputs (``np_prob``, ``hv``, optional ``tp_prob``; N x out x out x C each) as one
-    N x out x out x C float32 array in :func:`src.pipeline.split_channels` order: nuclear probability, hv x,
+    N x out x out x C float32 array in :func:`src.infer.tiles.split_channels` order: nuclear probability, hv x,
     hv y, then the type probabilities."""
     maps = [outputs["np_prob"][..., 1:2], outputs["hv"]]
     if "tp_prob" in outputs:

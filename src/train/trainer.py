@@ -41,12 +41,12 @@ from misc.io import InputError
 from misc.viz import plot_training_curves
 from opt.schedules import Phase, get_phase, get_schedule
 from src.config import check_value
-from src.inference import predict_tile
+from src.infer.predictor import stack_outputs
+from src.infer.windows import predict_tile
 from src.model.graph import INFERENCE_INPUTS, NP_DICE_NAME, NP_DICE_SUMS, HoVerNet, inference_output_names
 from src.model.weights import make_session_init
 from src.model.weights_file import checkpoint_prefix
-from src.predictor import stack_outputs
-from src.run_folder import (
+from src.train.run_folder import (
     BEST_CHECKPOINT,
     check_run_dir,
     last_epoch,
@@ -56,7 +56,7 @@ from src.run_folder import (
     record_run,
     stats_records,
 )
-from src.run_folder import (
+from src.train.run_folder import (
     phase_dir as phase_dir_of,
 )
 

@@ -23,7 +23,7 @@ square ends flush with the image edge, as the published extractor). It lives her
 
 Regions. ``predict_tile(..., region=...)`` predicts only the windows of the tile's grid whose outputs meet a
 rectangle and returns its maps, equal to the whole tile's there: a block of a tile too large to post-process at
-once (``src/blocks.py``, ``src/pipeline.py``) costs its own windows and memory, not the tile's.
+once (``src/infer/blocks.py``, ``src/infer/tiles.py``) costs its own windows and memory, not the tile's.
 
 Nothing here imports TensorFlow: ``predict_tile`` takes any ``predict_fn``, so it is tested with fakes
 and reused by the TF runner (``predict_fn`` = an ``OfflinePredictor`` call).
@@ -285,7 +285,7 @@ def predict_tile(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarra
     ``region`` (y0, x0, y1, x1), end exclusive: predict only the windows of the tile's grid whose output squares
     meet it and return its ``(y1 - y0) x (x1 - x0) x C`` maps, the values the whole tile's maps hold there (the
     windows read the tile's own pixels across the region's edges; reflected ones only past the tile's). A block
-    of a large tile (``src.blocks``) thus costs its own windows, not the tile's.
+    of a large tile (``src.infer.blocks``) thus costs its own windows, not the tile's.
     Raises :class:`misc.io.NonFiniteMapsError` as soon as a batch's output holds NaN or infinity.
     Returns HxWxC float32 (the region's size with ``region``), the channels as ``predict_fn`` returns them. At
     most ``batch_size`` windows (and their outputs) exist at a time besides the result.

@@ -4,7 +4,7 @@
 (one GPU each with ``--gpu 0,1,...``); ``--scheduler ADDRESS`` connects to an existing cluster instead
 (dask-jobqueue on SLURM, dask-kubernetes...), whose workers must see the project, the model file, the
 slides and the output folder at the same paths. Tiles of all slides are the tasks. Each worker process
-builds the network once (:class:`ModelFactory` through :func:`src.wsi.cached_predictor`) and keeps it.
+builds the network once (:class:`ModelFactory` through :func:`src.infer.slides.cached_predictor`) and keeps it.
 Tasks write their part files themselves instead of returning nuclei to the client: results never pass
 through the scheduler or pile up in the client, and a finished tile is on disk even if its worker or the
 client dies; a worker that dies mid-tile loses only that tile, which the scheduler reruns elsewhere.
@@ -43,8 +43,8 @@ class ModelFactory:
         setup_logging(self.verbose)
         if self.log_file is not None:
             attach_log_file(self.log_file)
+        from src.infer.predictor import HoVerNetPredictor
         from src.model.weights_file import open_model
-        from src.predictor import HoVerNetPredictor
 
         # the network recorded with the weights (bundled .npz, run.json), then --config, as infer.py builds it;
         # the file is read once in this process
@@ -149,14 +149,14 @@ def infer_slides(slides: list[Path], out_dir, weights, type_info, run_info: dict
                  scheduler: str | None = None, gpus: list[str] | None = None, mpp: float | None = None,
                  overwrite: bool = False, progress: bool = True, verbose: bool = False):
     """infer.py's whole-slide branch: settings from ``weights.cfg``, a Dask client (``workers`` embedded processes,
-    or the cluster at ``scheduler``; one per listed GPU id in ``gpus``), :func:`src.wsi.run_wsi`.
+    or the cluster at ``scheduler``; one per listed GPU id in ``gpus``), :func:`src.infer.slides.run_wsi`.
 
     ``weights``: the opened :class:`src.model.weights_file.ModelWeights`; each worker reopens its file once, and
     logs as the client does (quiet console unless ``verbose``; everything in ``<out_dir>/infer.log``).
     """
     from misc.io import remove_stale_temporaries, write_json_atomic
-    from src.pipeline import RUN_INFO_NAME
-    from src.wsi import PARTS_SUFFIX, WsiReport, WsiSettings, run_wsi, slide_complete
+    from src.infer.slides import PARTS_SUFFIX, WsiReport, WsiSettings, run_wsi, slide_complete
+    from src.infer.tiles import RUN_INFO_NAME
 
     settings = WsiSettings.from_config(weights.cfg, batch_size=batch_size, formats=formats, gzip_geojson=gzip)
     masks = tissue_mask_files(tissue_mask, slides)

@@ -1,4 +1,4 @@
-"""src/pipeline.py: tiles in, outputs out, with a fake predictor (no TensorFlow).
+"""src/infer/tiles.py: tiles in, outputs out, with a fake predictor (no TensorFlow).
 
 The fake predictor decodes maps that the synthetic images carry in their own pixels (R: type level,
 G/B: the exact HV maps), taking the centre of each window as HoVer-Net does, so the stitched maps are
@@ -17,7 +17,7 @@ from metrics.compute_stats import main as compute_stats
 from misc.io import InputError, load_label_mat, save_label_mat
 from misc.outputs import default_type_info
 from src.config import config_from_args
-from src.pipeline import (
+from src.infer.tiles import (
     RUN_INFO_NAME,
     SUMMARY_NAME,
     TileSettings,
@@ -26,8 +26,8 @@ from src.pipeline import (
     run_inference,
     split_channels,
 )
-from src.postproc import PostprocParams
-from src.targets import gen_hv_map
+from src.maps.postproc import PostprocParams
+from src.maps.targets import gen_hv_map
 
 N_TYPES = 5  # background + CoNSeP's four types
 TYPE_LEVEL = 50  # R value per type id

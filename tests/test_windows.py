@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from src.geometry import derive_geometry
-from src.inference import (
+from src.infer.windows import (
     gather_windows,
     grid_starts,
     iter_window_batches,

@@ -1,7 +1,8 @@
-"""src/wsi.py, src/tissue.py, misc/slide_io.py, src/wsi_cluster.py: whole-slide inference on synthetic slides.
+"""src/infer/slides.py, src/infer/tissue.py, src/infer/cluster.py, misc/slide_io.py: whole-slide inference on
+synthetic slides.
 
 Slides are pyramidal tiled TIFFs written here with tifffile (resolution tags give OpenSlide's mpp). Their
-pixels encode the exact network maps (R: type level, G/B: HV maps, as in tests/test_pipeline.py) and a
+pixels encode the exact network maps (R: type level, G/B: HV maps, as in tests/test_tiles.py) and a
 fake predictor decodes the centre of each window, so the slide path can be compared nucleus by nucleus
 with the tile path on the same pixels. Dask runs in-process (threads), which is quick to start and stop.
 One test runs the real network (small preset, random weights) through infer.py.
@@ -33,11 +34,11 @@ from misc.proc import die_with_parent
 from misc.slide_io import SlideReader, is_slide
 from src.config import config_from_args
 from src.geometry import derive_geometry
-from src.pipeline import TileSettings, run_inference
-from src.targets import gen_hv_map
-from src.tissue import tissue_mask
-from src.wsi import WsiSettings, plan_slide, run_wsi, split_inputs, tile_margin
-from src.wsi_cluster import dask_client, tissue_mask_files
+from src.infer.cluster import dask_client, tissue_mask_files
+from src.infer.slides import WsiSettings, plan_slide, run_wsi, split_inputs, tile_margin
+from src.infer.tiles import TileSettings, run_inference
+from src.infer.tissue import tissue_mask
+from src.maps.targets import gen_hv_map
 
 N_TYPES = 5
 TYPE_LEVEL = 50
@@ -372,9 +373,9 @@ def test_infer_cli_slide_with_the_real_network(tmp_path, scene, micro_weights_np
     with open(out / "summary.csv") as handle:
         rows = {r["image"]: r for r in csv.DictReader(handle)}
     assert set(rows) == {"slide"} and float(rows["slide"]["tissue_mm2"]) > 0
-    import src.wsi_cluster
+    import src.infer.cluster
 
-    monkeypatch.setattr(src.wsi_cluster, "dask_client", None)  # a rerun with nothing to do starts no cluster
+    monkeypatch.setattr(src.infer.cluster, "dask_client", None)  # a rerun with nothing to do starts no cluster
     assert infer.main(argv) == 0  # resume: everything complete
     assert "0 slide(s) written, 1 already complete" in capfd.readouterr().out
 
@@ -465,12 +466,12 @@ def test_infer_cli_disk_full_on_a_slide_is_one_line_exit_2(tmp_path, small_scene
 
 
 # infer.py in a process of its own (its console is the subject), whose embedded workers get a FakeFactory instead of
-# the network (`import test_wsi` in the workers: tests/ is on the path they inherit)
+# the network (`import test_slides` in the workers: tests/ is on the path they inherit)
 _INFER_WITH = """
 import sys
-import infer, src.wsi_cluster
-from test_wsi import FakeFactory
-src.wsi_cluster.ModelFactory = lambda *recipe: {factory!r}
+import infer, src.infer.cluster
+from test_slides import FakeFactory
+src.infer.cluster.ModelFactory = lambda *recipe: {factory!r}
 sys.exit(infer.main(sys.argv[1:]))
 """
 
@@ -543,7 +544,7 @@ def test_sigterm_stops_a_slide_run_in_one_line(tmp_path, scene, moment):
     lines = _console(err)
     kept = ", the slides' finished tiles kept" if moment == "tiles" else ""
     assert lines[-1] == f"infer.py: terminated; 0 image(s) done{kept}, rerun the same command to resume", err
-    assert all(line.startswith("INFO src.wsi: s: ") for line in lines[:-1]), err  # the slide's plan
+    assert all(line.startswith("INFO src.infer.slides: s: ") for line in lines[:-1]), err  # the slide's plan
     assert "Traceback" not in err and "leaked" not in err
     assert not [p for p in out.rglob("*") if re.search(r"\.part(\.|$)", p.name)]  # atomic_path's temporaries
     assert len(children) >= (2 if moment == "tiles" else 0)
@@ -565,12 +566,12 @@ def test_a_skipped_slide_is_one_line_on_the_console_and_logged_in_full(tmp_path,
     run = _infer_process(folder, out, FakeFactory("crash", fail_after=0), "--workers", "1")
     err = run.communicate(timeout=300)[1]
     assert run.returncode == 1, err
-    lines = [line for line in _console(err) if not line.startswith("INFO src.wsi: s: ")]
+    lines = [line for line in _console(err) if not line.startswith("INFO src.infer.slides: s: ")]
     assert len(lines) == 2 and lines[0].startswith(f"infer.py: skipped {corrupt}: not a slide OpenSlide can open")
     assert lines[1] == f"infer.py: skipped {crashing.resolve()}: RuntimeError: simulated crash"
     assert err.count(str(corrupt)) == 1 and err.count("simulated crash") == 1
     log = (out / "infer.log").read_text()
-    assert f"ERROR src.wsi: skipped: {corrupt}" in log and "ERROR src.wsi: s: a tile failed" in log
+    assert f"ERROR src.infer.slides: skipped: {corrupt}" in log and "ERROR src.infer.slides: s: a tile failed" in log
     assert "Compute Failed" in log  # the worker's own message, with its traceback, in the file only
 
 

@@ -1,15 +1,15 @@
 """Tiles in, per-nucleus outputs out: the model-agnostic driver behind ``infer.py``.
 
 Given any ``predict_fn(batch N x in x in x 3) -> N x out x out x C`` (in/out: the config's geometry; the
-TensorFlow predictor in ``src/predictor.py``, or a fake in tests), this module finds the input images, skips those whose
-outputs are already complete (so a killed run resumes), runs the sliding-window forward pass
-(``src/inference.py``), post-processes (``src/postproc.py``) and writes every output atomically
+TensorFlow predictor in ``src/infer/predictor.py``, or a fake in tests), this module finds the input images, skips
+those whose outputs are already complete (so a killed run resumes), runs the sliding-window forward pass
+(``src/infer/windows.py``), post-processes (``src/maps/postproc.py``) and writes every output atomically
 (``misc/outputs.py``), overlapping the post-processing and writing of image k with the forward pass
 of image k+1. Bad images are reported by name with the reason and skipped. No TensorFlow here.
 
 A tile with a side longer than ``INFER.BLOCK_SIZE`` (at the model's resolution) is done in blocks instead
 (:func:`segment_in_blocks`): overlapping blocks of at most that side are predicted (the windows of the tile's own
-grid), post-processed and merged by the whole-slide path's rule (``src/blocks.py``: a nucleus belongs to the
+grid), post-processed and merged by the whole-slide path's rule (``src/infer/blocks.py``: a nucleus belongs to the
 block whose core holds its centroid); the maps and the label map wait in scratch files (:class:`BlockStore`), so
 memory holds the image, the nuclei and one block, whatever the tile's size.
 """
@@ -43,9 +43,9 @@ from misc.io import (
 from misc.outputs import FORMATS, output_paths, outputs_complete, write_outputs
 from misc.slide_io import resample
 from misc.summary import SUMMARY_NAME, read_summary, restore_summary_rows, summary_row, write_summary
-from src.blocks import NucleusTable, block_core, block_grid, merge_block, nucleus_margin
-from src.inference import predict_tile, region_windows, window_layout
-from src.postproc import PostprocParams, hv_sobel, instance_info, process
+from src.infer.blocks import NucleusTable, block_core, block_grid, merge_block, nucleus_margin
+from src.infer.windows import predict_tile, region_windows, window_layout
+from src.maps.postproc import PostprocParams, hv_sobel, instance_info, process
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def check_output_dir(out_dir, files: Iterable[Path], formats=FORMATS, run_info: 
 def split_channels(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Split stitched HxWxC maps into (np foreground prob HxW, hv HxWx2, tp probs HxWxT or None).
 
-    The channel order is the one ``src/predictor.py`` produces: foreground probability, hv x, hv y,
+    The channel order is the one ``src/infer/predictor.py`` produces: foreground probability, hv x, hv y,
     then the type probabilities if the model has a type branch.
     """
     if maps.ndim != 3 or maps.shape[2] < 3:
@@ -166,7 +166,7 @@ def instances_to_input(inst_map: np.ndarray, inst_info: dict, shape: tuple[int, 
     The label map is resized by nearest neighbour (pixel centres, ``INTER_NEAREST_EXACT``), so ids are kept
     and no id is blended with another; a nucleus that covers no input pixel centre disappears and the
     ids are renumbered 1..N in their old order. bbox, centroid and contour are recomputed from the resized
-    map (:func:`src.postproc.instance_info`), so the ``.mat``, the JSON/GeoJSON and the overlay describe the
+    map (:func:`src.maps.postproc.instance_info`), so the ``.mat``, the JSON/GeoJSON and the overlay describe the
     same pixels; type and type_prob are kept from the model-resolution vote.
     """
     height, width = shape
@@ -198,7 +198,7 @@ class TileSettings:
 
     ``scale``: input px per model px (:func:`mpp_scale`; 1 = the images are at the model's mpp). ``block_size``:
     a tile with a longer side (model px) goes in blocks (:meth:`in_blocks`; None: never), each with
-    ``block_margin`` px of context (:func:`src.blocks.nucleus_margin`). Build with :meth:`from_config`.
+    ``block_margin`` px of context (:func:`src.infer.blocks.nucleus_margin`). Build with :meth:`from_config`.
     """
 
     input_shape: int  # network window side (px)
@@ -317,25 +317,25 @@ def _window(array, rows: slice, cols: slice) -> np.ndarray:
 
 def segment_in_blocks(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray], settings: TileSettings,
                       store: BlockStore, progress: Callable[[int, int], None] | None = None) -> NucleusTable:
-    """The nuclei of a tile too large to process whole, found block by block (``src/blocks.py``), in three passes.
+    """The nuclei of a tile too large to process whole, found block by block (``src/infer/blocks.py``), in three passes.
 
     ``image``: HxWx3 at the model's resolution; ``store``: where the maps and the instance map (ids 1..N) go.
-    Blocks of at most ``settings.block_size`` px a side: cores of :func:`src.blocks.block_core`, regions
+    Blocks of at most ``settings.block_size`` px a side: cores of :func:`src.infer.blocks.block_core`, regions
     ``settings.block_margin`` px larger, row-major.
 
-    1. Forward: each core's windows (:func:`src.inference.predict_tile` ``region``; the cores partition the tile
+    1. Forward: each core's windows (:func:`src.infer.windows.predict_tile` ``region``; the cores partition the tile
        and start on its window grid, so every window of the tile is predicted once and the maps are the whole
        tile's); their extremes are the whole tile's hv range.
     2. The whole tile's Sobel range: the responses of each core, computed in its region (the margin holds the
        kernel, so they are the whole tile's).
-    3. Each region post-processed with both ranges (:func:`src.postproc.process`: the whole tile's scaling, so the
+    3. Each region post-processed with both ranges (:func:`src.maps.postproc.process`: the whole tile's scaling, so the
        same edges, markers and nuclei), keeping the nuclei whose centroid lies in its core
-       (:func:`src.blocks.merge_block`, the whole-slide rule).
+       (:func:`src.infer.blocks.merge_block`, the whole-slide rule).
 
     What can differ from the tile processed whole: a blob (a clump of touching nuclei) wider than the margin is cut
     at a region's edge, and where two blocks segmented a nucleus on a seam differently the earlier one's pixels
     win. ``progress(done, total)``: windows. Returns id -> nucleus dict in tile coordinates, a
-    :class:`src.blocks.NucleusTable`.
+    :class:`src.infer.blocks.NucleusTable`.
     """
     height, width = image.shape[:2]
     core = block_core(settings.block_size, settings.block_margin, settings.output_shape)
@@ -388,7 +388,8 @@ def _predict_cores(image: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndar
 
 def _sobel_range(hv_store, blocks: list, sobel_ksize: int, hv_range: tuple) -> tuple:
     """Pass 2 of :func:`segment_in_blocks`: ((lo, hi) horizontal, (lo, hi) vertical) of the whole tile's Sobel
-    responses (:func:`src.postproc.hv_sobel`), each core's computed in its region, whose margin holds the kernel."""
+    responses (:func:`src.maps.postproc.hv_sobel`), each core's computed in its region, whose margin holds the
+    kernel."""
     low, high = [np.inf, np.inf], [-np.inf, -np.inf]
     for block in blocks:
         (ry0, rx0, ry1, rx1), (y0, x0, y1, x1) = block.region, block.core
@@ -402,7 +403,7 @@ def _sobel_range(hv_store, blocks: list, sobel_ksize: int, hv_range: tuple) -> t
 def _type_argmax(tp_prob: np.ndarray, rows: int = 256) -> np.ndarray:
     """HxW per-pixel argmax of HxWxC type probabilities in the smallest unsigned type that holds C - 1, taken
     ``rows`` rows at a time (``np.argmax`` alone makes an 8-byte index per pixel). Post-processing votes with it
-    as it does with the probabilities (:func:`src.postproc.process`)."""
+    as it does with the probabilities (:func:`src.maps.postproc.process`)."""
     out = np.empty(tp_prob.shape[:2], np.min_scalar_type(tp_prob.shape[2] - 1))
     for r0 in range(0, len(out), rows):
         out[r0:r0 + rows] = np.argmax(tp_prob[r0:r0 + rows], axis=-1)
@@ -428,7 +429,7 @@ def blocks_and_write(sink: OutputSink, name: str, image: np.ndarray, predict_fn:
 
 
 class WindowProgress:
-    """``progress(done, total)`` callback of :func:`src.inference.predict_tile`: a second bar for an image of
+    """``progress(done, total)`` callback of :func:`src.infer.windows.predict_tile`: a second bar for an image of
     more than one batch of windows, advanced after every batch (made on the first call, closed at the end)."""
 
     def __init__(self, file: Path, batch_size: int, enabled: bool):

@@ -1,0 +1,1 @@
+"""Tile and whole-slide inference: windows, stitching, blocks, slides, the predictor."""

@@ -1,0 +1,1 @@
+"""The numpy cores between label maps and network maps: targets, post-processing."""

@@ -1,0 +1,1 @@
+"""Training: the tensorpack trainer and the run folder."""
