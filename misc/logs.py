@@ -9,9 +9,13 @@ saved checkpoints) and every warning; ``--verbose`` shows everything. Log files 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["setup_logging", "setup_console", "attach_log_file", "to_log_file_only", "CHATTY_TENSORPACK_MODULES",
@@ -26,6 +30,13 @@ _file: logging.FileHandler | None = None  # the one log file of this process; a 
 # ``extra=FILE_ONLY``: a record for the log file, not the console, where it would say again what the caller prints
 # once (infer.py's "skipped PATH: reason" of a slide that src/infer/slides.py logs with its time and detail).
 FILE_ONLY = {"file_only": True}
+# TensorFlow's native start-up lines, printed on file descriptor 2 while it is imported whatever TF_CPP_MIN_LOG_LEVEL
+# says (TensorFlow 2.21): absl's "WARNING: All log messages before absl::InitializeLog() is called ...", then INFO
+# lines ("I0000 ... port.cc ... oneDNN custom operations are on", "cudart_stub.cc ... Could not find cuda drivers",
+# the CPU-feature note and its continuation), each set twice. Warnings and errors (W..., E...) stay on the console.
+_NATIVE_START_UP = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} |"
+                              r"To enable the following instructions: )")
+log = logging.getLogger(__name__)
 # The loggers that the log file (or the buffer before it) is attached to: the root, and those with a console handler
 # of their own that pass nothing on to it (tensorpack; Dask's after to_log_file_only).
 _file_loggers = ["", "tensorpack"]
@@ -59,7 +70,9 @@ def setup_logging(verbose: bool = False, buffer: bool = False) -> None:
     """
     global _memory
     setup_console(verbose)
-    from tensorpack.utils import logger as tp_logger  # noqa: F401  (creates tensorpack's console handler)
+    with contextlib.ExitStack() as stack:
+        native = None if verbose or "tensorflow" in sys.modules else stack.enter_context(_native_lines())
+        from tensorpack.utils import logger as tp_logger  # noqa: F401  (creates tensorpack's console handler)
 
     tp = logging.getLogger("tensorpack")
     for handler in tp.handlers:
@@ -74,6 +87,30 @@ def setup_logging(verbose: bool = False, buffer: bool = False) -> None:
         _memory.setFormatter(logging.Formatter("%(asctime)s " + _FORMAT))
         for name in _file_loggers:
             logging.getLogger(name).addHandler(_memory)
+    for line in native or ():
+        if _NATIVE_START_UP.match(line):
+            log.info("%s", line, extra=FILE_ONLY)
+        else:
+            print(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _native_lines():
+    """Yields a list that receives, when the block ends, the lines written to file descriptor 2 (native code's
+    stderr: TensorFlow's C++ logging) inside the block, which the console does not see meanwhile."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines.extend(capture.read().decode("utf-8", "replace").splitlines())
 
 
 def setup_console(verbose: bool = False) -> None:

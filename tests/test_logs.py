@@ -30,3 +30,30 @@ def test_graph_chatter_is_dropped_from_the_console_but_kept_in_the_file(tmp_path
     assert "layer conv0 input" in text and "after attaching" in text
     logs.setup_logging(verbose=True)  # --verbose: the console shows everything again
     assert all(h.filter(_record("registry")) for h in console)
+
+
+def test_native_lines_are_captured_off_the_console(capfd):
+    """What native code writes on file descriptor 2 inside the block is held, not shown, and handed back."""
+    import os
+
+    with logs._native_lines() as lines:
+        os.write(2, b"I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on.\nE0000 a real error\n")
+    assert capfd.readouterr().err == ""
+    assert lines == ["I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on.", "E0000 a real error"]
+
+
+def test_tensorflow_start_up_lines_go_to_the_log_only(tmp_path):
+    """Issue 22.11: TensorFlow 2.21 prints absl's 'All log messages before absl::InitializeLog()' and its INFO lines
+    (oneDNN, no CUDA drivers) at import whatever TF_CPP_MIN_LOG_LEVEL says; the console shows none of them, the log
+    file has them, and a native warning or error would still reach the console."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import src\nfrom misc import logs\nlogs.setup_logging(buffer=True)\n"
+              f"logs.attach_log_file({str(tmp_path / 'x.log')!r})\nprint('ready')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0 and run.stdout.strip() == "ready", run.stderr
+    assert "InitializeLog" not in run.stderr and "I0000" not in run.stderr, run.stderr
+    assert "InitializeLog" in (tmp_path / "x.log").read_text()
