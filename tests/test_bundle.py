@@ -53,6 +53,29 @@ def test_bundle_is_float16_with_metadata_and_loads_back_as_float32(models_dir, t
     assert model_config(path, ["POSTPROC.MARKER_THRESHOLD=0.5"]).POSTPROC.MARKER_THRESHOLD == 0.5
 
 
+def test_recorded_postproc_is_replaced_and_the_weights_are_kept_as_stored(models_dir, tmp_path):
+    path = tmp_path / "tiny-test.npz"
+    path.write_bytes((models_dir / "tiny-test.npz").read_bytes())
+    path.with_suffix(".json").write_text(json.dumps({"split": {"holdout": ["a"]}, "bundle": {}}))
+    with np.load(models_dir / "tiny-test.npz") as before:
+        stored = {k: before[k] for k in before.files if k != METADATA_KEY}
+    meta = bundle.record_postproc(path, {"SOBEL_KSIZE": 11}, {"chosen": {"SOBEL_KSIZE": 11}})
+    assert meta["POSTPROC"] == {"MARKER_THRESHOLD": 0.7, "SOBEL_KSIZE": 11}  # the earlier value kept
+    with np.load(path) as after:
+        assert set(after.files) - {METADATA_KEY} == set(stored)
+        for name, value in stored.items():
+            assert after[name].dtype == np.float16 and np.array_equal(after[name], value)
+    cfg = model_config(path)
+    assert (cfg.POSTPROC.MARKER_THRESHOLD, cfg.POSTPROC.SOBEL_KSIZE, cfg.MODEL.NR_TYPES) == (0.7, 11, 3)
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["bundle"]["POSTPROC"]["SOBEL_KSIZE"] == 11 and record["postproc_selection"]["chosen"]
+    with pytest.raises(InputError, match="NO_SUCH"):
+        bundle.record_postproc(path, {"NO_SUCH": 1})
+    np.savez(tmp_path / "bare.npz", **stored)  # weights without a MODEL record
+    with pytest.raises(InputError, match="not a bundled model"):
+        bundle.record_postproc(tmp_path / "bare.npz", {"SOBEL_KSIZE": 11})
+
+
 def test_names_resolve_to_bundled_files_and_unknown_names_list_them(models_dir, tmp_path):
     assert weights_file.locate_weights("tiny-test", models_dir) == str(models_dir / "tiny-test.npz")
     assert weights_file.locate_weights(str(models_dir / "tiny-test.npz"), models_dir).endswith("tiny-test.npz")

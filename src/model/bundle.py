@@ -26,9 +26,9 @@ import numpy as np
 
 from misc.io import InputError, write_json_atomic
 from src.config import config_from_args
-from src.model.weights_file import UNRECORDED_MODEL_KEYS, write_npz
+from src.model.weights_file import UNRECORDED_MODEL_KEYS, read_npz, write_npz
 
-__all__ = ["write_bundle", "main"]
+__all__ = ["write_bundle", "record_postproc", "main"]
 
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -59,6 +59,31 @@ def write_bundle(checkpoint, model_cfg: dict, output, description: str, postproc
     if postproc:
         metadata["POSTPROC"] = dict(postproc)
     write_npz(output, packed, metadata, compress=True)
+    return metadata
+
+
+def record_postproc(bundle, postproc: dict, selection: dict | None = None) -> dict:
+    """Record ``postproc`` (``POSTPROC`` key -> value, chosen on the model's validation set) in the bundle
+    ``models/<name>.npz``, its weights unchanged (stored dtype kept), and in its training record
+    ``<name>.json`` when there is one, with ``selection`` (how they were chosen) under ``postproc_selection``.
+    Returns the bundle's new metadata."""
+    bundle = Path(bundle)
+    defaults = config_from_args().POSTPROC
+    unknown = sorted(set(postproc) - set(defaults))
+    if unknown:
+        raise InputError(f"no such POSTPROC key(s): {', '.join(unknown)}")
+    arrays, metadata = read_npz(bundle, as_stored=True)
+    if not isinstance(metadata.get("MODEL"), dict):
+        raise InputError(f"{bundle}: not a bundled model (no MODEL record)")
+    metadata["POSTPROC"] = {**metadata.get("POSTPROC", {}), **postproc}
+    write_npz(bundle, arrays, metadata, compress=True)
+    record_path = bundle.with_suffix(".json")
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        record["bundle"] = metadata
+        if selection is not None:
+            record["postproc_selection"] = selection
+        write_json_atomic(record_path, record, indent=1)
     return metadata
 
 

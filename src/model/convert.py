@@ -191,7 +191,9 @@ def main(argv=None) -> int:
                         help="MODEL widths of a state dict that is not the published size, e.g. "
                              "MODEL.PRESET=small; recorded in the .npz (mode and nr_types are detected)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from misc.logs import setup_logging
+
+    setup_logging(False)
 
     from src.config import config_from_args
     from src.model.weights import WeightsMismatchError, model_metadata

@@ -302,7 +302,9 @@ def main(argv=None) -> int:
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. MODEL.MODE=fast (see src/config.py)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from misc.logs import setup_logging
+
+    setup_logging(False)
     phases = [] if args.no_train else args.phases  # None: every phase of the schedule
     try:
         manifest = export_all(args.out_dir, args.config, args.batch_sizes, phases, args.train_batch_size, args.target)

@@ -108,21 +108,23 @@ def _parse_metadata(raw: str, path) -> dict:
     return record
 
 
-def read_npz(source: str | os.PathLike | bytes, name=None) -> tuple[dict[str, np.ndarray], dict]:
+def read_npz(source: str | os.PathLike | bytes, name=None, as_stored: bool = False
+             ) -> tuple[dict[str, np.ndarray], dict]:
     """(arrays, metadata) of an ``.npz`` of weights: the one reader.
 
     ``source``: a path, or the file's bytes (``name`` then labels messages). Arrays are keyed by variable name
     without ':0'; entries starting with ``__`` are not variables (:data:`METADATA_KEY` is parsed into
     ``metadata``, ``{}`` without it); float16 arrays (a bundle may be stored in half precision) come back as the
-    graph's float32. ValueError ``NOT_WEIGHTS`` for anything that is not an ``.npz`` of plain arrays: numpy's
-    own message for object arrays suggests allow_pickle, which would run code from the file, so it is never
-    passed on. FileNotFoundError for a missing file.
+    graph's float32 unless ``as_stored`` (for rewriting the file as it was). ValueError ``NOT_WEIGHTS`` for
+    anything that is not an ``.npz`` of plain arrays: numpy's own message for object arrays suggests
+    allow_pickle, which would run code from the file, so it is never passed on. FileNotFoundError for a missing
+    file.
     """
     name = os.fspath(source) if name is None and not isinstance(source, bytes) else name
     try:
         with np.load(io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False) as data:
-            arrays = {_clean(k): data[k].astype(np.float32) if data[k].dtype == np.float16 else data[k]
-                      for k in data.files if not k.startswith("__")}
+            arrays = {_clean(k): data[k].astype(np.float32) if data[k].dtype == np.float16 and not as_stored
+                      else data[k] for k in data.files if not k.startswith("__")}
             raw = str(data[METADATA_KEY]) if METADATA_KEY in data.files else None
     except FileNotFoundError:
         raise
