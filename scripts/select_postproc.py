@@ -1,6 +1,6 @@
 """Choose post-processing thresholds for a model on its validation images (never the test split).
 
-    python scripts/select_postproc.py --model small-consep --split models/small-consep.json \
+    python scripts/select_postproc.py --model small-consep --split models/small-consep.json \\
         --data ../shared/data/consep256/train --thresholds 0.4,0.5,0.6,0.7,0.8 --ksizes 21,15,11,7 --record
 
 Predicts every held-out image once (the names under "holdout" in the ``split.json`` that
@@ -8,8 +8,9 @@ Predicts every held-out image once (the names under "holdout" in the ``split.jso
 with each combination of ``POSTPROC.MARKER_THRESHOLD`` and ``POSTPROC.SOBEL_KSIZE`` and prints the mean DICE
 and PQ per combination, best PQ last. ``--record`` writes the best into the bundle (``infer.py`` applies a
 bundle's recorded ``POSTPROC`` before ``--config``) and the table into its training record. The published
-values (0.4, 21) suit the paper's network; a model whose HV maps are weaker (the small CPU models) splits
-fewer nuclei wrongly with a higher marker threshold.
+values (0.4, 21) suit the paper's network. A higher marker threshold splits only at the strongest HV edges;
+whether that helps a weaker model on new tiles depends on how well its validation tiles stand for them (for
+``small-consep`` it did not: models/README.md).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from metrics.stats import instance_metrics
@@ -117,13 +119,14 @@ def main(argv=None) -> int:
     cfg = weights.cfg
     predictor = HoVerNetPredictor(weights)
     cases = []
-    for name in names:
+    for name in tqdm(names, desc="predicting", unit="img", disable=not sys.stderr.isatty()):
         maps = predict_tile(read_image_rgb(images[name]), predictor, batch_size=cfg.INFER.BATCH_SIZE,
                             input_shape=cfg.MODEL.INPUT_SHAPE, output_shape=cfg.MODEL.OUTPUT_SHAPE)
         cases.append((split_channels(maps), load_label_mat(labels[name])["inst_map"]))
     base = PostprocParams.from_config(cfg)
     results = []
-    for threshold, ksize in itertools.product(args.thresholds, args.ksizes):
+    for threshold, ksize in tqdm(list(itertools.product(args.thresholds, args.ksizes)), desc="post-processing",
+                                 unit="setting", disable=not sys.stderr.isatty()):
         settings = dataclasses.replace(base, marker_threshold=threshold, sobel_ksize=ksize)
         scores = [instance_metrics(truth, process(*channels, settings)[0]) for channels, truth in cases]
         results.append((float(np.mean([s["pq"] for s in scores])), float(np.mean([s["dice"] for s in scores])),
