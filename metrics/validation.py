@@ -21,7 +21,7 @@ from src.maps.postproc import PostprocParams, instances_from_np_hv
 from src.maps.targets import gen_targets
 
 __all__ = ["TILE_SCORE_KEYS", "hv_scores", "tile_scores", "mean_tile_scores", "LabelledTile", "TileScorer",
-           "held_out_names"]
+           "held_out_names", "split_holdout"]
 
 # Every score of tile_scores, in report order; train.py's validation records each as 'tiles_<key>'.
 TILE_SCORE_KEYS = ("np_dice", "hv_corr_x", "hv_corr_y", "hv_mse", "hv_mse_zero", "dice", "aji", "pq")
@@ -137,10 +137,21 @@ def held_out_names(valid_dir: str | Path) -> list[str] | None:
     """The held-out image names recorded in ``<valid_dir>/split.json`` by ``extract_patches.py --holdout``, or None
     when there is no such record."""
     record = Path(valid_dir) / "split.json"
+    return split_holdout(record) if record.is_file() else None
+
+
+def split_holdout(record: str | Path) -> list[str]:
+    """The held-out image names of a split record: the ``split.json`` of ``extract_patches.py --holdout``, or a
+    bundle's training record (``models/<name>.json``), which holds that split under ``split``. :class:`InputError`
+    for a missing file or a record without a ``holdout`` list."""
+    record = Path(record)
     if not record.is_file():
-        return None
+        raise InputError(f"{record}: no such file")
     try:
-        names = json.loads(record.read_text())["holdout"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{record}: not a split record of extract_patches.py ({exc})") from None
-    return list(names)
+        content = json.loads(record.read_text())
+        if isinstance(content.get("split"), dict):
+            content = content["split"]
+        names = list(content["holdout"])
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{record}: not a split record of extract_patches.py ({exc!r})") from None
+    return names

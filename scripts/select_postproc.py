@@ -17,16 +17,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 import src  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from dataset.readers import get_reader
 from metrics.stats import instance_metrics
-from misc.io import InputError, load_label_mat, read_image_rgb
+from metrics.validation import split_holdout
+from misc.io import InputError
 
 
 def _values(key: str, cast):
@@ -50,31 +50,6 @@ def _values(key: str, cast):
         return values
 
     return parse
-
-
-def _holdout_names(split: Path) -> list[str]:
-    if not split.is_file():
-        raise InputError(f"{split}: no such file")
-    try:
-        content = json.loads(split.read_text())
-        if isinstance(content.get("split"), dict):  # a bundle's training record, models/<name>.json
-            content = content["split"]
-        names = list(content["holdout"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{split}: not a split.json with a 'holdout' list ({exc!r})") from exc
-    if not names:
-        raise InputError(f"{split}: the 'holdout' list is empty")
-    return names
-
-
-def _image_paths(folder: Path, names: list[str]) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder")
-    found = {p.stem: p for p in folder.iterdir() if p.is_file()}
-    missing = [name for name in names if name not in found]
-    if missing:
-        raise InputError(f"{folder}: no image for {len(missing)} held-out name(s): {', '.join(missing[:5])}")
-    return {name: found[name] for name in names}
 
 
 def main(argv=None) -> int:
@@ -104,12 +79,13 @@ def main(argv=None) -> int:
     from src.model.weights_file import is_npz, open_model
 
     try:
-        names = _holdout_names(Path(args.split))
-        images = _image_paths(Path(args.data) / "Images", names)
-        labels = {name: Path(args.data) / "Labels" / f"{name}.mat" for name in names}
-        missing = [name for name, path in labels.items() if not path.is_file()]
+        names = split_holdout(args.split)
+        if not names:
+            raise InputError(f"{args.split}: the split holds nothing out")
+        reader = get_reader("instance", args.data)  # the instance maps are all this needs, of any label format
+        missing = sorted(set(names) - set(reader.names))
         if missing:
-            raise InputError(f"{Path(args.data) / 'Labels'}: no label .mat for {', '.join(missing[:5])}")
+            raise InputError(f"{args.data}: no image for {len(missing)} held-out name(s): {', '.join(missing[:5])}")
         weights = open_model(args.model)  # bundled names and run folders too, as infer.py takes them
         if args.record and not is_npz(weights.path):
             raise InputError(f"--record: --model {args.model} is not a bundle (.npz)")
@@ -119,10 +95,11 @@ def main(argv=None) -> int:
     cfg = weights.cfg
     predictor = HoVerNetPredictor(weights)
     cases = []
-    for name in tqdm(names, desc="predicting", unit="img", disable=not sys.stderr.isatty()):
-        maps = predict_tile(read_image_rgb(images[name]), predictor, batch_size=cfg.INFER.BATCH_SIZE,
+    for sample in tqdm(reader.samples(set(names)), total=len(names), desc="predicting", unit="img",
+                       disable=not sys.stderr.isatty()):
+        maps = predict_tile(sample.image, predictor, batch_size=cfg.INFER.BATCH_SIZE,
                             input_shape=cfg.MODEL.INPUT_SHAPE, output_shape=cfg.MODEL.OUTPUT_SHAPE)
-        cases.append((split_channels(maps), load_label_mat(labels[name])["inst_map"]))
+        cases.append((split_channels(maps), sample.inst_map))
     base = PostprocParams.from_config(cfg)
     results = []
     for threshold, ksize in tqdm(list(itertools.product(args.thresholds, args.ksizes)), desc="post-processing",

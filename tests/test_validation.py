@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from metrics.validation import TILE_SCORE_KEYS, TileScorer, held_out_names, hv_scores, mean_tile_scores, tile_scores
+from metrics.validation import (
+    TILE_SCORE_KEYS,
+    TileScorer,
+    held_out_names,
+    hv_scores,
+    mean_tile_scores,
+    split_holdout,
+    tile_scores,
+)
 from misc.io import InputError
 from src.config import make_config
 from src.maps.postproc import PostprocParams
@@ -88,3 +96,8 @@ def test_held_out_names_from_split_record(tmp_path):
     (tmp_path / "split.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="not a split record"):
         held_out_names(tmp_path)
+    # a bundle's training record holds the split of its run
+    (tmp_path / "small.json").write_text(json.dumps({"split": {"train": ["a_1"], "holdout": ["b_1"]}, "history": []}))
+    assert split_holdout(tmp_path / "small.json") == ["b_1"]
+    with pytest.raises(InputError, match="no such file"):
+        split_holdout(tmp_path / "none.json")
