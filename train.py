@@ -10,8 +10,9 @@ checkpoints, the best one by validation NP Dice as model-best, stats.json and th
 same command after an interruption resumes from the last checkpoint, and so does asking a finished
 phase for more --epochs than it ran; a phase finished with the requested epochs is skipped (all of them
 finished: the run is refused). --overwrite starts every requested phase afresh, moving any earlier
-directory aside to <dir>.old-<time> (never deleting it). run.json keeps a phase's first settings and
-run_history.jsonl one line per start. A run that stops before its last epoch exits with status 1; Ctrl-C
+directory aside to <dir>.old-<time> (never deleting it). run.json keeps a phase's first settings,
+run_history.jsonl one line per start, and init_record.json the training record of a bundled model given as
+--pretrained. A run that stops before its last epoch exits with status 1; Ctrl-C
 stops it with one line and status 130, SIGTERM with status 143 (rerun the same command to resume). A run folder
 another run is using is refused.
 

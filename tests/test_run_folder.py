@@ -9,6 +9,7 @@ from src.config import config_from_args
 from src.train.run_folder import (
     BEST_CHECKPOINT,
     FINISHED_MARKER,
+    INIT_RECORD,
     RUN_HISTORY,
     RUN_RECORD,
     check_run_dir,
@@ -148,6 +149,26 @@ def test_record_run_keeps_the_first_settings_and_a_line_per_start(tmp_path, capl
     starts = [json.loads(line) for line in (phase / RUN_HISTORY).read_text().splitlines()]
     assert [(s["start"], s["towers"]) for s in starts] == [("new", 1), ("resume", 2)]
     assert "different towers" in caplog.text
+
+
+def test_a_start_from_a_bundle_keeps_the_bundles_training_record(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "m.npz").write_bytes(b"")
+    (models / "m.json").write_text(json.dumps({"history": [{"epoch_num": 36}], "scores": {"a": 1}}))
+    (models / "imagenet.npz").write_bytes(b"")  # no record beside it: nothing to keep
+    phase = tmp_path / "phase1"
+    record_run(phase, prepare_run_dir(phase, overwrite=False), {"phase": "phase1", "init": str(models / "m.npz")})
+    kept = json.loads((phase / INIT_RECORD).read_text())
+    assert kept == {"path": str(models / "m.json"), "history": [{"epoch_num": 36}], "scores": {"a": 1}}
+    (models / "m.json").write_text(json.dumps({"history": [], "replaced": True}))  # the bundle moves on
+    (phase / "checkpoint").write_text('model_checkpoint_path: "model-2"')
+    record_run(phase, inspect_run_dir(phase), {"phase": "phase1", "init": str(models / "m.npz")})
+    assert json.loads((phase / INIT_RECORD).read_text()) == kept  # a resume keeps the record of the start
+    other = tmp_path / "other"
+    record_run(other, prepare_run_dir(other, overwrite=False), {"init": str(models / "imagenet.npz")})
+    record_run(tmp_path / "scratch", prepare_run_dir(tmp_path / "scratch", overwrite=False), {"init": "None"})
+    assert not (other / INIT_RECORD).exists() and not (tmp_path / "scratch" / INIT_RECORD).exists()
 
 
 def test_phase_start_is_pretrained_or_the_previous_phase_or_a_refusal(tmp_path):

@@ -26,9 +26,9 @@ import numpy as np
 
 from misc.io import InputError, write_json_atomic
 from src.config import config_from_args
-from src.model.weights_file import UNRECORDED_MODEL_KEYS, read_npz, write_npz
+from src.model.weights_file import INIT_RECORD, UNRECORDED_MODEL_KEYS, read_npz, write_npz
 
-__all__ = ["write_bundle", "record_postproc", "main"]
+__all__ = ["write_bundle", "record_postproc", "chained_history", "main"]
 
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -99,12 +99,23 @@ def _training_record(run_dir: Path) -> dict:
         "split": json.loads(split_file.read_text()) if split_file.is_file() else None,
         "history": stats,
     }
+    if (run_dir / INIT_RECORD).is_file():  # fine-tuned from a bundle: the record of the weights it started from
+        record["init_record"] = json.loads((run_dir / INIT_RECORD).read_text())
     finished = run_dir / "finished.json"
     if finished.is_file() and starts:
         begin = datetime.strptime(starts[0]["time"], "%Y-%m-%d %H:%M:%S")
         end = datetime.strptime(json.loads(finished.read_text())["finished"], "%Y-%m-%d %H:%M:%S")
         record["wall_seconds"] = (end - begin).total_seconds()
     return record
+
+
+def chained_history(record: dict) -> list[dict]:
+    """The epoch records of a training record and of every record it was fine-tuned from (``init_record``), oldest
+    first, numbered on from the earlier run's last epoch: the whole training of the weights, for one curve."""
+    earlier = chained_history(record["init_record"]) if isinstance(record.get("init_record"), dict) else []
+    offset = earlier[-1]["epoch_num"] if earlier else 0
+    return earlier + [{**r, "epoch_num": r["epoch_num"] + offset} for r in record.get("history", [])
+                      if "epoch_num" in r]
 
 
 def main(argv=None) -> int:
@@ -120,6 +131,9 @@ def main(argv=None) -> int:
                         help="POSTPROC values chosen on the validation set (scripts/select_postproc.py), e.g. "
                              "MARKER_THRESHOLD=0.7; recorded in the file and used by infer.py")
     args = parser.parse_args(argv)
+    from misc.logs import setup_logging
+
+    setup_logging(False)  # TensorFlow's start-up lines and the restored-variable list stay off the console
     run_dir, output = Path(args.run_dir), Path(args.output)
     try:
         record = _training_record(run_dir)
@@ -136,8 +150,13 @@ def main(argv=None) -> int:
         return 2
     record["bundle"] = metadata
     write_json_atomic(output.with_suffix(".json"), record, indent=1)
-    if (run_dir / "curves.png").is_file():
-        shutil.copyfile(run_dir / "curves.png", output.with_name(f"{output.stem}-curves.png"))
+    curves = output.with_name(f"{output.stem}-curves.png")
+    if "init_record" in record:  # one curve from the random start: the earlier run's epochs, then this one's
+        from misc.viz import plot_training_curves
+
+        plot_training_curves(chained_history(record), curves)
+    elif (run_dir / "curves.png").is_file():
+        shutil.copyfile(run_dir / "curves.png", curves)
     print(f"{output}: {metadata['parameters']:,} parameters, {os.path.getsize(output) / 1e6:.2f} MB")
     return 0
 

@@ -39,7 +39,7 @@ __all__ = ["ModelWeights", "open_model", "locate_weights", "bundled_models", "ch
            "read_npz_metadata", "write_npz", "weights_digest", "resolve_model_path", "recorded_config",
            "recorded_overrides", "model_config", "is_npz", "RECORDED_SECTIONS", "METADATA_KEY",
            "UNRECORDED_MODEL_KEYS", "MODELS_DIR", "NOT_WEIGHTS", "TP_HEAD_BIAS", "detect_nr_types", "best_checkpoint",
-           "BEST_CHECKPOINT", "RUN_RECORD"]
+           "BEST_CHECKPOINT", "RUN_RECORD", "INIT_RECORD"]
 
 NOT_WEIGHTS = "not a weights file (.npz of arrays or a checkpoint)"  # the one message for any other file
 TP_HEAD_BIAS = "conv_out_tp/b"  # the type head's bias: its length is the number of types
@@ -53,6 +53,7 @@ _PHASE = re.compile(r"^phase(\d+)$")
 # What a training run folder holds that --model reads (src/train/run_folder.py writes them):
 BEST_CHECKPOINT = "model-best"  # the best checkpoint's name (+ '.index' / '.npz') by the run's best metric
 RUN_RECORD = "run.json"  # the settings of a phase's first start, "config" among them
+INIT_RECORD = "init_record.json"  # the training record of the bundle a phase started from (--pretrained)
 METADATA_KEY = "__hovernet__"  # .npz entry holding JSON metadata ({"MODEL": {...}, ...}), never a variable
 # MODEL keys a metadata record never holds: derived by finalize_config, or a choice of the machine running it.
 UNRECORDED_MODEL_KEYS = ("DATA_FORMAT", "INPUT_SHAPE", "OUTPUT_SHAPE", "CROP_GROUP0", "CROP_GROUP1")

@@ -6,6 +6,9 @@ alike. A run folder holds ``phase<k>/`` folders; each phase folder holds
 
 * ``run.json``: the settings of its first start (key ``"config"``: the finalised config, which
   :mod:`src.model.weights_file` reads to rebuild the network); ``run_history.jsonl``: one line per start;
+* ``init_record.json``, when the phase started from a bundled model (``--pretrained models/<name>.npz``): that
+  bundle's training record (``<name>.json``) as it was then, so that a model fine-tuned from a bundle keeps the
+  history of the weights it started from even after the bundle is replaced;
 * ``stats.json``: one record per finished epoch (``epoch_num``, ``global_step``, losses, validation);
 * its checkpoints and ``model-best`` (``.index`` / ``.npz``), and the trainer's resume marker (``checkpoint``,
   TensorFlow's, or ``checkpoint.json``);
@@ -26,13 +29,13 @@ from pathlib import Path
 
 from misc.io import InputError, move_aside, write_json_atomic
 from src.config import check_value
-from src.model.weights_file import BEST_CHECKPOINT, RUN_RECORD, best_checkpoint
+from src.model.weights_file import BEST_CHECKPOINT, INIT_RECORD, RUN_RECORD, best_checkpoint
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RunState", "inspect_run_dir", "check_run_dir", "prepare_run_dir", "last_epoch", "stats_records",
            "record_run", "mark_finished", "phase_dir", "phase_checkpoints", "phase_init_checkpoint", "phase_start",
-           "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY", "RUN_RECORD", "RESUME_MARKERS"]
+           "BEST_CHECKPOINT", "FINISHED_MARKER", "RUN_HISTORY", "RUN_RECORD", "RESUME_MARKERS", "INIT_RECORD"]
 
 FINISHED_MARKER = "finished.json"  # written when a phase has run all its epochs ({"epochs": N, ...})
 RUN_HISTORY = "run_history.jsonl"  # one JSON line per start of a phase
@@ -157,12 +160,15 @@ def record_run(path: str | os.PathLike, state: RunState, settings: dict) -> None
     """Keep the settings of every start: ``run.json`` holds the first, ``run_history.jsonl`` one line per start.
 
     On a resume, settings that differ from ``run.json`` (towers, batch size, config) are logged as a warning.
+    A new start from a bundled model (``settings["init"]`` an ``.npz`` with its training record ``.json`` beside it)
+    copies that record to ``init_record.json``.
     """
     path = Path(path)
     settings = json.loads(json.dumps(settings, default=str))
     first = path / RUN_RECORD
     if state.kind == "new" or not first.is_file():
         write_json_atomic(first, settings, indent=1)
+        _keep_init_record(path, settings.get("init"))
     else:
         try:
             original = json.loads(first.read_text())
@@ -176,6 +182,18 @@ def record_run(path: str | os.PathLike, state: RunState, settings: dict) -> None
     record = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "start": state.kind, "argv": sys.argv, **settings}
     with open(path / RUN_HISTORY, "a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def _keep_init_record(path: Path, init) -> None:
+    if not init or not str(init).endswith(".npz"):
+        return
+    source = Path(init).with_suffix(".json")
+    try:
+        record = json.loads(source.read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # an ImageNet .npz, or a bundle without its record: nothing to chain
+    if isinstance(record, dict) and "history" in record:
+        write_json_atomic(path / INIT_RECORD, {"path": str(source), **record}, indent=1)
 
 
 def mark_finished(path: str | os.PathLike, epochs: int) -> None:
