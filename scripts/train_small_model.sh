@@ -73,13 +73,15 @@ bundle() {
 }
 
 restart() {
-  # From the bundle of the run (a new restart folder) or the restart's own last checkpoint (a resumed one)
+  # From the bundle of the run (a new restart folder) or the restart's own last checkpoint (a resumed one);
+  # bundles the restart's model-best. Nothing for a model without a restart (RESTART_EPOCHS=0: kumar).
   if [ "$RESTART_EPOCHS" -eq 0 ]; then return 0; fi
   local init=()
   if [ ! -f "$RESTART/phase1/checkpoint" ]; then init=(--pretrained "models/small-$MODEL.npz"); fi
   "$PY" train.py --gpu '' --data_dir "$WORK/train" --valid_dir "$WORK/valid" --valid_images "$DATA" \
       --out_dir "$RESTART" --steps_per_epoch "$STEPS" --epochs "$RESTART_EPOCHS" "${init[@]}" \
       --config "${CONFIG[@]}" "$RESTART_SCHEDULE"
+  bundle
 }
 
 evaluate() {
@@ -130,8 +132,8 @@ case "$STAGE" in
   prepare) prepare ;;
   train) prepare; train ;;
   bundle) bundle ;;
-  restart) restart; bundle ;;
+  restart) restart ;;
   evaluate) convert; evaluate ;;
-  all) prepare; train; bundle; restart; bundle; evaluate ;;
+  all) prepare; train; bundle; restart; evaluate ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
