@@ -126,7 +126,7 @@ def test_infer_runs_a_bundled_model_by_name_with_its_recorded_network(models_dir
 
 SHARED_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep256" / "test"
 REAL_CROP = "test_1_005"  # a crop with ~60 nuclei of all four types
-# small-consep scores DICE 0.810, PQ 0.345 on it (the published post-processing); a broken loader, channel order
+# small-consep scores DICE 0.819, PQ 0.375 on it (the published post-processing); a broken loader, channel order
 # or post-processing gives ~0
 MIN_DICE, MIN_PQ = 0.75, 0.2
 
