@@ -8,7 +8,8 @@
    crops instead of whole tiles: a sanity check, not a reproduction). ``--model untrained`` runs randomly
    initialised weights (valid files, meaningless nuclei).
 
-Outputs go to ``output/demo/``; a second run reuses what is complete.
+Outputs go to ``output/demo/``, predictions to one folder per model and weights; a second run reuses what is
+complete.
 """
 from __future__ import annotations
 
@@ -49,6 +50,21 @@ def evaluation_demo(shared: Path, out: Path) -> int:
                           "--pred_dir", str(out / "fig4" / "B")])
 
 
+def run_name(model: str) -> str:
+    """The name of a model's prediction folder: its name and the start of its weights' digest, so that new weights
+    under the same name (an updated bundle, a run trained further) get a folder of their own instead of meeting
+    infer.py's refusal to mix outputs of different weights. Weights that cannot be found keep the bare name
+    (infer.py then says what is wrong)."""
+    from misc.io import InputError
+    from src.model.weights_file import locate_weights, weights_digest
+
+    try:
+        digest = weights_digest(locate_weights(model)).partition(":")[2]
+    except (InputError, OSError):
+        return Path(model).stem
+    return f"{Path(model).stem}-{digest[:8]}"
+
+
 def inference_demo(shared: Path, out: Path, model: str, count: int) -> int:
     from src.model.weights_file import bundled_models
 
@@ -78,7 +94,8 @@ def inference_demo(shared: Path, out: Path, model: str, count: int) -> int:
         print("Running with UNTRAINED, randomly initialised weights: every output below is produced and valid,\n"
               "but the nuclei are meaningless.")
         model = str(path)
-    predictions = out / f"predictions_{Path(model).stem}"  # one folder per model: results never mix
+    run = run_name(model)
+    predictions = out / f"predictions_{run}"
     # The CLI exactly as a user runs it.
     command = [sys.executable, str(REPO_ROOT / "infer.py"), "--input", str(inputs), "--output", str(predictions),
                "--model", model]
@@ -87,7 +104,7 @@ def inference_demo(shared: Path, out: Path, model: str, count: int) -> int:
     if code != 0:
         return code
     print(f"\nOutputs per crop in {predictions}/: <name>.mat .json .png .geojson, and summary.csv")
-    scores = {mode: out / f"scores_{Path(model).stem}_{mode}.json" for mode in ("instance", "type")}
+    scores = {mode: out / f"scores_{run}_{mode}.json" for mode in ("instance", "type")}
     for mode, path in scores.items():
         code = compute_stats(["--mode", mode, "--true_dir", str(truths), "--pred_dir", str(predictions),
                               "--json", str(path)])
